@@ -1,0 +1,36 @@
+"""Error types shared by every layer.
+
+Each names *what* was wrong and *where* (a file, a field path, a shard and member), so a
+researcher can fix the input without reading a traceback. Application errors are not retried:
+the orchestration layer fails them once, clearly (see DESIGN.md, "one retry layer per failure
+kind").
+"""
+
+from __future__ import annotations
+
+
+class InheritlabError(Exception):
+    """Base class: an application error (bad config, bad data) — never retried."""
+
+
+class SpecError(InheritlabError):
+    """A study spec or cell config is invalid. The message names the field path and value."""
+
+
+class ShardError(InheritlabError):
+    """A data shard is missing, truncated or holds a bad sample. Names the shard and member."""
+
+    def __init__(self, shard: str, member: str | None, problem: str) -> None:
+        self.shard = shard
+        self.member = member
+        self.problem = problem
+        where = f"{shard}" + (f" member {member!r}" if member else "")
+        super().__init__(f"bad shard {where}: {problem}")
+
+
+class BadSampleCeilingError(InheritlabError):
+    """Too many samples were skipped as bad; the configured ceiling fails the run."""
+
+
+class CheckpointError(InheritlabError):
+    """A checkpoint is missing, torn or does not match the model it is loaded into."""
