@@ -1,0 +1,145 @@
+"""The `inheritlab` command line: run a study, watch it, pull its curves."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from inheritlab.infra.errors import InheritlabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Controlled pre-training studies of bias inheritance.")
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    spec: str = typer.Argument(..., help="Study spec YAML, or the name of a shipped study (e.g. 'demo')."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where the study's artifacts go (default: runs/<study name>)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster: 'auto' on a head node, 'ray://head:10001' as client; default: a local Ray."),
+) -> None:
+    """Run every unfinished cell of a study, then fit and publish its curves."""
+    from inheritlab.flows.spec import load_spec
+
+    try:
+        study = load_spec(spec)
+    except InheritlabError as exc:
+        _fail(exc)
+        return
+    from inheritlab.flows.study_flow import run_study
+
+    target = run_dir or Path("runs") / study.name
+    try:
+        out = run_study(study, target, ray_address)
+    except InheritlabError as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps(out, indent=2))
+
+
+@app.command()
+def validate(spec: str = typer.Argument(..., help="Study spec YAML or shipped study name.")) -> None:
+    """Check a spec and list its cells without running anything."""
+    from inheritlab.flows.grid import expand_grid
+    from inheritlab.flows.spec import load_spec
+
+    try:
+        study = load_spec(spec)
+        cells = expand_grid(study)
+    except InheritlabError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"{study.name}: {len(cells)} cells")
+    for c in cells:
+        typer.echo(f"  {c.cell_id}  {c.label}")
+
+
+@app.command()
+def status(run_dir: Path = typer.Argument(..., help="A study's run directory.")) -> None:
+    """Which cells are complete, which have checkpoints, which have not started."""
+    from inheritlab.infra.atomic import read_json
+    from inheritlab.infra.rundir import RunDir
+
+    run_ = RunDir.at(run_dir)
+    if not run_.root.is_dir():
+        _fail(InheritlabError(f"no run directory at {run_dir}"))
+    cells = run_.cells()
+    done = 0
+    for c in cells:
+        label = read_json(c.config)["config"]["model"] if c.config.is_file() else "?"
+        if c.config.is_file():
+            cfg = read_json(c.config)["config"]
+            label = f"{cfg['bias']['type']}={cfg['bias']['level']:g}/{cfg['model']}/n={cfg['samples_seen']}/s{cfg['seed']}"
+        if c.is_complete():
+            done += 1
+            state = "complete"
+        elif (c.ckpt / "latest.json").is_file():
+            state = f"checkpoint step {read_json(c.ckpt / 'latest.json').get('step', '?')}"
+        else:
+            state = "not started" if not c.data.exists() else "data conditioned"
+        typer.echo(f"{c.root.name}  {label:40s}  {state}")
+    typer.echo(f"{done}/{len(cells)} cells complete")
+
+
+@app.command()
+def curves(
+    run_dir: Path = typer.Argument(..., help="A study's run directory (local path or fsspec URL)."),
+    metric: str = typer.Option("acc1", help="Metric column value, e.g. acc1, recall@5."),
+    task: str = typer.Option("zeroshot", help="Downstream task, e.g. zeroshot, linear_probe, retrieval_i2t."),
+    split: str = typer.Option("id", help="Evaluation split: id or ood."),
+    x: str = typer.Option("data_scale", help="Scale axis: data_scale, flops, samples_seen, params."),
+    fmt: str = typer.Option("png", "--format", help="png | pdf | csv | latex"),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default: RUN_DIR/curves)."),
+) -> None:
+    """Aggregated scaling curves and fits for the paper."""
+    from inheritlab.analysis.report import curves as make_curves
+
+    if fmt not in ("png", "pdf", "csv", "latex"):
+        _fail(InheritlabError(f"--format {fmt!r}: expected one of png, pdf, csv, latex"))
+    try:
+        paths = make_curves(str(run_dir), metric=metric, task=task, split=split, x=x, fmt=fmt, out=out or Path(run_dir) / "curves")
+    except (InheritlabError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+        return
+    for p in paths:
+        typer.echo(str(p))
+
+
+@app.command()
+def server(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind the dashboard to."),
+    port: int = typer.Option(4200, help="Dashboard port."),
+) -> None:
+    """Start a Prefect server (the dashboard). Runs report to it when PREFECT_API_URL is set."""
+    exe = shutil.which("prefect")
+    cmd = [exe] if exe else [sys.executable, "-m", "prefect"]
+    cmd += ["server", "start", "--host", host, "--port", str(port)]
+    typer.echo(f"dashboard: http://{host}:{port}  —  in other shells: export PREFECT_API_URL=http://{host}:{port}/api")
+    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+
+
+@app.command("studies")
+def list_studies() -> None:
+    """List the example studies shipped with the package."""
+    from inheritlab.flows.spec import builtin_specs
+
+    for name in builtin_specs():
+        typer.echo(name)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
