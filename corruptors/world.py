@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,6 +180,11 @@ def _shrunk(mask: np.ndarray) -> np.ndarray:
     return m
 
 
+def _articles(text: str) -> str:
+    """Fix indefinite articles ("a orange" → "an orange") so captions read naturally."""
+    return re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", text)
+
+
 def _class_counts(n: int, num_classes: int, imbalance: float) -> np.ndarray:
     """Exact per-class counts for a pool of n (largest remainder over Zipf weights)."""
     w = 1.0 / np.arange(1, num_classes + 1, dtype=np.float64) ** imbalance
@@ -263,7 +269,7 @@ def _render_split(cfg: ImageWorldConfig, split: str, n: int, names: list[str]) -
         Image.fromarray(pix[i], "RGB").save(buf, format="PNG", compress_level=6)
         cls = int(labels[i])
         attrs = {"colour": colour_names[colour_idx[i]], "bg": backgrounds[bg_idx[i]], "size": str(sizes[i])}
-        caption = CAPTION_TEMPLATES[tmpl_idx[i]].format(cls=names[cls], **attrs)
+        caption = _articles(CAPTION_TEMPLATES[tmpl_idx[i]].format(cls=names[cls], **attrs))
         key = f"{split}_{i:07d}"
         meta = {"label": cls, "class_name": names[cls], "domain": domain, "split": split, **attrs}
         out.append({"__key__": key, "image": buf.getvalue(), "image_ext": "png", "caption": caption,
