@@ -214,10 +214,11 @@ def _build_sample(shard: str, key: str, parts: dict[str, tuple[str, bytes]], dec
 def _iter_tar_groups(shard: str) -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
     """Consecutive members grouped by key, streaming (one sample in memory at a time)."""
     last_member = None
+    key: str | None = None
+    parts: dict[str, tuple[str, bytes]] = {}
+    end = 0
     try:
         with tarfile.open(shard, mode="r|*") as tar:
-            key: str | None = None
-            parts: dict[str, tuple[str, bytes]] = {}
             for info in tar:
                 if not info.isfile():
                     continue
@@ -230,11 +231,27 @@ def _iter_tar_groups(shard: str) -> Iterator[tuple[str, dict[str, tuple[str, byt
                         yield key, parts
                     key, parts = k, {}
                 parts[ext] = (info.name, data)
-            if key is not None:
-                yield key, parts
+            end = tar.offset
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         where = f"after member {last_member!r}" if last_member else "at the start"
         raise ShardError(shard, last_member, f"unreadable or truncated tar {where} ({type(exc).__name__}: {exc})") from None
+    # The last sample is only complete once the archive is known to end here.
+    _check_end_marker(shard, end, last_member)
+    if key is not None:
+        yield key, parts
+
+
+def _check_end_marker(shard: str, end: int, last_member: str | None) -> None:
+    """A tar cut at a member boundary (or holding a garbage header) reads as a short archive
+    without complaint; only the end-of-archive marker (two zero blocks) proves it is whole."""
+    with open(shard, "rb") as fh:
+        if fh.read(2) == b"\x1f\x8b":
+            return  # compressed: the decompressor already caught truncation
+        fh.seek(end)
+        marker = fh.read(1024)
+    if marker != bytes(1024):
+        what = "no end-of-archive marker" if len(marker) < 1024 else "garbage where a header or the end marker belongs"
+        raise ShardError(shard, last_member, f"truncated or corrupt tar: {what} after member {last_member!r}")
 
 
 def _check_ceiling(stats: ReadStats, ceiling: float | int, final: bool) -> None:
