@@ -1,0 +1,30 @@
+"""Fused losses for pre-training: CLIP/SigLIP contrastive and LM-head cross-entropy.
+
+Trainers call the dispatcher functions below; they run the Triton kernels on CUDA tensors and
+the PyTorch references on CPU (see ``inheritlab.kernels.dispatch`` for the ``impl`` switch).
+This package imports torch and triton only.
+"""
+
+from inheritlab.kernels.dispatch import (
+    KernelUnavailableError,
+    clip_contrastive_loss,
+    linear_cross_entropy,
+    siglip_loss,
+    triton_status,
+)
+from inheritlab.kernels.reference import (
+    clip_contrastive_loss_reference,
+    linear_cross_entropy_reference,
+    siglip_loss_reference,
+)
+
+__all__ = [
+    "clip_contrastive_loss",
+    "siglip_loss",
+    "linear_cross_entropy",
+    "clip_contrastive_loss_reference",
+    "siglip_loss_reference",
+    "linear_cross_entropy_reference",
+    "KernelUnavailableError",
+    "triton_status",
+]
