@@ -33,6 +33,8 @@ def with_clean_controls(df: pl.DataFrame) -> pl.DataFrame:
 
 def analyse(run: RunDir, spec: StudySpec, formats: tuple[str, ...] = ("png", "csv", "md")) -> dict[str, Path]:
     """Load the completed cells, write the study's tables, fits and plots under ``results/``."""
+    if not run.completed_cells():
+        return {}
     from inheritlab.analysis.report import build_report
     from inheritlab.analysis.results import load_results
 

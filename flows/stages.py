@@ -36,15 +36,23 @@ class DataSources:
 
 def prepare_data(data_config: dict[str, Any], study_seed: int, run: RunDir) -> DataSources:
     """Generate the built-in world once per study (idempotent), or open the user's shards."""
-    from inheritlab.corruptors.world import ImageWorldConfig, load_world_info, write_image_world
+    from inheritlab.corruptors.shards import list_shards
+    from inheritlab.corruptors.world import ImageWorldConfig, WorldInfo, load_world_info, write_image_world
 
     if data_config["source"] == "builtin":
         cfg = ImageWorldConfig(seed=study_seed, **data_config["world"])
-        info = write_image_world(cfg, run.root / "world")
-    else:
-        shards = data_config["shards"]
-        info = load_world_info(shards["train"], test_id=shards.get("test_id"), test_ood=shards.get("test_ood"))
-    return DataSources(world=info)
+        return DataSources(world=write_image_world(cfg, run.root / "world"))
+    paths = {k: v for k, v in data_config["shards"].items() if v}
+    # Class names (for zero-shot prompts and probes) come from a world.json beside the splits
+    # when there is one; plain img2dataset shards carry captions only.
+    parent = Path(paths["train"]).expanduser().parent
+    base = load_world_info(parent) if (parent / "world.json").is_file() else None
+    splits = {split: list_shards(p) for split, p in paths.items()}
+    if base is not None:
+        return DataSources(world=WorldInfo(root=base.root, class_names=base.class_names, prompt_templates=base.prompt_templates, splits=splits, num_classes=base.num_classes, config=base.config))
+    from inheritlab.corruptors.world import PROMPT_TEMPLATES
+
+    return DataSources(world=WorldInfo(root=parent, class_names=[], prompt_templates=list(PROMPT_TEMPLATES), splits=splits, num_classes=0))
 
 
 def cell_corruptors(cell: Cell, data: DataSources) -> list[dict[str, Any]]:
@@ -73,6 +81,7 @@ def stage_condition(cell: Cell, cdir: CellDir, data: DataSources) -> dict[str, A
         out_dir=cdir.data,
         num_classes=data.world.num_classes,
         class_names=list(data.world.class_names),
+        bad_sample_ceiling=cell.config["bad_sample_ceiling"],
     )
 
 

@@ -94,28 +94,39 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
 
     timings: dict[str, float] = {}
     summaries: list[dict[str, Any]] = []
+    failures: list[str] = []
     if todo:
-        t0 = time.perf_counter()
-        cluster = init_ray(ray_address)
-        timings["ray_init"] = round(time.perf_counter() - t0, 3)
-        log.info("ray: %s cpus=%s gpus=%s nodes=%s", cluster.address, cluster.cpus, cluster.gpus, cluster.nodes)
-        use_gpu = stages.resolve_use_gpu(spec.train.use_gpu, cluster.gpus)
+        # Open the data first: a missing shard directory fails here, before any cluster work.
         t0 = time.perf_counter()
         data = task(stages.prepare_data, name="prepare-data", cache_policy=NO_CACHE, persist_result=False)(
             cells[0].config["data"], spec.seed, run
         )
         timings["prepare_data"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        cluster = init_ray(ray_address)
+        timings["ray_init"] = round(time.perf_counter() - t0, 3)
+        log.info("ray: %s cpus=%s gpus=%s nodes=%s", cluster.address, cluster.cpus, cluster.gpus, cluster.nodes)
+        use_gpu = stages.resolve_use_gpu(spec.train.use_gpu, cluster.gpus)
         for cell in todo:
-            summaries.append(
-                cell_flow.with_options(flow_run_name=f"cell {cell.label}")(
-                    cell, str(run.root), data, use_gpu, spec.execution.cell_retries
-                )
+            # A failed cell does not stop the others; the study fails at the end, naming it.
+            state = cell_flow.with_options(flow_run_name=f"cell {cell.label}")(
+                cell, str(run.root), data, use_gpu, spec.execution.cell_retries, return_state=True
             )
+            if state.is_completed():
+                summaries.append(state.result())
+            else:
+                try:
+                    state.result()
+                    failures.append(f"{cell.label} ({cell.cell_id}): {state.message}")
+                except Exception as exc:  # the cell's own error, e.g. a bad shard
+                    failures.append(f"{cell.label} ({cell.cell_id}): {exc}")
     t0 = time.perf_counter()
     report = task(publish_results, name="analyse-and-publish", cache_policy=NO_CACHE, persist_result=False)(spec, run)
     timings["analyse"] = round(time.perf_counter() - t0, 3)
     timings["total"] = round(time.perf_counter() - t_start, 3)
-    atomic_write_json(run.results / "study_timings.json", {"timings_s": timings, "cells": summaries})
+    atomic_write_json(run.results / "study_timings.json", {"timings_s": timings, "cells": summaries, "failed": failures})
+    if failures:
+        raise InheritlabError(f"{len(failures)} of {len(todo)} cells failed:\n  " + "\n  ".join(failures))
     return {"run_dir": str(run.root), "cells": len(cells), "ran": len(todo), "timings": timings, "report": {k: str(v) for k, v in report.items()}}
 
 
