@@ -9,7 +9,9 @@ are not retried — they fail once with their message.
 
 from __future__ import annotations
 
+import contextvars
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +109,22 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
         timings["ray_init"] = round(time.perf_counter() - t0, 3)
         log.info("ray: %s cpus=%s gpus=%s nodes=%s", cluster.address, cluster.cpus, cluster.gpus, cluster.nodes)
         use_gpu = stages.resolve_use_gpu(spec.train.use_gpu, cluster.gpus)
-        for cell in todo:
-            # A failed cell does not stop the others; the study fails at the end, naming it.
-            state = cell_flow.with_options(flow_run_name=f"cell {cell.label}")(
+        def one(cell: Cell) -> tuple[Cell, Any]:
+            return cell, cell_flow.with_options(flow_run_name=f"cell {cell.label}")(
                 cell, str(run.root), data, use_gpu, spec.execution.cell_retries, return_state=True
             )
-            if state.is_completed():
-                summaries.append(state.result())
-            else:
+
+        # Cells run side by side up to max_concurrent_cells (each holds its own Ray workers);
+        # contextvars are copied so every cell's sub-run nests under this study's flow run.
+        width = min(spec.execution.max_concurrent_cells, len(todo))
+        with ThreadPoolExecutor(max_workers=width) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, one, cell) for cell in todo]
+            for fut in futures:
+                cell, state = fut.result()
+                # A failed cell does not stop the others; the study fails at the end, naming it.
+                if state.is_completed():
+                    summaries.append(state.result())
+                    continue
                 try:
                     state.result()
                     failures.append(f"{cell.label} ({cell.cell_id}): {state.message}")
