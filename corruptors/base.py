@@ -110,8 +110,10 @@ class Corruptor:
         study_seed: int,
         num_classes: int | None,
         class_names: list[str] | None,
+        sources: dict[str, list[str]] | None = None,
     ) -> None:
         self.name = name
+        self.sources = dict(sources or {})
         self.params = params
         self.study_seed = int(study_seed)
         self.num_classes = num_classes
@@ -186,6 +188,10 @@ class Corruptor:
         self.n_added += n
         self.record(key, action, copies=n, **detail)
 
+    def artifacts(self) -> dict[str, Any]:
+        """Extra JSON files (name → object) the data-condition stage writes for this step."""
+        return {}
+
     def counters(self) -> dict[str, Any]:
         return {
             "type": self.type_name,
@@ -211,6 +217,11 @@ class Corruptor:
             },
             schema={"key": pl.Utf8, "corruptor": pl.Utf8, "type": pl.Utf8, "action": pl.Utf8, "detail": pl.Utf8},
         )
+
+
+def text_field(sample: Sample) -> str:
+    """The sample's text field: ``text`` for text samples, ``caption`` for image–caption pairs."""
+    return "text" if "text" in sample else "caption"
 
 
 def copy_sample(sample: Sample) -> Sample:

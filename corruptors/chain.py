@@ -21,6 +21,9 @@ from typing import Any
 import polars as pl
 
 # Importing the corruptor modules registers their types.
+from inheritlab.corruptors import balance as _balance  # noqa: F401
+from inheritlab.corruptors import dedup as _dedup  # noqa: F401
+from inheritlab.corruptors import duplication as _duplication  # noqa: F401
 from inheritlab.corruptors import noise as _noise  # noqa: F401
 from inheritlab.corruptors.base import REGISTRY, Corruptor, Sample, check_params
 from inheritlab.corruptors.shards import ReadStats, iter_samples, list_shards
@@ -133,11 +136,14 @@ def build_chain(
     num_classes: int | None,
     class_names: list[str] | None,
     plan_dir: str | Path | None = None,
+    sources: dict[str, list[str]] | None = None,
 ) -> Chain:
     """Validate ``specs`` and build their chain; with ``plan_dir``, planned steps load their plans.
 
     A step's name (``name`` in its spec, else its type; ``-2``, ``-3`` appended on repeats)
     seeds its decisions, so the same spec decides the same way in every cell of a study.
+    ``sources`` maps split names (``test_id``...) to shard lists for steps that read another
+    split while planning (contamination); the trainer, which only loads plans, needs none.
     """
     steps: list[Corruptor] = []
     seen: Counter[str] = Counter()
@@ -150,7 +156,8 @@ def build_chain(
         seen[base] += 1
         name = base if seen[base] == 1 else f"{base}-{seen[base]}"
         steps.append(
-            cls(name=name, params=params, study_seed=study_seed, num_classes=num_classes, class_names=class_names)
+            cls(name=name, params=params, study_seed=study_seed, num_classes=num_classes, class_names=class_names,
+                sources=sources)
         )
     chain = Chain(steps)
     if plan_dir is not None:
@@ -170,12 +177,26 @@ def _plan_shard(
     plan_dir: str,
     index: int,
     decode: bool,
+    kind: str = "image",
+    sources: dict[str, list[str]] | None = None,
 ) -> Any:
     """Map of step ``index``'s plan over one shard (runs in a Ray task or in-process)."""
-    chain = build_chain(specs, study_seed=study_seed, num_classes=num_classes, class_names=class_names)
+    chain = build_chain(specs, study_seed=study_seed, num_classes=num_classes, class_names=class_names, sources=sources)
     chain.load_plans(plan_dir, upto=index)
-    stream = iter_samples([shard], decode=decode, bad_sample_ceiling=_PLAN_PASS_CEILING)
+    stream = iter_samples([shard], decode=decode, bad_sample_ceiling=_PLAN_PASS_CEILING, kind=kind)
     return chain.steps[index].plan_map(chain.apply_prefix(stream, index))
+
+
+def _world_sources(shards: list[str]) -> dict[str, list[str]]:
+    """Split name → shards of the world the train shards belong to (``<root>/train/x.tar``)."""
+    if not shards:
+        return {}
+    root = Path(shards[0]).resolve().parent.parent
+    if not (root / "world.json").is_file():
+        return {}
+    from inheritlab.corruptors.world import load_world_info
+
+    return dict(load_world_info(root).splits)
 
 
 def _ray_ready() -> bool:
@@ -207,6 +228,8 @@ def condition_data(
     num_classes: int | None,
     class_names: list[str] | None,
     bad_sample_ceiling: float | int = 0,
+    sources: dict[str, list[str]] | None = None,
+    kind: str = "image",
 ) -> dict[str, Any]:
     """The data-condition stage of one cell: plans, then one pass writing manifest and counters.
 
@@ -216,17 +239,22 @@ def condition_data(
         {"source": {samples, shards, skipped{reason}, ...}, "corruptors": {name: {...}},
          "samples_out": int, "labels_out": {label: n}, "balanced": bool}
 
-    Images are not decoded unless a step needs pixels.
+    Images are not decoded unless a step needs pixels. ``sources`` (split name → shards) is
+    what contamination reads test items from; when omitted it comes from the ``world.json``
+    of the world the shards belong to, if any. ``kind="text"`` for text shards.
     """
     shard_list = list_shards(shards) if isinstance(shards, (str, Path)) else [str(s) for s in shards]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    chain = build_chain(specs, study_seed=study_seed, num_classes=num_classes, class_names=class_names)
+    if sources is None:
+        sources = _world_sources(shard_list)
+    chain = build_chain(specs, study_seed=study_seed, num_classes=num_classes, class_names=class_names,
+                        sources=sources)
     decode = chain.needs_decode
     for index, step in enumerate(chain.steps):
         if not step.planned:
             continue
-        args = (specs, study_seed, num_classes, class_names, str(out), index, decode)
+        args = (specs, study_seed, num_classes, class_names, str(out), index, decode, kind, sources)
         partials = _map_shards(shard_list, args)
         plan = step.plan_reduce(partials)
         _write_parquet(plan, plan_path(out, step.name))
@@ -234,7 +262,7 @@ def condition_data(
     stats = ReadStats()
     labels: Counter[int] = Counter()
     n_out = 0
-    for sample in chain.apply(iter_samples(shard_list, decode=decode, bad_sample_ceiling=bad_sample_ceiling, stats=stats)):
+    for sample in chain.apply(iter_samples(shard_list, decode=decode, bad_sample_ceiling=bad_sample_ceiling, stats=stats, kind=kind)):
         n_out += 1
         labels[int(sample.get("label", -1))] += 1
     counters = {
@@ -244,6 +272,9 @@ def condition_data(
         "labels_out": {str(k): v for k, v in sorted(labels.items())},
         "balanced": chain.balanced(),
     }
+    for step in chain.steps:
+        for fname, obj in step.artifacts().items():
+            atomic_write_json(out / fname, obj)
     _write_parquet(chain.manifest(), out / MANIFEST_NAME)
     atomic_write_json(out / COUNTERS_NAME, counters)
     return counters

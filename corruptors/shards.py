@@ -168,7 +168,7 @@ def _decode_image(data: bytes, member: str) -> Any:
         raise _BadSample("undecodable_image", member, f"image does not decode ({type(exc).__name__}: {exc})") from None
 
 
-def _build_sample(shard: str, key: str, parts: dict[str, tuple[str, bytes]], decode: bool) -> Sample:
+def _build_sample(shard: str, key: str, parts: dict[str, tuple[str, bytes]], decode: bool, kind: str) -> Sample:
     """Turn the members of one key into a sample, or raise :class:`_BadSample`."""
     for ext, (member, data) in parts.items():
         if "." in ext and ext.rsplit(".", 1)[-1] in KNOWN_EXTS:
@@ -187,15 +187,19 @@ def _build_sample(shard: str, key: str, parts: dict[str, tuple[str, bytes]], dec
             raise _BadSample("bad_json", member, f"metadata is not valid JSON ({exc})") from None
         if not isinstance(meta, dict):
             raise _BadSample("bad_json", member, f"metadata must be a JSON object, got {type(meta).__name__}")
+    text_key = "text" if kind == "text" else "caption"
     if "txt" in parts:
         member, data = parts["txt"]
         try:
             caption = data.decode("utf-8").strip()
         except UnicodeDecodeError:
-            raise _BadSample("bad_caption", member, "caption is not UTF-8") from None
+            raise _BadSample(f"bad_{text_key}", member, f"{text_key} is not UTF-8") from None
     else:
-        first = next(iter(parts.values()))[0]
-        raise _BadSample("missing_caption", f"{key}.txt", f"sample has no .txt caption (members: {first!r}...)")
+        names = ", ".join(repr(m) for m, _ in parts.values())
+        raise _BadSample(f"missing_{text_key}", f"{key}.txt", f"sample has no .txt {text_key} (members: {names})")
+    if kind == "image" and img_ext is None:
+        names = ", ".join(repr(m) for m, _ in parts.values())
+        raise _BadSample("missing_image", f"{key}.png", f"sample has no image member (members: {names})")
     label = -1
     if "cls" in parts:
         member, data = parts["cls"]
@@ -203,8 +207,8 @@ def _build_sample(shard: str, key: str, parts: dict[str, tuple[str, bytes]], dec
             label = int(data.decode("ascii").strip())
         except (UnicodeDecodeError, ValueError):
             raise _BadSample("bad_label", member, f"label is not an integer: {data[:20]!r}") from None
-    sample: Sample = {"__key__": key, "__shard__": shard, "caption": caption, "label": label, "meta": meta}
-    if img_ext is not None:
+    sample: Sample = {"__key__": key, "__shard__": shard, text_key: caption, "label": label, "meta": meta}
+    if img_ext is not None and kind != "text":
         member, data = parts[img_ext]
         sample["image"] = _decode_image(data, member) if decode else data
         sample["image_ext"] = img_ext
@@ -280,6 +284,7 @@ def iter_samples(
     decode: bool = True,
     bad_sample_ceiling: float | int = 0,
     stats: ReadStats | None = None,
+    kind: str = "image",
 ) -> Iterator[Sample]:
     """Stream samples from shards in the given order.
 
@@ -288,7 +293,13 @@ def iter_samples(
     ``n >= 1`` skips and counts up to ``n`` bad samples; a float in ``(0, 1)`` allows that
     fraction of the stream (checked after each shard). A truncated or unreadable tar always
     raises: how many samples it lost is unknowable. Skips are counted in ``stats``.
+
+    ``kind``: ``"image"`` (image–caption pairs; a sample without image or caption is bad),
+    ``"text"`` (text samples ``{"__key__", "text", "label", "meta"}`` from ``.txt``; images
+    ignored) or ``"any"`` (the image is optional: e.g. contamination sources).
     """
+    if kind not in ("image", "text", "any"):
+        raise ValueError(f"kind must be 'image', 'text' or 'any', got {kind!r}")
     if isinstance(shards, (str, os.PathLike)):
         shards = list_shards(shards)
     if isinstance(bad_sample_ceiling, bool) or bad_sample_ceiling < 0:
@@ -303,7 +314,7 @@ def iter_samples(
             raise ShardError(shard, None, "zero-byte shard file")
         for key, parts in _iter_tar_groups(shard):
             try:
-                sample = _build_sample(shard, key, parts, decode)
+                sample = _build_sample(shard, key, parts, decode, kind)
             except _BadSample as bad:
                 if strict:
                     raise ShardError(shard, bad.member, bad.problem) from None
