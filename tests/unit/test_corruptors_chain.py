@@ -17,12 +17,16 @@ from inheritlab.infra.errors import SpecError
 
 NAMES = ["circle", "square", "triangle", "cross", "ring"]
 SEED = 11
+# A valid 1x1 PNG: image–caption samples need an image member (it is never decoded here).
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c49444154789c63f8cfc0000003010100c9fe92ef0000000049454e44ae426082"
+)
 
 
 def _samples(n: int = 240) -> list[dict]:
     return [
         {"__key__": f"k{i:05d}", "__shard__": "", "caption": f"a red {NAMES[i % 5]} on a black background.",
-         "label": i % 5, "meta": {}}
+         "label": i % 5, "meta": {}, "image": PNG, "image_ext": "png"}
         for i in range(n)
     ]
 
