@@ -31,7 +31,6 @@ from inheritlab.corruptors.base import Corruptor, Param, Sample, register, text_
 from inheritlab.infra.errors import SpecError
 from inheritlab.infra.hashing import stable_rng, stable_uniform
 
-_MERSENNE = np.uint64((1 << 61) - 1)
 _MASK32 = np.uint64(0xFFFFFFFF)
 _WS = re.compile(r"\s+")
 
@@ -62,12 +61,16 @@ def _shingle_hashes(text: str, n: int) -> np.ndarray:
 
 
 class MinHasher:
-    """MinHash signatures with ``num_perm`` universal hashes ``(a·x + b) mod (2^61 − 1)``."""
+    """MinHash signatures with ``num_perm`` multiply-shift hashes ``((a·x + b) mod 2^64) >> 32``.
+
+    ``a`` is a random odd 64-bit multiplier (Dietzfelbinger's universal family): the wrap-around
+    of uint64 arithmetic is the modulus, so the sweep is pure numpy with no overflow concerns.
+    """
 
     def __init__(self, num_perm: int = 128, ngram: int = 5, seed: int = 1) -> None:
         rng = stable_rng("minhash", seed, num_perm)
-        self.a = rng.integers(1, 1 << 32, size=num_perm, dtype=np.uint64)
-        self.b = rng.integers(0, 1 << 32, size=num_perm, dtype=np.uint64)
+        self.a = rng.integers(0, np.iinfo(np.uint64).max, size=num_perm, dtype=np.uint64, endpoint=True) | np.uint64(1)
+        self.b = rng.integers(0, np.iinfo(np.uint64).max, size=num_perm, dtype=np.uint64, endpoint=True)
         self.num_perm, self.ngram = num_perm, ngram
 
     def signatures(self, texts: list[str]) -> np.ndarray:
@@ -77,8 +80,8 @@ class MinHasher:
         hashes = [_shingle_hashes(t, self.ngram) for t in texts]
         starts = np.cumsum([0] + [h.size for h in hashes[:-1]])
         x = np.concatenate(hashes)
-        # a < 2^32 and x < 2^32, so a·x + b < 2^64: no overflow before the modulus.
-        v = (self.a[:, None] * x[None, :] + self.b[:, None]) % _MERSENNE
+        with np.errstate(over="ignore"):
+            v = (self.a[:, None] * x[None, :] + self.b[:, None]) >> np.uint64(32)
         return np.minimum.reduceat(v, starts, axis=1).T.copy()
 
 
