@@ -1,0 +1,506 @@
+"""Scaling-law fitting engine and the power-law forms.
+
+Every parametric form goes through the same recipe, so they can be compared on equal terms:
+
+1. **Sort the input** (by x, then y): a fit must not depend on row order.
+2. **Normalise x** by its geometric mean, so parameters are O(1) whatever the units (samples,
+   FLOPs, GMACs). Reported parameters are converted back to the original units.
+3. **Robust initialisation**: evaluate the loss on a grid of starting points (vectorised), keep
+   the best few, refine each with a bounded optimiser (``scipy.optimize.least_squares``, trust
+   region reflective — what ``curve_fit`` uses when bounds are given), keep the best.
+4. **Bootstrap**: resampling points with replacement is the same as giving them multinomial
+   weights, so all resamples share one x and are refitted *together* with a batched, bounded
+   Levenberg–Marquardt started at the best fit. The generator is seeded: same data, same CIs.
+5. **Held-out extrapolation**: refit on the smaller scales, score the error on the larger ones.
+
+Residuals are taken in log space (``log y`` or ``log(y + 1)``), which weighs a 10 % miss at
+small and large scales alike and matches how scaling laws are read on log-log axes.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from scipy.optimize import least_squares
+
+_TINY = 1e-12
+
+
+@dataclass(frozen=True, kw_only=True)
+class Form:
+    """A parametric scaling form y = f(x; θ) with the pieces the engine needs.
+
+    ``fn(X, theta)`` takes normalised inputs ``X`` of shape (n, d) and parameters of shape
+    (..., p) and returns predictions of shape (..., n). ``bounds`` and ``grid`` see the
+    normalised data, so they can adapt to it (a break location inside the x range, a floor
+    below the smallest y). ``log_params`` marks parameters optimised as log θ (positive, with
+    a wide range). ``to_units`` converts normalised parameters to the original x units.
+    """
+
+    name: str
+    params: tuple[str, ...]
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    bounds: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+    grid: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    log_params: tuple[bool, ...]
+    to_units: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    space: str = "log"  # residual space: "log" → log y, "log1p" → log(y + 1)
+    min_points: int | None = None  # distinct x values needed (default: number of parameters)
+    scale_dims: int | None = None  # leading columns of X that are scales; the rest are covariates
+
+    @property
+    def n_params(self) -> int:
+        return len(self.params)
+
+    @property
+    def needs(self) -> int:
+        return self.min_points if self.min_points is not None else self.n_params
+
+
+def _t(y: np.ndarray, space: str) -> np.ndarray:
+    if space == "log":
+        return np.log(np.maximum(y, _TINY))
+    if space == "log1p":
+        return np.log1p(np.maximum(y, -1 + _TINY))
+    raise ValueError(f"residual space {space!r}: expected 'log' or 'log1p'")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """One fitted curve: parameters in original units, uncertainty, held-out error."""
+
+    form: Form
+    theta: np.ndarray              # normalised parameters (p,)
+    x_ref: np.ndarray              # per-column normalisation (d,)
+    params: dict[str, float]       # original units
+    ci: dict[str, tuple[float, float]]
+    loss: float                    # mean squared residual in the form's space
+    n_points: int
+    boot_theta: np.ndarray         # (B, p) normalised bootstrap parameters
+    holdout: dict[str, Any] | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, x: np.ndarray | Sequence[float]) -> np.ndarray:
+        X = _as_2d(x) / self.x_ref
+        return self.form.fn(X, self.theta)
+
+    def band(self, x: np.ndarray | Sequence[float], level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Pointwise bootstrap band of the prediction (equal tails)."""
+        X = _as_2d(x) / self.x_ref
+        if len(self.boot_theta) < 2:
+            p = self.form.fn(X, self.theta)
+            return p, p
+        preds = self.form.fn(X, self.boot_theta)
+        q = (1 - level) / 2
+        return np.nanquantile(preds, q, axis=0), np.nanquantile(preds, 1 - q, axis=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "form": self.form.name,
+            "params": {k: float(v) for k, v in self.params.items()},
+            "ci95": {k: [float(a), float(b)] for k, (a, b) in self.ci.items()},
+            "loss": float(self.loss),
+            "n_points": int(self.n_points),
+            "n_boot": int(len(self.boot_theta)),
+            "holdout": self.holdout,
+            "note": self.note,
+            **self.extra,
+        }
+
+
+class InsufficientData(ValueError):
+    """Too few distinct scales for the requested form."""
+
+
+def _as_2d(x: np.ndarray | Sequence[float]) -> np.ndarray:
+    X = np.asarray(x, dtype=float)
+    return X[:, None] if X.ndim == 1 else X
+
+
+def _sorted(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((y,) + tuple(X[:, j] for j in reversed(range(X.shape[1]))))
+    return X[order], y[order]
+
+
+def _geo_ref(X: np.ndarray, scale_dims: int | None = None) -> np.ndarray:
+    pos = np.where(X > 0, X, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = np.exp(np.nanmean(np.log(pos), axis=0))
+    ref = np.where(np.isfinite(ref) & (ref > 0), ref, 1.0)
+    if scale_dims is not None:
+        ref[scale_dims:] = 1.0  # covariate columns (group indices) are not rescaled
+    return ref
+
+
+class _Space:
+    """Maps between parameters θ and the optimiser's variables u (log for log-params)."""
+
+    def __init__(self, form: Form, lo: np.ndarray, hi: np.ndarray) -> None:
+        self.mask = np.asarray(form.log_params, dtype=bool)
+        self.lo = np.where(self.mask, np.log(np.maximum(lo, _TINY)), lo)
+        self.hi = np.where(self.mask, np.log(np.maximum(hi, _TINY)), hi)
+
+    def to_u(self, theta: np.ndarray) -> np.ndarray:
+        u = np.where(self.mask, np.log(np.maximum(theta, _TINY)), theta)
+        # Keep starts strictly inside the box: least_squares rejects x0 on a bound.
+        span = self.hi - self.lo
+        return np.clip(u, self.lo + 1e-9 * span, self.hi - 1e-9 * span)
+
+    def to_theta(self, u: np.ndarray) -> np.ndarray:
+        return np.where(self.mask, np.exp(u), u)
+
+
+def _grid_losses(form: Form, X: np.ndarray, ty: np.ndarray, grid: np.ndarray, chunk: int = 20000) -> np.ndarray:
+    out = np.empty(len(grid))
+    with np.errstate(all="ignore"):
+        for s in range(0, len(grid), chunk):
+            pred = _t(form.fn(X, grid[s : s + chunk]), form.space)
+            r = pred - ty
+            out[s : s + chunk] = np.mean(r * r, axis=-1)
+    return np.where(np.isfinite(out), out, np.inf)
+
+
+def _refine(form: Form, X: np.ndarray, ty: np.ndarray, sp: _Space, theta0: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, float]:
+    sw = None if w is None else np.sqrt(w)
+
+    def resid(u: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            r = _t(form.fn(X, sp.to_theta(u)), form.space) - ty
+        r = np.where(np.isfinite(r), r, 1e3)
+        return r if sw is None else r * sw
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sol = least_squares(resid, sp.to_u(theta0), bounds=(sp.lo, sp.hi), method="trf", x_scale="jac",
+                            max_nfev=400 * (form.n_params + 1))
+    r = resid(sol.x)
+    denom = len(ty) if w is None else float(np.sum(w))
+    return sp.to_theta(sol.x), float(np.sum(r * r) / denom)
+
+
+def _batched_lm(form: Form, X: np.ndarray, ty: np.ndarray, W: np.ndarray, sp: _Space, theta0: np.ndarray, iters: int = 60) -> np.ndarray:
+    """Refit B weighted problems at once; returns θ of shape (B, p).
+
+    Projected Levenberg–Marquardt with a forward-difference Jacobian: every step is a handful
+    of (B, n) evaluations and one batched p×p solve, so 100 resamples cost about as much as a
+    few single fits.
+    """
+    B, p = len(W), form.n_params
+    u = np.tile(sp.to_u(theta0), (B, 1))
+    lam = np.full(B, 1e-2)
+    wsum = W.sum(axis=1)
+
+    def resid(uu: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            r = _t(form.fn(X, sp.to_theta(uu)), form.space) - ty
+        return np.where(np.isfinite(r), r, 1e3)
+
+    def loss(r: np.ndarray) -> np.ndarray:
+        return np.sum(W * r * r, axis=1) / wsum
+
+    r = resid(u)
+    cur = loss(r)
+    eye = np.eye(p)
+    for _ in range(iters):
+        h = 1e-6 * (1.0 + np.abs(u))
+        J = np.empty((B, len(ty), p))
+        for k in range(p):
+            du = u.copy()
+            du[:, k] += h[:, k]
+            J[:, :, k] = (resid(du) - r) / h[:, k : k + 1]
+        JW = J * W[:, :, None]
+        A = np.einsum("bnp,bnq->bpq", JW, J)
+        g = np.einsum("bnp,bn->bp", JW, r)
+        diag = np.einsum("bpp->bp", A)
+        M = A + lam[:, None, None] * (diag[:, :, None] * eye + 1e-9 * eye)
+        try:
+            step = -np.linalg.solve(M, g[:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            step = -g * 1e-3
+        step = np.where(np.isfinite(step), step, 0.0)
+        cand = np.clip(u + step, sp.lo, sp.hi)
+        rc = resid(cand)
+        new = loss(rc)
+        better = new < cur
+        u = np.where(better[:, None], cand, u)
+        r = np.where(better[:, None], rc, r)
+        gain = np.where(better, cur - new, 0.0)
+        cur = np.where(better, new, cur)
+        lam = np.where(better, lam / 3.0, lam * 4.0)
+        lam = np.clip(lam, 1e-9, 1e9)
+        if np.all((gain < 1e-12 * (1 + cur)) & ~better | (lam >= 1e9)):
+            break
+    return sp.to_theta(u)
+
+
+def fit_form(
+    form: Form,
+    x: np.ndarray | Sequence[float],
+    y: np.ndarray | Sequence[float],
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    top_k: int = 4,
+    holdout: bool = True,
+    holdout_frac: float = 0.25,
+) -> FitResult:
+    """Fit ``form`` to (x, y); bootstrap CIs and held-out score. See the module docstring."""
+    X, yv = _sorted(_as_2d(x), np.asarray(y, dtype=float))
+    ok = np.all(np.isfinite(X), axis=1) & np.isfinite(yv)
+    X, yv = X[ok], yv[ok]
+    n_distinct = len(np.unique(X, axis=0))
+    if n_distinct < form.needs:
+        raise InsufficientData(f"{form.name}: {n_distinct} distinct scale(s), need at least {form.needs}")
+    x_ref = _geo_ref(X, form.scale_dims)
+    Xn = X / x_ref
+    theta, loss = _fit_core(form, Xn, yv, top_k=top_k)
+    boot = np.empty((0, form.n_params))
+    if n_boot > 0:
+        rng = np.random.default_rng(seed)
+        W = rng.multinomial(len(yv), np.full(len(yv), 1.0 / len(yv)), size=n_boot).astype(float)
+        lo, hi = form.bounds(Xn, yv)
+        boot = _batched_lm(form, Xn, _t(yv, form.space), W, _Space(form, lo, hi), theta)
+    params_u = form.to_units(theta, x_ref)
+    ci: dict[str, tuple[float, float]] = {}
+    if len(boot) >= 2:
+        bu = form.to_units(boot, x_ref)
+        lo_q, hi_q = np.nanquantile(bu, 0.025, axis=0), np.nanquantile(bu, 0.975, axis=0)
+        ci = {n: (float(lo_q[i]), float(hi_q[i])) for i, n in enumerate(form.params)}
+    res = FitResult(
+        form=form, theta=theta, x_ref=x_ref, params={n: float(params_u[i]) for i, n in enumerate(form.params)},
+        ci=ci, loss=loss, n_points=len(yv), boot_theta=boot,
+    )
+    if holdout:
+        res = _with_holdout(res, X, yv, frac=holdout_frac, top_k=top_k)
+    return res
+
+
+def _fit_core(form: Form, Xn: np.ndarray, y: np.ndarray, *, top_k: int, w: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    ty = _t(y, form.space)
+    lo, hi = form.bounds(Xn, y)
+    sp = _Space(form, lo, hi)
+    grid = np.clip(form.grid(Xn, y), lo, hi)
+    losses = _grid_losses(form, Xn, ty, grid)
+    starts = grid[np.argsort(losses, kind="stable")[:top_k]]
+    best, best_loss = starts[0], math.inf
+    for s in starts:
+        th, lval = _refine(form, Xn, ty, sp, s, w)
+        if lval < best_loss - 1e-15:
+            best, best_loss = th, lval
+    return best, best_loss
+
+
+def split_holdout(X: np.ndarray, frac: float = 0.25, scale_dims: int | None = None) -> tuple[np.ndarray, float] | None:
+    """Mask of the training points (smaller scales) and the cutoff; None if too few scales.
+
+    Scales are ordered by the product of the x columns (for two-variable forms: N·D, a compute
+    proxy). The largest ``frac`` of distinct scales (at least one) are held out.
+    """
+    key = np.prod(_as_2d(X)[:, :scale_dims], axis=1)
+    uniq = np.unique(key)
+    n_test = max(1, int(round(frac * len(uniq))))
+    if len(uniq) - n_test < 2:
+        return None
+    cutoff = uniq[len(uniq) - n_test - 1]
+    return key <= cutoff, float(cutoff)
+
+
+def rmsle(pred: np.ndarray, y: np.ndarray) -> float:
+    """Root mean squared log error, in log(y + 1) as in the broken-scaling-law reference."""
+    return float(np.sqrt(np.mean((np.log1p(np.maximum(pred, -1 + _TINY)) - np.log1p(y)) ** 2)))
+
+
+def _with_holdout(res: FitResult, X: np.ndarray, y: np.ndarray, *, frac: float, top_k: int) -> FitResult:
+    split = split_holdout(X, frac, res.form.scale_dims)
+    if split is None:
+        return _replace(res, holdout=None, note=_join(res.note, "no held-out score (too few scales)"))
+    train, cutoff = split
+    Xtr, ytr = X[train], y[train]
+    if len(np.unique(Xtr, axis=0)) < res.form.needs:
+        return _replace(res, holdout=None, note=_join(res.note, "no held-out score (too few scales to refit)"))
+    ref = _geo_ref(Xtr, res.form.scale_dims)
+    th, _ = _fit_core(res.form, Xtr / ref, ytr, top_k=top_k)
+    pred = res.form.fn(X[~train] / ref, th)
+    ho = {
+        "train_max_scale": cutoff,
+        "n_train": int(train.sum()),
+        "n_test": int((~train).sum()),
+        "rmsle": rmsle(pred, y[~train]),
+        "mae": float(np.mean(np.abs(pred - y[~train]))),
+        "rel_err": float(np.mean(np.abs(pred - y[~train]) / np.maximum(np.abs(y[~train]), _TINY))),
+    }
+    return _replace(res, holdout=ho)
+
+
+def _replace(res: FitResult, **kw: Any) -> FitResult:
+    from dataclasses import replace
+
+    return replace(res, **kw)
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
+
+
+# --- power laws -----------------------------------------------------------------------------
+
+
+def _pl_fn(X: np.ndarray, th: np.ndarray) -> np.ndarray:
+    x = X[:, 0]
+    th = np.asarray(th)
+    a, b, c = th[..., 0:1], th[..., 1:2], th[..., 2:3]
+    return a * x ** (-b) + c
+
+
+def _pl0_fn(X: np.ndarray, th: np.ndarray) -> np.ndarray:
+    th = np.asarray(th)
+    return th[..., 0:1] * X[:, 0] ** (-th[..., 1:2])
+
+
+def _pl_bounds(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ymax = float(np.max(np.abs(y))) or 1.0
+    return np.array([1e-8 * ymax, -2.0, 0.0]), np.array([1e4 * ymax, 5.0, max(float(np.min(y)), 1e-12)])
+
+
+def _pl_grid(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    ymin = float(np.min(y))
+    a = np.geomspace(1e-3, 10, 9) * max(float(np.median(y)), _TINY)
+    b = np.array([0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0])
+    c = ymin * np.array([0.0, 0.25, 0.5, 0.75, 0.9, 0.98])
+    return np.stack(np.meshgrid(a, b, c, indexing="ij"), -1).reshape(-1, 3)
+
+
+def _pl0_bounds(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ymax = float(np.max(np.abs(y))) or 1.0
+    return np.array([1e-8 * ymax, -2.0]), np.array([1e4 * ymax, 5.0])
+
+
+def _pl0_grid(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    a = np.geomspace(1e-2, 10, 7) * max(float(np.median(y)), _TINY)
+    b = np.array([-0.2, 0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 1.5])
+    return np.stack(np.meshgrid(a, b, indexing="ij"), -1).reshape(-1, 2)
+
+
+def _pl_units(th: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    # a·(x/ref)^-b = (a·ref^b)·x^-b
+    th = np.array(th, dtype=float, copy=True)
+    th[..., 0] = th[..., 0] * ref[0] ** th[..., 1]
+    return th
+
+
+POWER_LAW = Form(
+    name="power_law",  # E = a·x^-b + c
+    params=("a", "b", "c"),
+    fn=_pl_fn,
+    bounds=_pl_bounds,
+    grid=_pl_grid,
+    log_params=(True, False, False),
+    to_units=_pl_units,
+    min_points=4,  # three parameters and one degree of freedom left to check them
+)
+
+POWER_LAW_NO_FLOOR = Form(
+    name="power_law_no_floor",  # E = a·x^-b (a line in log-log space)
+    params=("a", "b"),
+    fn=_pl0_fn,
+    bounds=_pl0_bounds,
+    grid=_pl0_grid,
+    log_params=(True, False),
+    to_units=_pl_units,
+)
+
+
+def fit_power_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *, irreducible: bool = True, **kw: Any) -> FitResult:
+    """Fit E = a·x^-b + c (``irreducible=True``) or E = a·x^-b."""
+    return fit_form(POWER_LAW if irreducible else POWER_LAW_NO_FLOOR, x, y, **kw)
+
+
+def fit_best_power_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, **kw: Any) -> FitResult | None:
+    """The richest power law the data supports; None when fewer than two distinct scales.
+
+    Four or more scales: with the irreducible term, unless the floor-free law extrapolates
+    better on held-out scales. Two or three: without it (a note says so). One: nothing.
+    """
+    n_distinct = len(np.unique(_as_2d(np.asarray(x, dtype=float)), axis=0))
+    if n_distinct < 2:
+        return None
+    if n_distinct < POWER_LAW.needs:
+        r = fit_form(POWER_LAW_NO_FLOOR, x, y, **kw)
+        return _replace(r, note=_join(r.note, f"only {n_distinct} scales: power law without irreducible term"))
+    full = fit_form(POWER_LAW, x, y, **kw)
+    bare = fit_form(POWER_LAW_NO_FLOOR, x, y, **kw)
+    if full.holdout and bare.holdout and bare.holdout["rmsle"] < full.holdout["rmsle"]:
+        return _replace(bare, note=_join(bare.note, "floor-free law extrapolates better on held-out scales"))
+    return full
+
+
+def compare_forms(results: Sequence[FitResult]) -> list[dict[str, Any]]:
+    """Rank fitted forms by held-out RMSLE (lower first; forms without a score last)."""
+    rows = []
+    for r in results:
+        ho = r.holdout or {}
+        rows.append({"form": r.form.name, "n_params": r.form.n_params, "train_loss": r.loss,
+                     "holdout_rmsle": ho.get("rmsle", math.nan), "holdout_rel_err": ho.get("rel_err", math.nan)})
+    rows.sort(key=lambda d: (math.isnan(d["holdout_rmsle"]), d["holdout_rmsle"], d["n_params"]))
+    for i, d in enumerate(rows):
+        d["rank"] = i + 1
+    return rows
+
+
+# --- joint fit across bias levels -------------------------------------------------------------
+
+
+def joint_power_law(n_groups: int) -> Form:
+    """E = a_g·x^-b + c_g: one exponent shared by all groups (bias levels), own a and c each.
+
+    X has two columns: the scale and the group index (0 … n_groups-1). Sharing b asks whether
+    bias changes *how fast* a model improves with scale or only shifts the curve; per-level
+    fits answer the first question, this one measures the shift with the slope held common.
+    """
+    G = n_groups
+
+    def fn(X: np.ndarray, th: np.ndarray) -> np.ndarray:
+        th = np.asarray(th)
+        g = X[:, 1].astype(int)
+        a = th[..., :G][..., g]
+        b = th[..., G : G + 1]
+        c = th[..., G + 1 :][..., g]
+        return a * X[:, 0] ** (-b) + c
+
+    def bounds(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g = X[:, 1].astype(int)
+        ymax = float(np.max(np.abs(y))) or 1.0
+        cmax = [max(float(np.min(y[g == k])) if np.any(g == k) else ymax, 1e-12) for k in range(G)]
+        lo = np.concatenate([np.full(G, 1e-8 * ymax), [-2.0], np.zeros(G)])
+        hi = np.concatenate([np.full(G, 1e4 * ymax), [5.0], cmax])
+        return lo, hi
+
+    def grid(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        base = _pl_grid(X, y)  # shared (a, b, c) starts, repeated for every group
+        return np.concatenate([np.repeat(base[:, :1], G, 1), base[:, 1:2], np.repeat(base[:, 2:3], G, 1)], axis=1)
+
+    def units(th: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        th = np.array(th, dtype=float, copy=True)
+        th[..., :G] = th[..., :G] * ref[0] ** th[..., G : G + 1]
+        return th
+
+    return Form(
+        name=f"joint_power_law_{G}",
+        params=tuple(f"a_{k}" for k in range(G)) + ("b",) + tuple(f"c_{k}" for k in range(G)),
+        fn=fn, bounds=bounds, grid=grid, log_params=(True,) * G + (False,) + (False,) * G, to_units=units,
+        min_points=3, scale_dims=1,
+    )
+
+
+def fit_joint_power_law(x: Sequence[float] | np.ndarray, group: Sequence[int] | np.ndarray, y: Sequence[float] | np.ndarray, **kw: Any) -> FitResult:
+    """Fit :func:`joint_power_law` to points tagged with group indices 0 … G-1."""
+    g = np.asarray(group, dtype=int)
+    G = int(g.max()) + 1
+    X = np.column_stack([np.asarray(x, dtype=float), g.astype(float)])
+    return fit_form(joint_power_law(G), X, y, **kw)

@@ -1,0 +1,202 @@
+"""Load a study's results into one tidy polars table, and shape it for fitting.
+
+A run directory holds one ``eval/results.parquet`` per cell (see ``inheritlab.infra.rundir``);
+a cell counts only once its ``_COMPLETE.json`` exists. Studies are read while they still run, so
+a cell directory that is half written (no marker yet, or vanishing under our feet) is skipped
+without complaint. A *completed* cell whose table is missing or unreadable is a real error and
+is reported with the file and column at fault.
+
+The run directory may be a local path or any fsspec URL (``s3://…``, ``gs://…``, ``file://…``).
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from typing import Iterable
+
+import fsspec
+import polars as pl
+
+from inheritlab.infra.errors import InheritlabError
+from inheritlab.infra.rundir import COMPLETE_MARKER
+from inheritlab.infra.schema import CELL_COLUMNS, RESULT_COLUMNS
+
+# How the schema's type names map to polars dtypes, and which stored dtypes are accepted for
+# each (an integer column written as int32 is fine; a string where a number belongs is not).
+POLARS_TYPES: dict[str, pl.DataType] = {"str": pl.Utf8(), "int": pl.Int64(), "float": pl.Float64()}
+_ACCEPTED = {
+    "str": (pl.Utf8, pl.Categorical, pl.Null),
+    "int": (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64, pl.Null),
+    "float": (pl.Float32, pl.Float64, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32,
+              pl.UInt64, pl.Null),
+}
+
+# Accuracy-like metrics live in [0, 1] and grow with scale; scaling laws are fitted to their
+# error (1 - metric), which falls towards an irreducible floor. Everything else (loss,
+# perplexity) is fitted as it is.
+_HIGHER_IS_BETTER_PREFIXES = ("acc", "recall", "top", "map", "mean_per_class", "f1", "auc", "precision")
+
+
+class ResultsError(InheritlabError):
+    """A results table is missing, unreadable or does not match the schema."""
+
+
+def empty_results() -> pl.DataFrame:
+    """A zero-row table with the schema's columns and types."""
+    return pl.DataFrame(schema={k: POLARS_TYPES[t] for k, t in RESULT_COLUMNS.items()})
+
+
+def validate_results(df: pl.DataFrame, source: str) -> pl.DataFrame:
+    """Check columns and types against the schema; return the table cast to canonical dtypes.
+
+    ``source`` names the file in the error, so a bad cell can be found and removed.
+    """
+    missing = [c for c in RESULT_COLUMNS if c not in df.columns]
+    if missing:
+        raise ResultsError(f"{source}: missing column(s) {missing}; expected the schema columns {list(RESULT_COLUMNS)}")
+    for col, kind in RESULT_COLUMNS.items():
+        dtype = df.schema[col]
+        if not isinstance(dtype, _ACCEPTED[kind]):
+            raise ResultsError(f"{source}: column {col!r} has type {dtype}, expected {kind}")
+    return df.select([pl.col(c).cast(POLARS_TYPES[t]) for c, t in RESULT_COLUMNS.items()])
+
+
+def _cell_dirs(fs: fsspec.AbstractFileSystem, cells_root: str) -> list[str]:
+    try:
+        entries = fs.ls(cells_root, detail=True)
+    except FileNotFoundError:
+        return []
+    dirs = [e["name"] for e in entries if e.get("type") == "directory"]
+    return sorted(d.rstrip("/") for d in dirs)
+
+
+def _is_complete(fs: fsspec.AbstractFileSystem, cell: str) -> bool:
+    try:
+        return bool(fs.isfile(posixpath.join(cell, COMPLETE_MARKER)))
+    except (FileNotFoundError, OSError):
+        # The directory vanished or is being written: not complete, not an error.
+        return False
+
+
+def _read_cell(fs: fsspec.AbstractFileSystem, path: str, shown: str) -> pl.DataFrame:
+    try:
+        with fs.open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError as exc:
+        raise ResultsError(f"{shown}: the cell is marked complete but its results table is missing") from exc
+    try:
+        df = pl.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # polars raises several types for a torn or foreign file
+        raise ResultsError(f"{shown}: not a readable parquet file ({type(exc).__name__}: {exc})") from exc
+    return validate_results(df, shown)
+
+
+def load_results(run_dir: str) -> pl.DataFrame:
+    """Read every completed cell of ``run_dir`` into one tidy table (schema columns, sorted).
+
+    Cells without ``_COMPLETE.json`` are skipped (running, failed or half written). The rows are
+    sorted by every column so the table — and every fit made from it — does not depend on the
+    order in which a file system lists directories.
+    """
+    fs, root = fsspec.core.url_to_fs(str(run_dir))
+    if not fs.exists(root):
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    cells_root = posixpath.join(root, "cells")
+    frames = []
+    for cell in _cell_dirs(fs, cells_root):
+        if not _is_complete(fs, cell):
+            continue
+        path = posixpath.join(cell, "eval", "results.parquet")
+        frames.append(_read_cell(fs, path, shown=_shown(run_dir, root, path)))
+    if not frames:
+        return empty_results()
+    return pl.concat(frames).sort(list(RESULT_COLUMNS), nulls_last=True)
+
+
+def _shown(run_dir: str, root: str, path: str) -> str:
+    # Name the file the way the user named the run directory (URL or local path).
+    return str(run_dir).rstrip("/") + path[len(root.rstrip("/")):]
+
+
+def with_clean_controls(df: pl.DataFrame) -> pl.DataFrame:
+    """Repeat the clean control (``bias_type == "none"``) as level 0 of every bias type.
+
+    A level-0 cell is shared by all bias axes and recorded once; curves per bias type need it.
+    A table that has no "none" rows (already expanded) is returned unchanged.
+    """
+    if df.is_empty():
+        return df
+    types = sorted(t for t in df.get_column("bias_type").unique().to_list() if t != "none")
+    clean = df.filter(pl.col("bias_type") == "none")
+    if not types or clean.is_empty():
+        return df
+    biased = df.filter(pl.col("bias_type") != "none")
+    return pl.concat([biased] + [clean.with_columns(pl.lit(t).alias("bias_type")) for t in types])
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a metric is accuracy-like (fitted as error = 1 - value)."""
+    m = metric.lower()
+    return m.startswith(_HIGHER_IS_BETTER_PREFIXES)
+
+
+def final_checkpoints(df: pl.DataFrame) -> pl.DataFrame:
+    """Keep, per cell, only the rows of its last evaluated checkpoint (the cell's result)."""
+    if df.is_empty():
+        return df
+    last = df.group_by("cell_id").agg(pl.col("checkpoint_step").max().alias("_last"))
+    return df.join(last, on="cell_id").filter(pl.col("checkpoint_step") == pl.col("_last")).drop("_last")
+
+
+def select(df: pl.DataFrame, *, metric: str, task: str, split: str) -> pl.DataFrame:
+    """Rows of one (task, split, metric), final checkpoints only."""
+    sub = df.filter((pl.col("metric") == metric) & (pl.col("task") == task) & (pl.col("split") == split))
+    return final_checkpoints(sub)
+
+
+def curve_keys(df: pl.DataFrame, x: str) -> list[str]:
+    """Columns that tell one curve from another for scale axis ``x``.
+
+    Always the bias type and level. A data-scale curve is drawn per model when the study has
+    several; a params curve per data scale; a FLOPs curve pools models (compute is the
+    common currency, as in frontier fits).
+    """
+    keys = ["bias_type", "bias_level"]
+    if x in ("data_scale", "samples_seen", "unique_samples") and df.get_column("model").n_unique() > 1:
+        keys.append("model")
+    if x == "params" and df.get_column("data_scale").n_unique() > 1:
+        keys.append("data_scale")
+    return keys
+
+
+def aggregate_seeds(df: pl.DataFrame, *, x: str, keys: Iterable[str]) -> pl.DataFrame:
+    """Mean, standard deviation and count over seeds at each (curve, x) point."""
+    keys = list(keys)
+    if x not in RESULT_COLUMNS:
+        raise ResultsError(f"scale axis {x!r} is not a results column; expected one of {list(RESULT_COLUMNS)}")
+    return (
+        df.group_by(keys + [x])
+        .agg(
+            pl.col("value").mean().alias("mean"),
+            pl.col("value").std(ddof=1).fill_null(0.0).alias("std"),
+            pl.col("value").count().alias("n_seeds"),
+        )
+        .sort(keys + [x])
+    )
+
+
+__all__ = [
+    "CELL_COLUMNS",
+    "POLARS_TYPES",
+    "ResultsError",
+    "aggregate_seeds",
+    "curve_keys",
+    "empty_results",
+    "final_checkpoints",
+    "higher_is_better",
+    "load_results",
+    "select",
+    "validate_results",
+    "with_clean_controls",
+]

@@ -1,0 +1,76 @@
+"""The report: files written, graceful degradation on small studies, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from inheritlab.analysis.report import build_report, curves
+from inheritlab.analysis.results import load_results
+from inheritlab.analysis.synthetic import write_synthetic_run
+
+
+def test_full_report(tmp_path: Path) -> None:
+    scales = tuple(float(v) for v in np.geomspace(1e4, 1e8, 9))
+    run = write_synthetic_run(tmp_path / "run", seeds=(0, 1), scales=scales, sigma=0.01)
+    df = load_results(str(run.root))
+    paths = build_report(df, run.results, formats=("png", "pdf", "csv", "md", "latex"))
+    assert next(iter(paths)) == "summary_md"  # the flow publishes the first markdown file
+    for key in ("table", "table_csv", "fits_json", "fits_csv", "fits_latex", "curves_png", "curves_pdf",
+                "delta_png", "id_ood_png", "delta_csv", "id_ood_gap_csv", "multiplier_csv"):
+        assert paths[key].is_file() and paths[key].stat().st_size > 0, key
+    assert pl.read_parquet(paths["table"]).height == df.height  # as stored: each cell once
+    fits = json.loads(paths["fits_json"].read_text())
+    by_level = {c["bias_level"]: c["fit"] for c in fits["curves"]}
+    assert set(by_level) == {0.0, 0.2, 0.4}
+    # ground truth: error floor 0.1 + 0.5·level
+    for lvl, fit in by_level.items():
+        assert fit["params"]["c"] == pytest.approx(0.1 + 0.5 * lvl, abs=0.03)
+        assert fit["ci95"]["c"][0] <= 0.1 + 0.5 * lvl <= fit["ci95"]["c"][1]
+    assert fits["critical_level"][0]["critical_level"] == 0.2
+    summary = paths["summary_md"].read_text()
+    assert "Δ acc1 vs clean" in summary and "ID − OOD gap" in summary
+    assert "\\begin{tabular}" in paths["fits_latex"].read_text()
+
+
+def test_two_scales_single_seed_single_level(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run", levels=(0.0,), scales=(1e4, 1e5))
+    paths = build_report(load_results(str(run.root)), run.results)
+    summary = paths["summary_md"].read_text()
+    assert "power_law_no_floor" in summary and "only 2 scales" in summary
+    assert "one seed per point" in summary and "single (clean) level" in summary
+    assert paths["curves_png"].is_file() and "delta_png" not in paths
+
+
+def test_one_scale_and_missing_metric(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run", levels=(0.0, 0.3), scales=(1e4,))
+    df = load_results(str(run.root))
+    paths = build_report(df, run.results)
+    assert "one scale: no fit" in paths["summary_md"].read_text()
+    paths = build_report(df, tmp_path / "other", metric="recall@5")
+    assert "no completed rows" in paths["summary_md"].read_text()
+
+
+def test_report_independent_of_row_order(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run")
+    df = load_results(str(run.root))
+    a = build_report(df, tmp_path / "a", formats=("csv",))
+    b = build_report(df.sample(fraction=1.0, shuffle=True, seed=5), tmp_path / "b", formats=("csv",))
+    assert a["fits_json"].read_text() == b["fits_json"].read_text()
+    assert a["fits_csv"].read_text() == b["fits_csv"].read_text()
+
+
+def test_curves_command_formats(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "run", levels=(0.0, 0.2), scales=(1e4, 1e5, 1e6, 1e7))
+    for fmt, ext in (("csv", ".csv"), ("latex", ".tex"), ("png", ".png")):
+        out = curves(str(run.root), metric="acc1", task="zeroshot", split="ood", x="data_scale", fmt=fmt, out=tmp_path / fmt)
+        assert any(p.suffix == ext for p in out)
+    with pytest.raises(ValueError, match="format"):
+        curves(str(run.root), fmt="svg")
+    with pytest.raises(FileNotFoundError):
+        (tmp_path / "emptyrun" / "cells").mkdir(parents=True)
+        curves(str(tmp_path / "emptyrun"))
