@@ -25,6 +25,7 @@ from inheritlab.corruptors import balance as _balance  # noqa: F401
 from inheritlab.corruptors import dedup as _dedup  # noqa: F401
 from inheritlab.corruptors import duplication as _duplication  # noqa: F401
 from inheritlab.corruptors import noise as _noise  # noqa: F401
+from inheritlab.corruptors import text as _text  # noqa: F401
 from inheritlab.corruptors.base import REGISTRY, Corruptor, Sample, check_params
 from inheritlab.corruptors.shards import ReadStats, iter_samples, list_shards
 from inheritlab.infra.atomic import atomic_write_bytes, atomic_write_json
