@@ -104,12 +104,12 @@ def resolve_tokenizer_path(spec: str | os.PathLike[str]) -> Path:
         raise SpecError(f"tokenizer: directory {p} holds no tokenizer.json")
     try:
         from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - hub ships with tokenizers
-        try_to_load_from_cache = None
-    if try_to_load_from_cache is not None and "/" in str(spec) or try_to_load_from_cache is not None:
+
         hit = try_to_load_from_cache(str(spec), "tokenizer.json")
-        if isinstance(hit, str) and os.path.isfile(hit):
-            return Path(hit)
+    except Exception:  # not installed, or not a valid repo id: not a cached name either
+        hit = None
+    if isinstance(hit, str) and os.path.isfile(hit):
+        return Path(hit)
     raise SpecError(
         f"tokenizer: {str(spec)!r} is neither a tokenizer.json file, a directory holding one, nor a "
         "tokenizer in the local Hugging Face cache (nothing is downloaded at run time)"
