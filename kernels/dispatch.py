@@ -152,7 +152,7 @@ def siglip_loss(
     which = _choose(impl, fn, image_features, text_features, logit_scale, logit_bias)
     if which == "reference":
         return siglip_loss_reference(image_features, text_features, logit_scale, logit_bias, gather=gather)
-    from inheritlab.kernels.siglip_loss import siglip_loss_triton
+    from inheritlab.kernels.siglip import siglip_loss_triton
 
     return siglip_loss_triton(image_features, text_features, logit_scale, logit_bias, gather=gather)
 
