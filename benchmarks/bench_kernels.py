@@ -341,34 +341,34 @@ def main() -> None:
         bench.save()
 
     clip_sizes = [16384] if args.quick else [16384, 32768, 65536, 131072]
+    lm_shapes = [(16384, 2048, 50304)] if args.quick else [(16384, 2048, 50304), (16384, 4096, 128256)]
+    siglip_sizes = [16384] if args.quick else [16384, 32768]
+    clip_g, lm_g, sig_g = "CLIP contrastive, d=512, bf16", "LM head + cross-entropy, bf16", "SigLIP, d=512, bf16"
+    # Ours first, so a run cut short still has them; then the alternatives.
     if "clip" in only:
         for b in clip_sizes:
-            flop = 6 * b * b * 512
-            bench.run("CLIP contrastive, d=512, bf16", "ours (Triton)", f"B={b}", flop, clip_inputs(b, 512), clip_ours)
-        for b in clip_sizes:
-            flop = 6 * b * b * 512
-            if b <= 32768:  # measured out of memory at 65536 on 80 GB (see the anchors)
-                bench.run("CLIP contrastive, d=512, bf16", "open_clip ClipLoss (bf16 autocast)", f"B={b}", flop,
-                          clip_inputs(b, 512), clip_open_clip)
-            if b <= 65536:  # ~4 s per step at 131072: recorded in the anchors
-                bench.run("CLIP contrastive, d=512, bf16", "Inf-CL flash path", f"B={b}", flop,
-                          clip_inputs(b, 512), clip_inf_cl)
-
-    lm_shapes = [(16384, 2048, 50304)] if args.quick else [(16384, 2048, 50304), (16384, 4096, 128256)]
+            bench.run(clip_g, "ours (Triton)", f"B={b}", 6 * b * b * 512, clip_inputs(b, 512), clip_ours)
     if "lm" in only:
         for n, h, v in lm_shapes:
-            flop = 6 * n * h * v
-            shape = f"N={n} H={h} V={v}"
-            for method, fac in [("ours (Triton)", lm_ours), ("torch eager (bf16 logits, fp32 CE)", lm_eager),
-                                ("torch.compile", lm_compile), ("Liger-Kernel fused linear CE", lm_liger),
-                                ("cut-cross-entropy", lm_cce)]:
-                bench.run("LM head + cross-entropy, bf16", method, shape, flop, lm_inputs(n, h, v), fac)
-
+            bench.run(lm_g, "ours (Triton)", f"N={n} H={h} V={v}", 6 * n * h * v, lm_inputs(n, h, v), lm_ours)
     if "siglip" in only:
-        for b in ([16384] if args.quick else [16384, 32768]):
-            flop = 6 * b * b * 512
-            bench.run("SigLIP, d=512, bf16", "ours (Triton)", f"B={b}", flop, siglip_inputs(b, 512), siglip_ours)
-            bench.run("SigLIP, d=512, bf16", "open_clip SigLipLoss (bf16 autocast)", f"B={b}", flop,
+        for b in siglip_sizes:
+            bench.run(sig_g, "ours (Triton)", f"B={b}", 6 * b * b * 512, siglip_inputs(b, 512), siglip_ours)
+    if "clip" in only:
+        for b in clip_sizes:
+            if b <= 32768:  # out of memory at 65536 on 80 GB (see the anchors)
+                bench.run(clip_g, "open_clip ClipLoss (bf16 autocast)", f"B={b}", 6 * b * b * 512,
+                          clip_inputs(b, 512), clip_open_clip)
+            if b <= 65536:  # ~4 s per step at 131072: recorded in the anchors
+                bench.run(clip_g, "Inf-CL flash path", f"B={b}", 6 * b * b * 512, clip_inputs(b, 512), clip_inf_cl)
+    if "lm" in only:
+        for n, h, v in lm_shapes:
+            for method, fac in [("torch eager (bf16 logits, fp32 CE)", lm_eager), ("torch.compile", lm_compile),
+                                ("Liger-Kernel fused linear CE", lm_liger), ("cut-cross-entropy", lm_cce)]:
+                bench.run(lm_g, method, f"N={n} H={h} V={v}", 6 * n * h * v, lm_inputs(n, h, v), fac)
+    if "siglip" in only:
+        for b in siglip_sizes:
+            bench.run(sig_g, "open_clip SigLipLoss (bf16 autocast)", f"B={b}", 6 * b * b * 512,
                       siglip_inputs(b, 512), siglip_open_clip)
 
     from inheritlab.kernels._tuning import chosen_configs
