@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import polars as pl
 
 from inheritlab.infra.errors import SpecError
-from inheritlab.infra.hashing import stable_int, stable_uniform
+from inheritlab.infra.hashing import stable_uniform_fn
 
 Sample = dict[str, Any]
 
@@ -124,18 +124,21 @@ class Corruptor:
         self.n_touched = 0
         self.dropped: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()  # passed through untouched for a reason
-        self._rows: dict[str, list[str]] = {"key": [], "action": [], "detail": []}
+        # Details stay dicts until manifest(): JSON-encoding in the stream would cost per sample.
+        self._rows: dict[str, list[Any]] = {"key": [], "action": [], "detail": []}
         self._plan: pl.DataFrame | None = None
+        # Hash the (seed, name) prefix once: per-sample decisions are the hot loop.
+        self._u = stable_uniform_fn(self.study_seed, self.name)
 
     # -- decisions ---------------------------------------------------------------------------
 
     def u(self, key: str, *tag: Any) -> float:
         """The per-sample uniform of DESIGN.md: depends on (study seed, name, key) only."""
-        return stable_uniform(self.study_seed, self.name, key, *tag)
+        return self._u(key, *tag)
 
     def pick(self, key: str, n: int, *tag: Any) -> int:
         """A per-sample integer in [0, n), independent of :meth:`u` (different tag)."""
-        return stable_int(self.study_seed, self.name, key, "pick", *tag) % n
+        return min(int(self._u(key, "pick", *tag) * n), n - 1)
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -171,7 +174,7 @@ class Corruptor:
     def record(self, key: str, action: str, **detail: Any) -> None:
         self._rows["key"].append(key)
         self._rows["action"].append(action)
-        self._rows["detail"].append(json.dumps(detail, sort_keys=True, default=str))
+        self._rows["detail"].append(detail)
 
     def touch(self, key: str, action: str, **detail: Any) -> None:
         """Count and record a sample that was changed in place."""
@@ -213,7 +216,7 @@ class Corruptor:
                 "corruptor": [self.name] * n,
                 "type": [self.type_name] * n,
                 "action": self._rows["action"],
-                "detail": self._rows["detail"],
+                "detail": [json.dumps(d, sort_keys=True, default=str) for d in self._rows["detail"]],
             },
             schema={"key": pl.Utf8, "corruptor": pl.Utf8, "type": pl.Utf8, "action": pl.Utf8, "detail": pl.Utf8},
         )

@@ -29,7 +29,7 @@ import polars as pl
 
 from inheritlab.corruptors.base import Corruptor, Param, Sample, register, text_field
 from inheritlab.infra.errors import SpecError
-from inheritlab.infra.hashing import stable_rng, stable_uniform
+from inheritlab.infra.hashing import stable_rng
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 _WS = re.compile(r"\s+")
@@ -289,7 +289,7 @@ class Dedup(Corruptor):
         for members in clusters.values():
             if len(members) < 2:
                 continue
-            ranked = sorted(members, key=lambda i: (stable_uniform(self.study_seed, self.name, keys[i], "keep"), keys[i]))
+            ranked = sorted(members, key=lambda i: (self.u(keys[i], "keep"), keys[i]))
             for i in ranked[1:]:
                 rows["key"].append(keys[i])
                 rows["kept"].append(keys[ranked[0]])

@@ -21,7 +21,7 @@ from inheritlab.corruptors.noise import LevelCorruptor
 from inheritlab.corruptors.shards import iter_samples, list_shards, sample_members
 from inheritlab.infra.atomic import read_json
 from inheritlab.infra.errors import SpecError
-from inheritlab.infra.hashing import stable_rng, stable_uniform
+from inheritlab.infra.hashing import stable_rng
 
 MODE = Param(kind="choice", choices=("exact", "near"), default="exact",
              doc="exact: byte-identical copies; near: perturbed copies (image shifted/jittered, text with a word dropped)")
@@ -129,7 +129,7 @@ class Contamination(LevelCorruptor):
             self._n_source = sum(1 for _ in iter_samples(self._source_shards(), decode=False, kind="any"))
         n = self._n_source
         # Hosts: the n training keys of smallest host hash (enough for every possible leak).
-        scored = sorted((stable_uniform(self.study_seed, self.name, s["__key__"], "host"), s["__key__"]) for s in samples)
+        scored = sorted((self.u(s["__key__"], "host"), s["__key__"]) for s in samples)
         return scored[:n]
 
     def plan_reduce(self, partials: list[Any]) -> pl.DataFrame:

@@ -17,7 +17,7 @@ import polars as pl
 
 from inheritlab.corruptors.base import COUNT, LEVEL, Corruptor, Param, Sample, copy_sample, register, text_field
 from inheritlab.infra.errors import SpecError
-from inheritlab.infra.hashing import stable_rng, stable_uniform
+from inheritlab.infra.hashing import stable_rng, stable_uniform_fn
 
 
 class LevelCorruptor(Corruptor):
@@ -67,7 +67,9 @@ class LevelCorruptor(Corruptor):
             if "_threshold" not in self.__dict__:
                 self._threshold = float(self.require_plan()["threshold"][0])
             return score <= self._threshold
-        return score < self.level()
+        if "_level" not in self.__dict__:  # hot path: read the level once
+            self._level = self.level()
+        return score < self._level
 
 
 @register
@@ -128,7 +130,8 @@ def _class_index(value: Any, names: list[str] | None, k: int, where: str) -> int
 
 @register
 class LabelNoise(LevelCorruptor):
-    """Flip the label of a fraction ``level`` of samples; the true label stays in ``meta``.
+    """Flip the label of a fraction ``level`` of samples; a flipped sample keeps its true label
+    in ``meta["true_label"]`` (an unflipped one has none: its label is the truth).
 
     Modes (how the new label is drawn; which samples flip is always the nested coin):
 
@@ -216,9 +219,11 @@ class LabelNoise(LevelCorruptor):
             self.cdf = np.cumsum(w / np.where(sums > 0, sums, 1)[:, None], axis=1)
 
     def score(self, sample: Sample) -> float:
-        label = int(sample.get("label", -1))
-        rate = self.rates[label] if 0 <= label < len(self.rates) else 1.0
         u = self.coin_u(sample["__key__"])
+        if self.cdf is None:  # only class_conditional has per-class rates
+            return u
+        label = int(sample.get("label", -1))
+        rate = float(self.rates[label]) if 0 <= label < len(self.rates) else 1.0
         return u / rate if rate > 0 else float("inf")
 
     def _target(self, key: str, label: int) -> int:
@@ -228,7 +233,7 @@ class LabelNoise(LevelCorruptor):
         if mode == "asymmetric":
             return self.target_map.get(label, label)
         assert self.cdf is not None
-        r = stable_uniform(self.study_seed, self.name, key, "target")
+        r = self.u(key, "target")
         return int(min(np.searchsorted(self.cdf[label], r, side="right"), k - 1))
 
     def process(self, sample: Sample) -> list[Sample]:
@@ -237,14 +242,14 @@ class LabelNoise(LevelCorruptor):
         if label < 0 or label >= int(self.num_classes or 0):
             self.skipped["no_label"] += 1
             return [sample]
-        out = copy_sample(sample)
-        out["meta"].setdefault("true_label", label)
         if not self.selected(sample):
-            return [out]
+            return [sample]
         new = self._target(key, label)
         if new == label:
             self.skipped["no_target"] += 1
-            return [out]
+            return [sample]
+        out = copy_sample(sample)
+        out["meta"].setdefault("true_label", label)
         out["label"] = new
         out["meta"]["label_noise"] = self.params["mode"]
         detail: dict[str, Any] = {"from": label, "to": new}
@@ -305,7 +310,7 @@ class CaptionNoise(LevelCorruptor):
             us.append(u)
             text = s.get(text_field(s), "")
             if mode == "random":
-                bank.append((stable_uniform(self.study_seed, self.name, key, "bank"), key, text))
+                bank.append((self.u(key, "bank"), key, text))
             elif mode == "swap" and (self.params["count"] == "exact" or u < level):
                 swap.append((u, key, text))
         if mode == "random":
@@ -329,7 +334,7 @@ class CaptionNoise(LevelCorruptor):
         if self.params["count"] == "exact":
             chosen = [x for x in chosen if x[0] <= threshold]
         # A derangement that depends on keys only: order by a hash, take the next one's caption.
-        order = sorted(chosen, key=lambda x: (stable_uniform(self.study_seed, self.name, x[1], "perm"), x[1]))
+        order = sorted(chosen, key=lambda x: (self.u(x[1], "perm"), x[1]))
         if len(order) >= 2:
             for i, (_, key, _) in enumerate(order):
                 _, src_key, src_cap = order[(i + 1) % len(order)]
@@ -438,7 +443,9 @@ class Subsample(LevelCorruptor):
         return int(self.params["size"])
 
     def coin_u(self, key: str) -> float:
-        return stable_uniform(self.study_seed, "pool", key)
+        if "_pool_u" not in self.__dict__:
+            self._pool_u = stable_uniform_fn(self.study_seed, "pool")
+        return self._pool_u(key)
 
     def process(self, sample: Sample) -> list[Sample]:
         if self.selected(sample):

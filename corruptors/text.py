@@ -1,4 +1,4 @@
-"""Text samples: a built-in topic world and token-level noise.
+"""Text samples: token-level noise and a small topic corpus for the text corruptors.
 
 Text samples are ``{"__key__", "text", "label", "meta"}`` (read with
 ``iter_samples(..., kind="text")``). The other corruptors serve text too: ``duplicate``
@@ -24,7 +24,7 @@ from inheritlab.infra.atomic import atomic_dir, atomic_write_json, read_json
 from inheritlab.infra.errors import ShardError, SpecError
 from inheritlab.infra.hashing import stable_rng
 
-TEXT_WORLD_FORMAT = 1
+TOPIC_WORLD_FORMAT = 1
 TOPICS = ("astronomy", "cooking", "football", "medicine", "music", "sailing", "finance", "gardening")
 _SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "vo", "si", "pe", "da", "zu", "fi", "ho", "ba", "ge", "ny")
 _COMMON = ("the", "a", "of", "and", "to", "in", "is", "that", "with", "for", "on", "was", "as", "by", "it")
@@ -75,11 +75,13 @@ class TokenNoise(LevelCorruptor):
         return [out]
 
 
-# ----------------------------------------------------------------------------------- text world
+# ----------------------------------------------------------------------------------- topic world
+# A deliberately small corpus with a topic per document: what topic imbalance, document
+# duplication and text dedup are exercised on. The LM study world is text_world.py.
 
 
 @dataclass(frozen=True, kw_only=True)
-class TextWorldConfig:
+class TopicWorldConfig:
     """A procedural corpus: each topic has its own vocabulary mixed with common words, so
     topic is learnable and documents are distinct. ``imbalance``: Zipf exponent over topics."""
 
@@ -93,18 +95,18 @@ class TextWorldConfig:
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_topics <= len(TOPICS):
-            raise SpecError(f"text_world.num_topics: got {self.num_topics}; allowed 2..{len(TOPICS)}")
+            raise SpecError(f"topic_world.num_topics: got {self.num_topics}; allowed 2..{len(TOPICS)}")
         if self.doc_words < 4:
-            raise SpecError(f"text_world.doc_words: got {self.doc_words}; expected >= 4")
+            raise SpecError(f"topic_world.doc_words: got {self.doc_words}; expected >= 4")
 
 
 def _topic_vocab(topic: int, seed: int) -> list[str]:
-    rng = stable_rng("text-world-vocab", seed, topic)
+    rng = stable_rng("topic-world-vocab", seed, topic)
     return ["".join(rng.choice(_SYLLABLES, size=int(rng.integers(2, 4)))) for _ in range(60)] + [TOPICS[topic]]
 
 
-def _text_split(cfg: TextWorldConfig, split: str, n: int) -> list[dict[str, Any]]:
-    rng = stable_rng("text-world", TEXT_WORLD_FORMAT, cfg.seed, split)
+def _text_split(cfg: TopicWorldConfig, split: str, n: int) -> list[dict[str, Any]]:
+    rng = stable_rng("topic-world", TOPIC_WORLD_FORMAT, cfg.seed, split)
     k = cfg.num_topics
     labels = np.repeat(np.arange(k), _class_counts(n, k, cfg.imbalance if split == "train" else 0.0))
     labels = labels[rng.permutation(n)]
@@ -120,10 +122,10 @@ def _text_split(cfg: TextWorldConfig, split: str, n: int) -> list[dict[str, Any]
     return out
 
 
-def write_text_world(cfg: TextWorldConfig, out_dir: str | os.PathLike[str]) -> WorldInfo:
+def write_topic_world(cfg: TopicWorldConfig, out_dir: str | os.PathLike[str]) -> WorldInfo:
     """Write ``train/`` and ``test/`` text shards plus ``world.json`` (atomic, reused if equal)."""
     root = Path(out_dir).expanduser().resolve()
-    record = {"format": TEXT_WORLD_FORMAT, "kind": "text", "config": asdict(cfg)}
+    record = {"format": TOPIC_WORLD_FORMAT, "kind": "text", "config": asdict(cfg)}
     meta_path = root / "world.json"
     if meta_path.is_file():
         data = read_json(meta_path)

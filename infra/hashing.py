@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import struct
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -59,6 +59,30 @@ def stable_uniform(*parts: Any) -> float:
     so the set corrupted at level 0.1 is inside the set corrupted at 0.2.
     """
     return (stable_int(*parts) & _MASK53) / float(1 << 53)
+
+
+def stable_uniform_fn(*prefix: Any) -> Callable[..., float]:
+    """A fast ``f(*rest) == stable_uniform(*prefix, *rest)`` for hot per-sample loops.
+
+    The prefix is hashed once; each call copies the hash state and adds only ``rest`` (a
+    stream decides millions of samples under the same (seed, corruptor) prefix).
+    """
+    base = hashlib.blake2b(digest_size=8)
+    for p in prefix:
+        base.update(_encode(p))
+    scale = float(1 << 53)
+
+    def uniform(*rest: Any) -> float:
+        h = base.copy()
+        for p in rest:
+            if type(p) is str:  # the common case (a sample key), inlined from _encode
+                raw = p.encode("utf-8")
+                h.update(b"s" + len(raw).to_bytes(4, "little") + raw)
+            else:
+                h.update(_encode(p))
+        return (int.from_bytes(h.digest(), "little") & _MASK53) / scale
+
+    return uniform
 
 
 def stable_rng(*parts: Any) -> np.random.Generator:
