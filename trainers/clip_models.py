@@ -1,0 +1,186 @@
+"""The CLIP rung registry: each rung is an open_clip architecture plus a fixed training recipe.
+
+The DataComp rungs reproduce its fixed-recipe ladder (so results compare with published
+baselines); the CPU rungs are tiny ViTs on 32×32 images for the embedded default and the tests.
+Our own architectures are registered with open_clip under the rung name, so an exported
+checkpoint loads with ``open_clip.create_model("clip-tiny", pretrained=path)`` anywhere this
+module has been imported (or with ``local-dir:<export dir>``, which needs nothing of ours).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from inheritlab.infra.errors import SpecError
+
+# Every rung's tokenizer is open_clip's byte-pair tokenizer, whose vocabulary ships in the
+# package (nothing is downloaded).
+_VOCAB = 49408
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClipRung:
+    """One model size with its fixed recipe (the study may override batch, lr and warmup)."""
+
+    name: str
+    open_clip_name: str           # name open_clip resolves (our rungs register themselves)
+    model_cfg: dict[str, Any] | None  # architecture for rungs open_clip does not ship
+    batch_size: int               # global batch
+    lr: float
+    warmup_steps: int
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip: float = 1.0
+    image_size: int = 224
+    reference_samples_seen: int | None = None  # the DataComp scale this rung was tuned for
+    device: str = "gpu"           # "cpu" rungs are sized for CPU runs; "gpu" ones are not
+
+    def recipe(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size, "lr": self.lr, "warmup_steps": self.warmup_steps,
+            "weight_decay": self.weight_decay, "betas": (self.beta1, self.beta2), "eps": self.eps,
+            "grad_clip": self.grad_clip, "image_size": self.image_size,
+        }
+
+
+def _tiny_cfg(width: int, layers: int, embed: int, context: int) -> dict[str, Any]:
+    return {
+        "embed_dim": embed,
+        "vision_cfg": {"image_size": 32, "layers": layers, "width": width, "patch_size": 4, "head_width": 32},
+        "text_cfg": {"context_length": context, "vocab_size": _VOCAB, "width": width, "heads": width // 32,
+                     "layers": layers},
+    }
+
+
+RUNGS: dict[str, ClipRung] = {
+    r.name: r
+    for r in (
+        ClipRung(name="clip-tiny", open_clip_name="clip-tiny", model_cfg=_tiny_cfg(64, 2, 64, 32),
+                 batch_size=64, lr=1e-3, warmup_steps=10, weight_decay=0.1, image_size=32, device="cpu"),
+        ClipRung(name="clip-mini", open_clip_name="clip-mini", model_cfg=_tiny_cfg(128, 4, 128, 32),
+                 batch_size=128, lr=5e-4, warmup_steps=20, weight_decay=0.1, image_size=32, device="cpu"),
+        ClipRung(name="datacomp-small", open_clip_name="ViT-B-32", model_cfg=None, batch_size=4096,
+                 lr=5e-4, warmup_steps=500, reference_samples_seen=12_800_000),
+        ClipRung(name="datacomp-medium", open_clip_name="ViT-B-32", model_cfg=None, batch_size=4096,
+                 lr=5e-4, warmup_steps=500, reference_samples_seen=128_000_000),
+        ClipRung(name="datacomp-large", open_clip_name="ViT-B-16", model_cfg=None, batch_size=8192,
+                 lr=5e-4, warmup_steps=500, reference_samples_seen=1_280_000_000),
+        ClipRung(name="datacomp-xlarge", open_clip_name="ViT-L-14", model_cfg=None, batch_size=90112,
+                 lr=1e-3, warmup_steps=10_000, beta2=0.95, reference_samples_seen=12_800_000_000),
+    )
+}
+
+
+def get_rung(name: str) -> ClipRung:
+    """The rung called ``name``; an unknown name is a spec error listing the known ones."""
+    try:
+        return RUNGS[name]
+    except KeyError:
+        raise SpecError(f"model rung {name!r} is not a CLIP rung; known: {sorted(RUNGS)}") from None
+
+
+_registered = False
+
+
+def register_open_clip_configs() -> None:
+    """Make open_clip resolve our rung names (idempotent, per process).
+
+    open_clip's registry is fed from JSON files; we write ours to a private directory once.
+    """
+    global _registered
+    if _registered:
+        return
+    import open_clip
+
+    folder = Path(tempfile.gettempdir()) / f"inheritlab-open-clip-configs-{os.getuid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for rung in RUNGS.values():
+        if rung.model_cfg is None:
+            continue
+        target = folder / f"{rung.open_clip_name}.json"
+        text = json.dumps(rung.model_cfg, indent=2, sort_keys=True)
+        if not target.is_file() or target.read_text() != text:
+            # Per-process temp name + rename: concurrent workers never read half a file.
+            tmp = folder / f".{rung.open_clip_name}.{os.getpid()}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, target)
+    open_clip.add_model_config(folder)
+    _registered = True
+
+
+@dataclass(frozen=True)
+class BuiltClip:
+    """A model with the image transform and tokenizer that go with it."""
+
+    model: torch.nn.Module
+    transform: Callable[[Any], torch.Tensor]
+    tokenizer: Callable[..., torch.Tensor]
+    rung: ClipRung
+    model_cfg: dict[str, Any] = field(default_factory=dict)
+
+
+def open_clip_model_cfg(rung: ClipRung) -> dict[str, Any]:
+    """The open_clip architecture dict of ``rung`` (ours, or open_clip's shipped one)."""
+    import open_clip
+
+    register_open_clip_configs()
+    cfg = open_clip.get_model_config(rung.open_clip_name)
+    if cfg is None:
+        raise SpecError(f"open_clip does not know architecture {rung.open_clip_name!r} (rung {rung.name})")
+    return cfg
+
+
+def build_clip(rung: str | ClipRung, *, pretrained: str | None = None, seed: int | None = None) -> BuiltClip:
+    """Build ``rung``'s open_clip model (random init, or weights from ``pretrained``), its
+    evaluation image transform and tokenizer. ``seed`` fixes the initialisation."""
+    import open_clip
+
+    r = get_rung(rung) if isinstance(rung, str) else rung
+    register_open_clip_configs()
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = open_clip.create_model(r.open_clip_name, pretrained=pretrained)
+    cfg = open_clip_model_cfg(r)
+    transform = open_clip.image_transform(r.image_size, is_train=False)
+    tokenizer = open_clip.get_tokenizer(r.open_clip_name)
+    return BuiltClip(model=model, transform=transform, tokenizer=tokenizer, rung=r, model_cfg=cfg)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _tower_flops(width: int, layers: int, tokens: int, mlp_ratio: float = 4.0) -> float:
+    # Per token per layer: QKV + out projections (4·w²) and the MLP (2·r·w²) multiply-adds, plus
+    # attention scores and mixing (2·tokens·w); ×2 FLOPs per multiply-add.
+    per_token = 2.0 * (4 * width * width + 2 * mlp_ratio * width * width + 2 * tokens * width)
+    return per_token * tokens * layers
+
+
+def flops_per_sample(rung: str | ClipRung) -> float:
+    """Approximate training FLOPs per image–text pair (forward + backward ≈ 3× forward).
+
+    Counts the transformer blocks of both towers and the patch embedding; ignores norms,
+    softmax and the loss, which are a few percent at every rung.
+    """
+    r = get_rung(rung) if isinstance(rung, str) else rung
+    cfg = open_clip_model_cfg(r)
+    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    image = v.get("image_size", r.image_size)
+    image = image if isinstance(image, int) else image[0]
+    patch = v["patch_size"]
+    n_patch = (image // patch) ** 2
+    fwd = _tower_flops(v["width"], v["layers"], n_patch + 1, v.get("mlp_ratio", 4.0))
+    fwd += 2.0 * n_patch * (3 * patch * patch) * v["width"]
+    fwd += _tower_flops(t["width"], t["layers"], t.get("context_length", 77), t.get("mlp_ratio", 4.0))
+    fwd += 2.0 * (v["width"] + t["width"]) * cfg["embed_dim"]
+    return 3.0 * fwd

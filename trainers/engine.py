@@ -1,0 +1,191 @@
+"""DeepSpeed set-up shared by every trainer: distributed env, ds_config, optimizer, LR schedule.
+
+One code path for a lone CPU process, a torchrun/`deepspeed` launch on a GPU node and a Ray
+Train worker: whoever started us, this module makes sure torch.distributed is up (gloo on CPU,
+NCCL on GPU), builds the DeepSpeed config from a frozen recipe and returns the engine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from inheritlab.infra.errors import SpecError
+
+
+# ----------------------------------------------------------------------------------- environment
+
+
+def sanitize_cuda_arch_list() -> str | None:
+    """Strip arch suffixes DeepSpeed's op builder cannot parse (``9.0a`` → ``9.0``).
+
+    H100 images often export ``TORCH_CUDA_ARCH_LIST=9.0a``; DeepSpeed 0.19.7 then fails with
+    ``invalid literal for int()`` while JIT-building FusedAdam. Returns the value now set.
+    """
+    raw = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if not raw:
+        return None
+    items = []
+    for tok in raw.replace(",", ";").replace(" ", ";").split(";"):
+        tok = tok.strip()
+        if not tok:
+            continue
+        ptx = tok.endswith("+PTX")
+        base = tok[: -len("+PTX")] if ptx else tok
+        major, _, minor = base.partition(".")
+        minor = "".join(ch for ch in minor if ch.isdigit()) or "0"
+        fixed = f"{major}.{minor}" + ("+PTX" if ptx else "")
+        if fixed not in items:
+            items.append(fixed)
+    value = ";".join(items)
+    os.environ["TORCH_CUDA_ARCH_LIST"] = value
+    return value
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(*, use_gpu: bool) -> tuple[int, int, int]:
+    """Bring torch.distributed up if nobody has; return (rank, world_size, local_rank).
+
+    A lone process gets RANK=0/WORLD_SIZE=1 and a free local port; under torchrun or the
+    ``deepspeed`` launcher the env is already set; under Ray Train the process group already
+    exists and we only mirror it into the env DeepSpeed reads.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    sanitize_cuda_arch_list()
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        os.environ.setdefault("RANK", str(rank))
+        os.environ.setdefault("WORLD_SIZE", str(world))
+        os.environ.setdefault("LOCAL_RANK", str(torch.cuda.current_device() if use_gpu else 0))
+    else:
+        if "RANK" not in os.environ:
+            os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(free_port())
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if use_gpu:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False)
+    return int(dist.get_rank()), int(dist.get_world_size()), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) from one node of the seed tree; Python/numpy are not used."""
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+# ----------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """What DeepSpeed needs to know; built from a rung's recipe and the study's overrides."""
+
+    micro_batch_per_rank: int
+    world_size: int
+    zero_stage: int = 2
+    precision: str = "fp32"          # "bf16" on GPU by default, "fp32" on CPU
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    total_steps: int = 1
+    use_gpu: bool = False
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise SpecError(f"train.zero_stage: got {self.zero_stage}; allowed 0, 1, 2, 3")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise SpecError(f"train.precision: got {self.precision!r}; allowed fp32, bf16, fp16")
+        if self.precision != "fp32" and not self.use_gpu:
+            raise SpecError(f"train.precision {self.precision!r} needs a GPU; CPU training runs in fp32")
+        if self.micro_batch_per_rank < 1:
+            raise SpecError(f"train.batch_size: {self.micro_batch_per_rank} per rank; expected >= 1")
+
+    def ds_config(self) -> dict[str, Any]:
+        """The DeepSpeed JSON config. On GPU DeepSpeed builds FusedAdam from the ``optimizer``
+        entry; on CPU we pass a torch AdamW instead (FusedAdam needs CUDA)."""
+        cfg: dict[str, Any] = {
+            "train_micro_batch_size_per_gpu": self.micro_batch_per_rank,
+            "train_batch_size": self.micro_batch_per_rank * self.world_size,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": self.grad_clip,
+            "zero_optimization": {"stage": self.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
+            "checkpoint": {"load_universal": False},
+        }
+        if self.precision == "bf16":
+            cfg["bf16"] = {"enabled": True}
+        elif self.precision == "fp16":
+            cfg["fp16"] = {"enabled": True, "initial_scale_power": 16}
+        if self.use_gpu:
+            cfg["optimizer"] = {
+                "type": "AdamW",
+                "params": {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                           "weight_decay": self.weight_decay, "torch_adam": False, "adam_w_mode": True},
+            }
+        return cfg
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only: biases, norms, embeddings' scalars and ``logit_scale`` are exempt
+    (decaying the temperature or a LayerNorm gain towards 0 only hurts)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exempt = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if exempt else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, floor: float = 0.0) -> float:
+    """LR multiplier: linear warmup from ~0 to 1, then cosine decay to ``floor`` at the end."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_engine(model: torch.nn.Module, cfg: EngineConfig) -> tuple[Any, Any, Any]:
+    """``deepspeed.initialize`` with our optimizer and schedule; returns (engine, optimizer, sched)."""
+    import deepspeed
+
+    groups = param_groups(model, cfg.weight_decay)
+    optimizer = None
+    if not cfg.use_gpu:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+    def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps)
+        )
+
+    engine, opt, _, sched = deepspeed.initialize(
+        model=model,
+        model_parameters=groups,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        config=cfg.ds_config(),
+    )
+    return engine, opt, sched
