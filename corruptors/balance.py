@@ -115,6 +115,8 @@ class Rebalance(_ConceptStep):
 
     type_name = "rebalance"
     PARAMS = {
+        "level": Param(kind="float", lo=0.0, hi=1.0, default=1.0,
+                       doc="strength: per-concept weights are raised to this power (0 = no change)"),
         "mode": Param(kind="choice", choices=("cap", "inverse"), default="cap",
                       doc="cap: keep min(1, cap/n_c); inverse: (N/C)/n_c copies in expectation"),
         "cap": Param(kind="int", lo=1, default=None, doc="MetaCLIP's t (default: the median concept count)"),
@@ -151,6 +153,7 @@ class Rebalance(_ConceptStep):
             weight = np.minimum(1.0, cap / np.maximum(n, 1))
         else:
             weight = (n.sum() / max(len(concepts), 1)) / np.maximum(n, 1)
+        weight = weight ** float(self.params["level"])
         return pl.DataFrame({"concept": concepts, "count": n.astype(np.int64), "weight": weight},
                             schema={"concept": pl.Utf8, "count": pl.Int64, "weight": pl.Float64})
 

@@ -12,7 +12,8 @@ Methods:
   products in the reduce (fine to a few hundred thousand samples; beyond, shard the reduce).
 
 Each cluster keeps one sample (smallest keep-hash, so the choice does not depend on order) and
-the stream drops the rest with reason ``duplicate``. :func:`dedup_quality` scores the dropped
+the stream drops the rest with reason ``duplicate`` (with ``level < 1``, only a nested
+fraction of them: a graded remover for a study axis). :func:`dedup_quality` scores the dropped
 set against planted duplicate groups (precision / recall).
 """
 
@@ -202,6 +203,8 @@ class Dedup(Corruptor):
 
     type_name = "dedup"
     PARAMS = {
+        "level": Param(kind="float", lo=0.0, hi=1.0, default=1.0,
+                       doc="fraction of detected duplicates removed (nested coin; 1 = all)"),
         "method": Param(kind="choice", choices=("exact", "minhash", "phash", "embed"), default="exact",
                         doc="content hash, MinHash LSH on text, perceptual hash or thumbnail embedding on images"),
         "field": Param(kind="choice", choices=("auto", "image", "caption", "text"), default="auto",
@@ -302,10 +305,14 @@ class Dedup(Corruptor):
 
     def process(self, sample: Sample) -> list[Sample]:
         self.require_plan()
-        kept = self._drop.get(sample["__key__"])
+        key = sample["__key__"]
+        kept = self._drop.get(key)
         if kept is None:
             return [sample]
-        return self.drop(sample["__key__"], "duplicate", kept=kept)
+        if self.u(key) >= float(self.params["level"]):
+            self.skipped["duplicate_kept_by_level"] += 1
+            return [sample]
+        return self.drop(key, "duplicate", kept=kept)
 
 
 def _content_digest(value: Any) -> str:

@@ -8,12 +8,14 @@ from collections import Counter
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from inheritlab.corruptors.chain import build_chain, condition_data
 from inheritlab.corruptors.dedup import MinHasher, dedup_quality
 from inheritlab.corruptors.duplication import leaked_keys
-from inheritlab.corruptors.shards import iter_samples
+from inheritlab.corruptors.shards import iter_samples, split_shards
 from inheritlab.corruptors.world import ImageWorldConfig, write_image_world
 from inheritlab.infra.errors import SpecError
 
@@ -263,3 +265,53 @@ def test_dedup_param_errors():
     with pytest.raises(SpecError, match="compares images"):
         build_chain([{"type": "dedup", "method": "phash", "field": "caption"}], study_seed=0, num_classes=None,
                     class_names=None)
+
+
+# ----------------------------------------------------------------------------------- planned chains
+
+PLANNED = [
+    {"type": "duplicate", "level": 0.1, "repeats": 3},
+    {"type": "dedup", "method": "exact"},
+    {"type": "contamination", "level": 0.2, "repeats": 2},
+    {"type": "caption_noise", "level": 0.3, "mode": "swap"},
+    {"type": "rebalance", "mode": "cap", "cap": 80},
+]
+
+
+@pytest.fixture(scope="module")
+def planned(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("planned")
+    condition_data(world.splits["train"], PLANNED, study_seed=SEED, out_dir=out, num_classes=world.num_classes,
+                   class_names=world.class_names)
+    ref, chain = _stream(world, PLANNED, out)
+    return out, {s["__key__"]: (s["caption"], s["label"]) for s in ref}, chain
+
+
+@settings(max_examples=4, deadline=None)
+@given(order=st.permutations(range(5)), workers=st.sampled_from([1, 2, 4]))
+def test_planned_chain_same_for_any_worker_split_and_order(world, planned, order, workers):
+    plan_dir, ref, ref_chain = planned
+    shards = [world.splits["train"][i] for i in order]
+    merged: dict[str, tuple] = {}
+    totals = {"in": 0, "out": 0, "added": 0, "dropped_total": 0}
+    for w in range(workers):
+        part = split_shards(shards, rank=w, world_size=workers)
+        out, chain = _stream(world, PLANNED, plan_dir, part) if part else ([], None)
+        merged.update({s["__key__"]: (s["caption"], s["label"]) for s in out})
+        if chain is not None:
+            assert chain.balanced()
+            for k in totals:
+                totals[k] += chain.counters()["duplicate"][k]
+    assert merged == ref
+    ref_dup = ref_chain.counters()["duplicate"]
+    assert totals == {k: ref_dup[k] for k in totals}
+
+
+def test_graded_removers_nest(world, tmp_path):
+    dropped = []
+    for level in (0.3, 0.7, 1.0):
+        specs = [{"type": "duplicate", "level": 0.3, "repeats": 2}, {"type": "dedup", "method": "exact", "level": level}]
+        _, manifest = _run(world, specs, tmp_path / f"d{level}")
+        dropped.append(set(manifest.filter(pl.col("action") == "drop:duplicate")["key"]))
+    assert dropped[0] < dropped[1] < dropped[2]
+    assert 0.15 < len(dropped[0]) / len(dropped[2]) < 0.45
