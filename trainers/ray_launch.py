@@ -1,0 +1,70 @@
+"""Launch one cell's CLIP pre-training as Ray Train workers (Ray Train v2 TorchTrainer).
+
+Ray Train sets up torch.distributed across the workers (gloo on CPU, NCCL on GPU) and restarts
+them after a crash (``max_failures``); each restart resumes from the cell's last committed
+checkpoint, so a retry never repeats finished steps. The caller has already called
+``ray.init`` (locally or against a cluster).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from inheritlab.infra.atomic import read_json
+from inheritlab.infra.errors import CheckpointError
+from inheritlab.trainers.clip_pretrain import SUMMARY, ClipTrainConfig
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+
+    from inheritlab.trainers.clip_pretrain import train_clip
+
+    cfg = ClipTrainConfig.from_dict(config["cfg"])
+    summary = train_clip(cfg)
+    # ray.train.report is a barrier: every rank reports, exactly once.
+    ray.train.report({"steps": summary["steps"], "samples_seen": summary["samples_seen"],
+                      "final_loss": summary["final_loss"]})
+
+
+def launch_clip_training(
+    cfg: ClipTrainConfig,
+    *,
+    num_workers: int,
+    use_gpu: bool,
+    cpus_per_worker: float = 1.0,
+    storage_path: str,
+    max_failures: int = 1,
+) -> dict[str, Any]:
+    """Train ``cfg`` on ``num_workers`` Ray Train workers; returns the trainer's summary
+    (see :func:`inheritlab.trainers.clip_pretrain.train_clip`). ``storage_path`` must be shared
+    storage on a multi-node cluster, as must ``cfg.cell_dir``."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cell = Path(cfg.cell_dir)
+    # Explicit per-field: GPU runs request whole GPUs, CPU runs only CPUs.
+    resources: dict[str, float] = {"CPU": float(cpus_per_worker)}
+    if use_gpu:
+        resources["GPU"] = 1.0
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"cfg": {**cfg.to_dict(), "use_gpu": use_gpu}},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=f"clip-{cell.name}-{int(time.time())}",
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    path = cell / "ckpt" / SUMMARY
+    if not path.is_file():
+        raise CheckpointError(f"{path}: training finished but wrote no summary (is {cell} on shared storage?)")
+    return read_json(path)
