@@ -178,13 +178,13 @@ def _refine(form: Form, X: np.ndarray, ty: np.ndarray, sp: _Space, theta0: np.nd
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sol = least_squares(resid, sp.to_u(theta0), bounds=(sp.lo, sp.hi), method="trf", x_scale="jac",
-                            max_nfev=400 * (form.n_params + 1))
+                            max_nfev=50 * (form.n_params + 1))
     r = resid(sol.x)
     denom = len(ty) if w is None else float(np.sum(w))
     return sp.to_theta(sol.x), float(np.sum(r * r) / denom)
 
 
-def _batched_lm(form: Form, X: np.ndarray, ty: np.ndarray, W: np.ndarray, sp: _Space, theta0: np.ndarray, iters: int = 60) -> np.ndarray:
+def _batched_lm(form: Form, X: np.ndarray, ty: np.ndarray, W: np.ndarray, sp: _Space, theta0: np.ndarray, iters: int = 100) -> np.ndarray:
     """Refit B weighted problems at once; returns θ of shape (B, p).
 
     Projected Levenberg–Marquardt with a forward-difference Jacobian: every step is a handful
@@ -207,6 +207,7 @@ def _batched_lm(form: Form, X: np.ndarray, ty: np.ndarray, W: np.ndarray, sp: _S
     r = resid(u)
     cur = loss(r)
     eye = np.eye(p)
+    done = np.zeros(B, dtype=bool)
     for _ in range(iters):
         h = 1e-6 * (1.0 + np.abs(u))
         J = np.empty((B, len(ty), p))
@@ -234,7 +235,10 @@ def _batched_lm(form: Form, X: np.ndarray, ty: np.ndarray, W: np.ndarray, sp: _S
         cur = np.where(better, new, cur)
         lam = np.where(better, lam / 3.0, lam * 4.0)
         lam = np.clip(lam, 1e-9, 1e9)
-        if np.all((gain < 1e-12 * (1 + cur)) & ~better | (lam >= 1e9)):
+        # A resample is done once an accepted step gains (almost) nothing, or once the damping
+        # has grown so large that no step is accepted; stop when every resample is done.
+        done |= (better & (gain < 1e-10 * (1.0 + cur))) | (lam >= 1e8)
+        if np.all(done):
             break
     return sp.to_theta(u)
 

@@ -13,6 +13,7 @@ follows a power law towards a floor; plots and tables show the metric itself.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +22,8 @@ import polars as pl
 
 from inheritlab.analysis import inheritance as inh
 from inheritlab.analysis import plots
-from inheritlab.analysis.fits import FitResult, InsufficientData, fit_best_power_law, fit_joint_power_law
+from inheritlab.analysis.fits import FitResult, InsufficientData, compare_forms, fit_best_power_law, fit_joint_power_law
+from inheritlab.analysis.fits_bnsl import break_scales, fit_bnsl
 from inheritlab.analysis.results import (
     aggregate_seeds,
     curve_keys,
@@ -36,6 +38,8 @@ from inheritlab.infra.hashing import stable_int
 
 FORMATS = ("png", "pdf", "csv", "md", "latex")
 N_BOOT = 200
+# A one-break BNSL has six parameters; with eight scales two are left for the held-out score.
+BNSL_MIN_SCALES = 8
 
 
 def _label(keys: Sequence[str], key: Sequence[Any]) -> str:
@@ -79,10 +83,14 @@ def _fit_curves(sub: pl.DataFrame, *, x: str, keys: list[str], hib: bool, notes:
         label = _label(keys, key)
         fit: FitResult | None = None
         note = ""
+        comparison: list[dict[str, Any]] = []
+        xs_raw, ys_raw = raw[x].to_numpy(), raw["_target"].to_numpy()
         try:
-            fit = fit_best_power_law(raw[x].to_numpy(), raw["_target"].to_numpy(), n_boot=N_BOOT, seed=_fit_seed(*key))
+            fit = fit_best_power_law(xs_raw, ys_raw, n_boot=N_BOOT, seed=_fit_seed(*key))
             if fit is None:
                 note = "one scale: no fit"
+            elif grp.height >= BNSL_MIN_SCALES:
+                fit, comparison = _maybe_broken(fit, xs_raw, ys_raw, key)
         except InsufficientData as exc:
             note = str(exc)
         except Exception as exc:  # a pathological curve must not sink the whole report
@@ -94,10 +102,29 @@ def _fit_curves(sub: pl.DataFrame, *, x: str, keys: list[str], hib: bool, notes:
             "level": float(key[keys.index("bias_level")]),
             "x": grp[x].to_numpy(), "mean": grp["mean"].to_numpy(), "std": grp["std"].to_numpy(),
             "n_seeds": grp["n_seeds"].to_numpy(), "fit": fit, "note": fit.note if fit else note,
+            "comparison": comparison,
+            "breaks": break_scales(fit) if fit is not None and fit.form.name.startswith("bnsl") else [],
         })
     if pts.height and int(pts["n_seeds"].max()) <= 1:
         notes.append("one seed per point: no seed error bars; fit bands come from the bootstrap over scales only")
     return curves
+
+
+def _maybe_broken(pl_fit: FitResult, x: np.ndarray, y: np.ndarray, key: Sequence[Any]) -> tuple[FitResult, list[dict[str, Any]]]:
+    """Also fit a one-break BNSL; keep it when it extrapolates better on held-out scales.
+
+    Only with enough scales (``BNSL_MIN_SCALES``) for its six parameters and a held-out part.
+    A straight power law that extrapolates as well wins (fewer parameters).
+    """
+    try:
+        broken = fit_bnsl(x, y, n_breaks=1, n_boot=N_BOOT, seed=_fit_seed("bnsl", *key))
+    except (InsufficientData, ValueError):
+        return pl_fit, []
+    ranked = compare_forms([pl_fit, broken])
+    if ranked[0]["form"] == broken.form.name and pl_fit.holdout is not None:
+        d = broken.params["d1"]
+        return replace(broken, note=f"broken law extrapolates better on held-out scales (break at {d:.3g})"), ranked
+    return pl_fit, ranked
 
 
 def _joint_fits(sub: pl.DataFrame, *, x: str, keys: list[str], hib: bool, notes: list[str]) -> list[dict[str, Any]]:
@@ -146,25 +173,31 @@ def _fit_rows(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _latex(rows: list[dict[str, Any]], metric: str, x: str, hib: bool) -> str:
+_PARAM_TEX = {"a": "a", "b": "b", "c": "c", "c0": "c_0", "alpha": r"\alpha", "beta": r"\beta", "E0": "E_0"}
+
+
+def _latex(rows: list[dict[str, Any]], forms: dict[str, tuple[str, ...]], metric: str, x: str, hib: bool) -> str:
+    """A booktabs table: one row per curve, its form, parameters with 95 % intervals."""
     tgt = f"1-{metric}" if hib else metric
     lines = [
-        "% scaling fits: " + (f"E = a x^{{-b}} + c, E = {tgt}, x = {x}"),
-        r"\begin{tabular}{lrrrrr}",
+        f"% scaling fits of E = {tgt} against {x}; power_law: E = a x^{{-b}} + c;",
+        "% bnsl_n: E = a + b x^{-c_0} prod_i (1 + (x/d_i)^{1/f_i})^{-c_i f_i}",
+        r"\begin{tabular}{llp{0.5\linewidth}rr}",
         r"\toprule",
-        r"curve & $a$ & $b$ & $c$ & held-out RMSLE & scales \\",
+        r"curve & form & parameters [95\% CI] & held-out RMSLE & scales \\",
         r"\midrule",
     ]
     for r in rows:
-        def cell(n: str) -> str:
-            if n not in r:
-                return "--"
+        parts = []
+        for n in forms.get(r["form"], ()):
+            sym = _PARAM_TEX.get(n, f"{n[0]}_{{{n[1:]}}}" if len(n) > 1 else n)
             lo, hi = r.get(f"{n}_lo", math.nan), r.get(f"{n}_hi", math.nan)
-            ci = "" if math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]"
-            return f"{r[n]:.3g}{ci}"
+            ci = "" if lo is None or math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]"
+            parts.append(f"${sym}={r[n]:.3g}${ci}")
         ho = r.get("holdout_rmsle", math.nan)
         name = r["label"].replace("_", "\\_")
-        lines.append(f"{name} & {cell('a')} & {cell('b')} & {cell('c')} & "
+        form = r["form"].replace("_", "\\_")
+        lines.append(f"{name} & {form} & {'; '.join(parts) or '--'} & "
                      f"{'--' if ho is None or math.isnan(ho) else f'{ho:.3g}'} & {r['n_scales']} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
@@ -229,7 +262,8 @@ def build_report(
     fits_json = {
         "metric": metric, "task": task, "split": split, "x": x,
         "target": f"1 - {metric}" if hib else metric,
-        "curves": [{"label": c["label"], **c["key"], "fit": c["fit"].to_dict() if c["fit"] else None, "note": c["note"]} for c in curves],
+        "curves": [{"label": c["label"], **c["key"], "fit": c["fit"].to_dict() if c["fit"] else None, "note": c["note"],
+                    "comparison": c["comparison"], "breaks": c["breaks"]} for c in curves],
         "joint": [{"label": j["label"], "levels": j["levels"], "fit": j["fit"].to_dict()} for j in joint],
         "critical_level": crit.to_dicts() if not crit.is_empty() else [],
         "effective_data_multiplier": mult.to_dicts() if not mult.is_empty() else [],
@@ -248,7 +282,8 @@ def build_report(
                 paths[f"{name}_csv"] = p
     if "latex" in formats:
         p = out_dir / f"fits_{tag}.tex"
-        atomic_write_text(p, _latex(fit_rows, metric, x, hib))
+        forms = {c["fit"].form.name: c["fit"].form.params for c in curves if c["fit"] is not None}
+        atomic_write_text(p, _latex(fit_rows, forms, metric, x, hib))
         paths["fits_latex"] = p
 
     img = [f for f in formats if f in plots.IMAGE_FORMATS]
@@ -307,19 +342,28 @@ def _summary(title: str, metric: str, x: str, hib: bool, curves: list[dict[str, 
     tgt = f"E = 1 − {metric}" if hib else f"E = {metric}"
     out = [f"# Scaling report — {title}", "", f"Fits of {tgt} against `{x}` (final checkpoint of each cell; "
            "95 % bootstrap intervals; held-out RMSLE = error on the largest scales of a refit on the smaller ones).", ""]
-    out += ["| curve | points | form | a | b | c | held-out RMSLE |", "|---|---|---|---|---|---|---|"]
+    out += ["| curve | scales | form | parameters [95 % CI] | held-out RMSLE |", "|---|---|---|---|---|"]
     for c in curves:
         f: FitResult | None = c["fit"]
         if f is None:
-            out.append(f"| {c['label']} | {len(c['x'])} | — | — | — | — | — |")
+            out.append(f"| {c['label']} | {len(c['x'])} | — | — | — |")
             continue
         def pv(n: str) -> str:
-            if n not in f.params:
-                return "—"
             lo, hi = f.ci.get(n, (math.nan, math.nan))
-            return f"{f.params[n]:.3g}" + ("" if math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]")
+            return f"{n} = {f.params[n]:.3g}" + ("" if math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]")
         ho = (f.holdout or {}).get("rmsle", math.nan)
-        out.append(f"| {c['label']} | {len(c['x'])} | {f.form.name} | {pv('a')} | {pv('b')} | {pv('c')} | {_fmt(ho)} |")
+        out.append(f"| {c['label']} | {len(c['x'])} | {f.form.name} | {'; '.join(pv(n) for n in f.form.params)} | {_fmt(ho)} |")
+    compared = [c for c in curves if c.get("comparison")]
+    if compared:
+        out += ["", "**Model comparison** (held-out RMSLE, best first):", ""]
+        for c in compared:
+            out.append(f"- {c['label']}: " + ", ".join(f"{r['form']} {_fmt(r['holdout_rmsle'])}" for r in c["comparison"]))
+    broken = [c for c in curves if c.get("breaks")]
+    if broken:
+        out += ["", f"**Critical scale** (break of the broken scaling law, `{x}`):", ""]
+        for c in broken:
+            for b in c["breaks"]:
+                out.append(f"- {c['label']}: {b['d']:.4g} [{_fmt(b['d_lo'])}, {_fmt(b['d_hi'])}], slope change {b['slope_change']:+.3g}")
     if joint:
         out += ["", "**Joint fits** (one exponent b shared by all levels, own a and c per level):", ""]
         for j in joint:
