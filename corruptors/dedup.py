@@ -50,15 +50,46 @@ def _shingle_hashes(text: str, n: int) -> np.ndarray:
         b = np.concatenate([b, np.zeros(n - b.size, dtype=np.uint64)])
     m = b.size - n + 1
     h = np.zeros(m, dtype=np.uint64)
-    for j in range(n):
-        h = h * np.uint64(1099511628211) + b[j : j + m]
-    # splitmix64 finaliser: spread the bits before keeping 32 of them.
-    h ^= h >> np.uint64(30)
-    h *= np.uint64(0xBF58476D1CE4E5B9)
-    h ^= h >> np.uint64(27)
-    h *= np.uint64(0x94D049BB133111EB)
-    h ^= h >> np.uint64(31)
-    return np.unique(h & _MASK32)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            h = h * np.uint64(1099511628211) + b[j : j + m]
+    return np.unique(_mix(h) & _MASK32)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser, in place: spread the bits before keeping 32 of them."""
+    with np.errstate(over="ignore"):
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return h
+
+
+def _batch_shingles(texts: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """All texts' n-gram hashes in one buffer pass: (hashes, start index of each text).
+
+    The same hashes as :func:`_shingle_hashes` (repeats kept: a minimum does not care).
+    """
+    encoded = []
+    for t in texts:
+        b = normalise_text(t).encode("utf-8")
+        encoded.append(b + b"\0" * (n - len(b)) if len(b) < n else b)
+    lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
+    buf = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.uint64)
+    m = buf.size - n + 1
+    h = np.zeros(m, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            h = h * np.uint64(1099511628211) + buf[j : j + m]
+    h = _mix(h) & _MASK32
+    # Windows that start in text i and stay inside it: offset_i .. offset_i + len_i - n.
+    counts = lengths - n + 1
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    idx = np.repeat(offsets - starts, counts) + np.arange(int(counts.sum()))
+    return h[idx], starts
 
 
 class MinHasher:
@@ -78,12 +109,19 @@ class MinHasher:
         """(len(texts), num_perm) uint64 signatures, computed in one vectorised sweep."""
         if not texts:
             return np.zeros((0, self.num_perm), dtype=np.uint64)
-        hashes = [_shingle_hashes(t, self.ngram) for t in texts]
-        starts = np.cumsum([0] + [h.size for h in hashes[:-1]])
-        x = np.concatenate(hashes)
+        x, starts = _batch_shingles(texts, self.ngram)
+        out = np.empty((len(texts), self.num_perm), dtype=np.uint64)
+        # One permutation at a time: the working vector stays in cache (a (perm × shingle)
+        # matrix would stream hundreds of MB through memory).
+        shift = np.uint64(32)
+        v = np.empty_like(x)
         with np.errstate(over="ignore"):
-            v = (self.a[:, None] * x[None, :] + self.b[:, None]) >> np.uint64(32)
-        return np.minimum.reduceat(v, starts, axis=1).T.copy()
+            for k in range(self.num_perm):
+                np.multiply(x, self.a[k], out=v)
+                v += self.b[k]
+                v >>= shift
+                out[:, k] = np.minimum.reduceat(v, starts)
+        return out
 
 
 def phash(image: Any) -> np.ndarray:
@@ -127,16 +165,27 @@ class _UnionFind:
 
 
 def _band_candidates(bands: np.ndarray) -> Iterable[list[int]]:
-    """Buckets (lists of row indices) of rows equal in some band; bands: (n, B, width)."""
-    n, n_bands = bands.shape[0], bands.shape[1]
+    """Buckets (lists of row indices) of rows equal in some band; bands: (n, B, width).
+
+    Each band's rows fold into one 64-bit hash; a sort finds the runs of equal hashes. Only
+    runs longer than one leave numpy, so the cost is a few array passes per band.
+    """
+    n, n_bands, width = bands.shape
+    rows = bands.astype(np.uint64, copy=False)
     for b in range(n_bands):
-        buckets: dict[bytes, list[int]] = defaultdict(list)
-        view = np.ascontiguousarray(bands[:, b])
-        for i in range(n):
-            buckets[view[i].tobytes()].append(i)
-        for members in buckets.values():
-            if len(members) > 1:
-                yield members
+        h = np.full(n, np.uint64(0xCBF29CE484222325), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for j in range(width):
+                h ^= rows[:, b, j]
+                h *= np.uint64(0x100000001B3)
+                h ^= h >> np.uint64(29)
+        order = np.argsort(h, kind="stable")
+        hs = h[order]
+        cuts = np.flatnonzero(hs[1:] != hs[:-1]) + 1
+        starts = np.concatenate([[0], cuts])
+        ends = np.concatenate([cuts, [n]])
+        for s0, e0 in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist()):
+            yield order[s0:e0].tolist()
 
 
 def cluster_minhash(sigs: np.ndarray, *, threshold: float, bands: int) -> _UnionFind:
