@@ -11,6 +11,7 @@ same decisions in its own stream, whatever its ranks and loader workers.
 
 from __future__ import annotations
 
+import inspect
 import io
 import sys
 from collections import Counter
@@ -27,7 +28,7 @@ from inheritlab.corruptors import duplication as _duplication  # noqa: F401
 from inheritlab.corruptors import noise as _noise  # noqa: F401
 from inheritlab.corruptors import text as _text  # noqa: F401
 from inheritlab.corruptors.base import REGISTRY, Corruptor, Sample, check_params
-from inheritlab.corruptors.shards import ReadStats, iter_samples, list_shards
+from inheritlab.corruptors.shards import ReadStats, iter_samples, list_shards, write_shards
 from inheritlab.infra.atomic import atomic_write_bytes, atomic_write_json
 from inheritlab.infra.errors import SpecError
 
@@ -279,3 +280,41 @@ def condition_data(
     _write_parquet(chain.manifest(), out / MANIFEST_NAME)
     atomic_write_json(out / COUNTERS_NAME, counters)
     return counters
+
+
+def materialize_condition(
+    shards: str | Path | list[str],
+    specs: list[dict[str, Any]],
+    *,
+    study_seed: int,
+    plan_dir: str | Path,
+    out_dir: str | Path,
+    num_classes: int | None,
+    class_names: list[str] | None,
+    samples_per_shard: int = 1000,
+    kind: str = "image",
+) -> list[Path]:
+    """Write a conditioned stream as new shards (optional: the default is to corrupt in the
+    trainer's stream, since a study at scale cannot copy its data per level).
+
+    Needs the plans of :func:`condition_data` in ``plan_dir``; images are copied as bytes.
+    """
+    shard_list = list_shards(shards) if isinstance(shards, (str, Path)) else [str(s) for s in shards]
+    chain = build_chain(specs, study_seed=study_seed, num_classes=num_classes, class_names=class_names,
+                        plan_dir=plan_dir)
+    stream = chain.apply(iter_samples(shard_list, decode=chain.needs_decode, kind=kind))
+    return write_shards(stream, out_dir, samples_per_shard=samples_per_shard)
+
+
+def corruptor_reference() -> str:
+    """Markdown reference of every corruptor type: what it does and its parameters."""
+    lines = ["# Corruptors", ""]
+    for name in corruptor_types():
+        cls = REGISTRY[name]
+        doc = inspect.cleandoc(cls.__doc__ or "")
+        lines += [f"## `{name}`", "", doc, "", "| parameter | allowed | default | meaning |", "|---|---|---|---|"]
+        for pname, p in cls.PARAMS.items():
+            default = "required" if p.required else repr(p.default)
+            lines.append(f"| `{pname}` | {p.allowed()} | {default} | {p.doc} |")
+        lines.append("")
+    return "\n".join(lines)

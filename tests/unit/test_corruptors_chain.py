@@ -228,3 +228,17 @@ def test_planned_chain_without_plan_is_a_clear_error(shards, tmp_path):
         build_chain(specs, study_seed=SEED, num_classes=5, class_names=NAMES, plan_dir=tmp_path)
     with pytest.raises(SpecError, match="has no plan"):
         _chain(specs).apply(_samples())
+
+
+def test_materialize_condition_writes_the_conditioned_stream(shards, tmp_path):
+    from inheritlab.corruptors.chain import corruptor_reference, materialize_condition
+
+    specs = [{"type": "subsample", "size": 100}, {"type": "caption_noise", "level": 0.5, "mode": "swap"}]
+    condition_data(shards, specs, study_seed=SEED, out_dir=tmp_path / "plan", num_classes=5, class_names=NAMES)
+    paths = materialize_condition(shards, specs, study_seed=SEED, plan_dir=tmp_path / "plan", out_dir=tmp_path / "out",
+                                  num_classes=5, class_names=NAMES, samples_per_shard=40)
+    assert len(paths) == 3
+    direct = _outcome(_chain(specs, tmp_path / "plan"), iter_samples(shards, decode=False))
+    assert _outcome(_chain([{"type": "none", "level": 0.0}]), iter_samples([str(p) for p in paths])) == direct
+    ref = corruptor_reference()
+    assert all(f"## `{t}`" in ref for t in ("label_noise", "dedup", "contamination", "token_noise"))
