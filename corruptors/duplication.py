@@ -8,6 +8,7 @@ keys (``<key>_dup<j>``, ``<test key>_leak<j>``, never a dot) and are counted as 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -168,6 +169,7 @@ class Contamination(LevelCorruptor):
             for j in range(int(self.params["repeats"])):
                 rng = stable_rng(self.study_seed, self.name, item["__key__"], j)
                 copy = _near_copy(item, rng) if near else copy_sample(item)
+                _match_image_form(copy, sample)
                 copy["__key__"] = f"{item['__key__']}_leak{j}"
                 copy["__shard__"] = sample.get("__shard__", "")
                 copy["meta"]["leaked_from"] = item["__key__"]
@@ -180,6 +182,17 @@ class Contamination(LevelCorruptor):
         if self._plan is None:
             return {}
         return {f"leaked-{self.name}.json": {"source": self.params["source"], "keys": sorted(self._leaked)}}
+
+
+def _match_image_form(item: Sample, like: Sample) -> None:
+    """Decode an injected item's image when the stream it joins carries decoded images (the
+    trainer decodes before the chain); plans store encoded bytes."""
+    img, host = item.get("image"), like.get("image")
+    if isinstance(img, (bytes, bytearray)) and host is not None and not isinstance(host, (bytes, bytearray)):
+        from PIL import Image
+
+        with Image.open(io.BytesIO(bytes(img))) as im:
+            item["image"] = im.convert("RGB")
 
 
 def _from_members(key: str, parts: dict[str, bytes]) -> Sample:

@@ -315,3 +315,13 @@ def test_graded_removers_nest(world, tmp_path):
         dropped.append(set(manifest.filter(pl.col("action") == "drop:duplicate")["key"]))
     assert dropped[0] < dropped[1] < dropped[2]
     assert 0.15 < len(dropped[0]) / len(dropped[2]) < 0.45
+
+
+def test_injected_items_match_a_decoded_stream(world, tmp_path):
+    # The trainer decodes before the chain: injected test items must arrive decoded too.
+    specs = [{"type": "contamination", "level": 0.3}, {"type": "duplicate", "level": 0.2, "mode": "near"}]
+    _run(world, specs, tmp_path)
+    chain = build_chain(specs, study_seed=SEED, num_classes=5, class_names=world.class_names, plan_dir=tmp_path)
+    out = list(chain.apply(iter_samples(world.splits["train"][:2], decode=True)))
+    assert any("leaked_from" in s["meta"] for s in out) and any("dup_of" in s["meta"] for s in out)
+    assert all(isinstance(s["image"], Image.Image) and s["image"].mode == "RGB" for s in out)
