@@ -262,7 +262,7 @@ def _check_ceiling(stats: ReadStats, ceiling: float | int, final: bool) -> None:
     n_bad = stats.skipped_total
     if n_bad == 0:
         return
-    if isinstance(ceiling, float) and 0 < ceiling < 1:
+    if isinstance(ceiling, float):
         # A fraction is judged on whole shards (and the end of the stream), not on the first
         # few samples, where one bad sample would be a large fraction.
         seen = stats.samples + n_bad
@@ -290,8 +290,8 @@ def iter_samples(
 
     ``decode=False`` leaves images as raw bytes (the data-condition stage never needs pixels).
     ``bad_sample_ceiling``: ``0`` raises :class:`ShardError` at the first bad sample; an int
-    ``n >= 1`` skips and counts up to ``n`` bad samples; a float in ``(0, 1)`` allows that
-    fraction of the stream (checked after each shard). A truncated or unreadable tar always
+    ``n >= 1`` skips and counts up to ``n`` bad samples; a float in ``(0, 1]`` allows that
+    fraction of the stream (checked after each shard; ``1.0`` never fails). A truncated or unreadable tar always
     raises: how many samples it lost is unknowable. Skips are counted in ``stats``.
 
     ``kind``: ``"image"`` (image–caption pairs; a sample without image or caption is bad),

@@ -160,3 +160,10 @@ def test_every_block_boundary_cut_is_caught(tmp_path):
     garbage.write_bytes(data[: len(end) + (512 - len(end) % 512) % 512] + b"\x07" * 1024)
     with pytest.raises(ShardError, match="corrupt|truncated"):
         list(iter_samples([str(garbage)]))
+
+
+def test_float_ceiling_is_a_fraction_even_at_one(tmp_path):
+    p = _tar(tmp_path / "bad.tar", [("b.png", b"junk"), ("b.txt", b"x")] + _good("a"))
+    assert len(list(iter_samples([str(p)], bad_sample_ceiling=1.0))) == 1  # 100 % allowed
+    with pytest.raises(ShardError):
+        list(iter_samples([str(p)], bad_sample_ceiling=0.0))  # 0.0 is strict, like 0
