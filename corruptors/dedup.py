@@ -315,9 +315,13 @@ class Dedup(Corruptor):
 
     def plan_reduce(self, partials: list[Any]) -> pl.DataFrame:
         keys = [k for p in partials for k in p["keys"]]
+        # Cluster in key order, not arrival order: the result must not depend on shard order.
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        keys = [keys[i] for i in order]
         method = self.params["method"]
         if method == "exact":
             digests = [d for p in partials for d in p["sigs"]]
+            digests = [digests[i] for i in order]
             uf = _UnionFind(len(keys))
             first: dict[str, int] = {}
             for i, d in enumerate(digests):
@@ -326,13 +330,13 @@ class Dedup(Corruptor):
                 else:
                     first[d] = i
         elif method == "minhash":
-            sigs = np.concatenate([p["sigs"] for p in partials]) if keys else np.zeros((0, 1), np.uint64)
+            sigs = np.concatenate([p["sigs"] for p in partials])[order] if keys else np.zeros((0, 1), np.uint64)
             uf = cluster_minhash(sigs, threshold=self.params["threshold"], bands=self.params["bands"])
         elif method == "phash":
-            bits = np.concatenate([p["sigs"] for p in partials]) if keys else np.zeros((0, 64), bool)
+            bits = np.concatenate([p["sigs"] for p in partials])[order] if keys else np.zeros((0, 64), bool)
             uf = cluster_bits(bits, max_distance=self.params["max_distance"])
         else:
-            emb = np.concatenate([p["sigs"] for p in partials]) if keys else np.zeros((0, 192), np.float32)
+            emb = np.concatenate([p["sigs"] for p in partials])[order] if keys else np.zeros((0, 192), np.float32)
             uf = cluster_embeddings(emb, max_cos_distance=self.params["max_cos_distance"])
         clusters: dict[int, list[int]] = defaultdict(list)
         for i in range(len(keys)):
