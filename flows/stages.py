@@ -103,6 +103,7 @@ def stage_pretrain(
         num_classes=data.world.num_classes,
         class_names=tuple(data.world.class_names),
         samples_seen=c["samples_seen"],
+        unique_samples=c["unique_samples"],
         batch_size=c["train"]["batch_size"],
         lr=c["train"]["lr"],
         warmup_steps=c["train"]["warmup_steps"],

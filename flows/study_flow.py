@@ -22,7 +22,7 @@ from inheritlab.flows import stages
 from inheritlab.flows.grid import Cell, expand_grid
 from inheritlab.flows.publish import publish_results
 from inheritlab.flows.spec import StudySpec
-from inheritlab.infra.atomic import atomic_write_json
+from inheritlab.infra.atomic import atomic_write_json, read_json
 from inheritlab.infra.errors import InheritlabError
 from inheritlab.infra.raycluster import init_ray
 from inheritlab.infra.rundir import RunDir
@@ -134,10 +134,18 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
     report = task(publish_results, name="analyse-and-publish", cache_policy=NO_CACHE, persist_result=False)(spec, run)
     timings["analyse"] = round(time.perf_counter() - t0, 3)
     timings["total"] = round(time.perf_counter() - t_start, 3)
-    atomic_write_json(run.results / "study_timings.json", {"timings_s": timings, "cells": summaries, "failed": failures})
+    _record_launch(run, {"timings_s": timings, "cells": summaries, "failed": failures, "ran": len(todo)})
     if failures:
         raise InheritlabError(f"{len(failures)} of {len(todo)} cells failed:\n  " + "\n  ".join(failures))
     return {"run_dir": str(run.root), "cells": len(cells), "ran": len(todo), "timings": timings, "report": {k: str(v) for k, v in report.items()}}
+
+
+def _record_launch(run: RunDir, launch: dict[str, Any]) -> None:
+    """Append this launch's stage timings to ``results/study_timings.json`` (one entry a launch)."""
+    path = run.results / "study_timings.json"
+    history = read_json(path).get("launches", []) if path.is_file() else []
+    launch["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    atomic_write_json(path, {"launches": [*history, launch]})
 
 
 def run_study(spec: StudySpec, run_dir: str | Path, ray_address: str | None = None) -> dict[str, Any]:

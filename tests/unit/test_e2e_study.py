@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def test_micro_study_end_to_end(tmp_path: Path) -> None:
     assert {"id", "ood"} <= set(table["split"].unique().to_list())
     assert table["value"].is_finite().all()
     assert (table["params"] > 0).all() and (table["flops"] > 0).all()
-    assert (run.results / "study_timings.json").is_file()
+    launches = json.loads((run.results / "study_timings.json").read_text())["launches"]
+    assert launches[0]["ran"] == 4 and launches[0]["timings_s"]["total"] > 0
     assert any(p.suffix == ".png" for p in run.results.rglob("*"))
     # label noise is accounted: the noisy cells' manifests record flipped keys
     noisy = next(c for c in cells if c.bias_level == 0.5)
