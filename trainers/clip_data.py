@@ -58,18 +58,23 @@ def iter_epoch_samples(spec: StreamSpec, worker_id: int, num_workers: int, epoch
     """One pass over the slot's shards: shard order and a shuffle buffer seeded per epoch,
     then the corruptor chain (its decisions depend on sample keys only, so repeats of a sample
     are corrupted the same way in every epoch)."""
-    from inheritlab.corruptors.chain import build_chain
     from inheritlab.corruptors.shards import iter_samples
 
     shards, stride, offset = _slot_shards(spec, worker_id, num_workers)
     rng = stable_rng(spec.study_seed, "clip-stream", spec.seed, epoch, spec.rank, worker_id, num_workers)
     order = [shards[i] for i in rng.permutation(len(shards))]
-    chain = build_chain(list(spec.corruptors), study_seed=spec.study_seed, num_classes=spec.num_classes,
-                        class_names=list(spec.class_names) or None, plan_dir=spec.plan_dir)
     raw = iter_samples(order, decode=True, bad_sample_ceiling=spec.bad_sample_ceiling)
     if stride > 1:
         raw = (s for i, s in enumerate(raw) if i % stride == offset)
-    stream = chain.apply(raw)
+    stream: Iterator[dict[str, Any]] = raw
+    if spec.corruptors:
+        # Imported only when needed: the chain brings in polars, which a clean-control run on
+        # a bare GPU node does not need.
+        from inheritlab.corruptors.chain import build_chain
+
+        chain = build_chain(list(spec.corruptors), study_seed=spec.study_seed, num_classes=spec.num_classes,
+                            class_names=list(spec.class_names) or None, plan_dir=spec.plan_dir)
+        stream = chain.apply(raw)
     buf: list[dict[str, Any]] = []
     for sample in stream:
         buf.append(sample)

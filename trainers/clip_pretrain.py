@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -35,6 +36,7 @@ LATEST = "latest.json"
 SUMMARY = "train_summary.json"
 FINAL = "final"
 WEIGHTS = "open_clip_model.pt"
+LOCAL_DIR_WEIGHTS = "open_clip_pytorch_model.bin"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,6 +150,8 @@ def export_open_clip(engine: Any, dest: Path, *, rung: Any, model_cfg: dict[str,
     if dist.get_rank() == 0:
         with atomic_dir(dest) as tmp:
             torch.save(state, tmp / WEIGHTS)
+            # open_clip's ``local-dir:`` loader looks for this name; a hard link costs no space.
+            os.link(tmp / WEIGHTS, tmp / LOCAL_DIR_WEIGHTS)
             mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
             atomic_write_json(tmp / "open_clip_config.json", {
                 "model_cfg": model_cfg,
@@ -245,7 +249,10 @@ def train_clip(cfg: ClipTrainConfig) -> dict[str, Any]:
     export_steps = set(cfg.eval_steps) | (ckpt_steps if cfg.eval_every_ckpt else set())
     last_step = min(r["total_steps"], cfg.stop_after_steps or r["total_steps"])
 
-    train_time, trained, epoch, window = 0.0, 0, 0, []
+    # Steady-state throughput leaves out the first steps of this process (kernel compilation,
+    # autotuning, loader start-up); checkpoint and export time is left out of both timers.
+    warm_steps = min(5, max(0, (last_step - step) // 4))
+    train_time, steady_time, trained, epoch, window = 0.0, 0.0, 0, 0, []
     t_prev = time.perf_counter()
     it = iter(loader)
     while step < last_step:
@@ -268,8 +275,12 @@ def train_clip(cfg: ClipTrainConfig) -> dict[str, Any]:
                 mean /= world
             loss_curve.append([step, float(mean)])
             window = []
+        if use_gpu:
+            torch.cuda.synchronize()
         now = time.perf_counter()
         train_time += now - t_prev
+        if trained > warm_steps:
+            steady_time += now - t_prev
         if step in ckpt_steps or step in export_steps:
             if step in export_steps:
                 exports.append(export_open_clip(engine, ckpt / "export" / f"step_{step}", rung=rung,
@@ -289,6 +300,7 @@ def train_clip(cfg: ClipTrainConfig) -> dict[str, Any]:
         "samples_seen": step * r["global_batch"], "global_batch": r["global_batch"], "world_size": world,
         "precision": r["precision"], "zero_stage": cfg.zero_stage,
         "samples_per_s": (trained * r["global_batch"] / train_time) if train_time > 0 else None,
+        "samples_per_s_steady": ((trained - warm_steps) * r["global_batch"] / steady_time) if steady_time > 0 else None,
         "train_seconds": train_time, "final_loss": loss_curve[-1][1] if loss_curve else None,
         "loss_curve": loss_curve, "params": params, "flops_per_sample": flops_per_sample(rung),
         "epochs": epoch + 1 if trained else None,

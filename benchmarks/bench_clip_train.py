@@ -1,0 +1,114 @@
+"""Throughput of one CLIP pre-training cell (DeepSpeed, the real data stream, the fused loss).
+
+Launch alone or under torchrun; rank 0 appends one JSON record to ``--out``::
+
+    torchrun --nproc-per-node 2 benchmarks/bench_clip_train.py --rung clip-tiny \
+        --world /tmp/world --cell /tmp/cell --batch-size 1024 --steps 40 --out results.jsonl
+
+The world (built-in shards) is generated first when ``--world`` holds none. Samples/s is end
+to end (loader, transfer, step); the steady figure leaves out the first steps of the run. MFU
+divides the model FLOPs (``clip_models.flops_per_sample``, fwd+bwd) by the dense bf16 peak of
+the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+# Dense bf16 tensor-core peaks (TFLOP/s) of the devices we run on; SXM parts.
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}
+
+
+def _peak(name: str) -> float | None:
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def make_world(root: Path, image_size: int, train_size: int, per_shard: int) -> None:
+    from inheritlab.corruptors.world import ImageWorldConfig, write_image_world
+
+    if (root / "world.json").is_file():
+        return
+    write_image_world(ImageWorldConfig(seed=0, image_size=image_size, train_size=train_size, test_id_size=64,
+                                       test_ood_size=64, samples_per_shard=per_shard), root)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rung", default="clip-tiny")
+    ap.add_argument("--world", required=True)
+    ap.add_argument("--cell", required=True)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--train-size", type=int, default=4096)
+    ap.add_argument("--per-shard", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=256, help="global batch")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--zero-stage", type=int, default=2)
+    ap.add_argument("--loader-workers", type=int, default=4)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--make-world-only", action="store_true")
+    args = ap.parse_args()
+
+    world_root = Path(args.world)
+    if args.make_world_only:
+        t0 = time.perf_counter()
+        make_world(world_root, args.image_size, args.train_size, args.per_shard)
+        print(f"world {world_root}: {time.perf_counter() - t0:.1f}s")
+        return
+
+    from inheritlab.corruptors.world import load_world_info
+    from inheritlab.trainers.clip_pretrain import ClipTrainConfig, train_clip
+
+    world = load_world_info(world_root)
+    if int(os.environ.get("RANK", "0")) == 0:
+        shutil.rmtree(args.cell, ignore_errors=True)  # a fresh cell: no resume
+    cfg = ClipTrainConfig(
+        rung=args.rung, train_shards=tuple(world.splits["train"]), cell_dir=args.cell,
+        samples_seen=args.batch_size * args.steps, batch_size=args.batch_size, zero_stage=args.zero_stage,
+        ckpt_every=args.steps, loader_workers=args.loader_workers, num_classes=world.num_classes,
+        unique_samples=args.train_size, log_every=5,
+    )
+    t0 = time.perf_counter()
+    s = train_clip(cfg)
+    wall = time.perf_counter() - t0
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        import deepspeed
+        import open_clip
+        import triton
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+        peak = _peak(gpu)
+        steady = s["samples_per_s_steady"]
+        record = {
+            "bench": "clip_train", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "device": gpu, "gpus": s["world_size"] if torch.cuda.is_available() else 0,
+            "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__, "triton": triton.__version__,
+                         "open_clip": open_clip.__version__, "python": platform.python_version()},
+            "rung": args.rung, "global_batch": args.batch_size, "steps": s["steps"], "zero_stage": args.zero_stage,
+            "precision": s["precision"], "loader_workers": args.loader_workers, "image_size": args.image_size,
+            "params": s["params"], "flops_per_sample": s["flops_per_sample"],
+            "samples_per_s": s["samples_per_s"], "samples_per_s_steady": steady,
+            "mfu_steady": (steady * s["flops_per_sample"] / (s["world_size"] * peak * 1e12)) if (peak and steady) else None,
+            "final_loss": s["final_loss"], "loss_curve": s["loss_curve"], "wall_s": wall,
+        }
+        with open(args.out, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        print(json.dumps({k: v for k, v in record.items() if k != "loss_curve"}))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

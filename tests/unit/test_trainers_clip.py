@@ -1,0 +1,155 @@
+"""CLIP pre-training on CPU: the data stream, a DeepSpeed (gloo) run, resume, export, evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from inheritlab.corruptors.world import ImageWorldConfig, WorldInfo, write_image_world
+from inheritlab.infra.atomic import read_json
+from inheritlab.infra.errors import CheckpointError, SpecError
+from inheritlab.trainers.clip_data import ClipBatchStream, StreamSpec
+from inheritlab.trainers.clip_models import build_clip
+from inheritlab.trainers.clip_pretrain import ClipTrainConfig, train_clip
+from inheritlab.trainers.evaluate import evaluate_clip, retrieval_recall, spectrum_diagnostics, SplitFeatures
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> WorldInfo:
+    cfg = ImageWorldConfig(seed=1, num_classes=4, train_size=384, test_id_size=64, test_ood_size=64,
+                           samples_per_shard=96)
+    return write_image_world(cfg, tmp_path_factory.mktemp("world"))
+
+
+def _spec(world: WorldInfo, **kw: Any) -> StreamSpec:
+    base = dict(shards=tuple(world.splits["train"]), corruptors=(), study_seed=0, seed=0, plan_dir=None,
+                num_classes=world.num_classes, class_names=tuple(world.class_names), rank=0, world_size=1,
+                batch_size=32, shuffle_buffer=64)
+    return StreamSpec(**{**base, **kw})
+
+
+def _take(spec: StreamSpec, n: int, skip: int = 0) -> list[dict[str, Any]]:
+    built = build_clip("clip-tiny", seed=0)
+    it = iter(ClipBatchStream(spec, transform=built.transform, tokenizer=built.tokenizer, skip_batches=skip))
+    return [next(it) for _ in range(n)]
+
+
+def test_stream_is_deterministic_repeats_and_skips(world: WorldInfo) -> None:
+    # 384 samples / 32 = 12 batches per epoch: 14 batches cross into the second epoch.
+    a = _take(_spec(world), 14)
+    b = _take(_spec(world), 14)
+    assert all(torch.equal(x["images"], y["images"]) and torch.equal(x["texts"], y["texts"]) for x, y in zip(a, b))
+    assert [x["epoch"] for x in a[11:14]] == [0, 1, 1]
+    # Epochs are reshuffled: the first batch of epoch 1 is not that of epoch 0.
+    assert not torch.equal(a[12]["images"], a[0]["images"])
+    # Skipping k batches resumes at exactly batch k.
+    c = _take(_spec(world), 3, skip=11)
+    assert all(torch.equal(x["images"], y["images"]) for x, y in zip(c, a[11:14]))
+    # Another seed, another order.
+    assert not torch.equal(_take(_spec(world, seed=1), 1)[0]["images"], a[0]["images"])
+
+
+def test_ranks_see_disjoint_samples(world: WorldInfo) -> None:
+    from inheritlab.trainers.clip_data import iter_epoch_samples
+
+    seen = []
+    for rank in (0, 1):
+        keys = [s["__key__"] for s in iter_epoch_samples(_spec(world, rank=rank, world_size=2), 0, 1, 0)]
+        seen.append(set(keys))
+        assert len(keys) == len(set(keys))
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 384
+    # Fewer shards than ranks × workers: every rank reads all shards and strides over samples.
+    few = [s["__key__"] for s in iter_epoch_samples(_spec(world, shards=tuple(world.splits["train"][:1]), rank=1,
+                                                             world_size=2), 0, 1, 0)]
+    assert len(few) == 48
+
+
+def _cfg(world: WorldInfo, cell: Path, **kw: Any) -> ClipTrainConfig:
+    base = dict(rung="clip-tiny", train_shards=tuple(world.splits["train"]), cell_dir=str(cell), samples_seen=4 * 32,
+                batch_size=32, ckpt_every=2, log_every=1, num_classes=world.num_classes, unique_samples=384,
+                shuffle_buffer=64)
+    return ClipTrainConfig(**{**base, **kw})
+
+
+def _weights(summary: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return torch.load(summary["final_export"]["path"], map_location="cpu", weights_only=True)
+
+
+def test_train_commit_resume_export_evaluate(world: WorldInfo, tmp_path: Path) -> None:
+    import open_clip
+
+    # Uninterrupted: 4 steps, checkpoints committed at 2 and 4.
+    full = train_clip(_cfg(world, tmp_path / "full"))
+    assert full["steps"] == 4 and full["samples_seen"] == 128 and full["resumed_from"] is None
+    assert [s for s, _ in full["loss_curve"]] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(v)) for _, v in full["loss_curve"])
+    assert read_json(tmp_path / "full" / "ckpt" / "latest.json")["tag"] == "step_4"
+    assert full["repeats"] == pytest.approx(128 / 384) and full["params"] > 0 and full["flops_per_sample"] > 0
+
+    # Interrupted after the first commit, then resumed: same step, same data, same weights.
+    part = train_clip(_cfg(world, tmp_path / "part", stop_after_steps=2))
+    assert part["steps"] == 2
+    assert not (tmp_path / "part" / "ckpt" / "train_summary.json").exists()
+    resumed = train_clip(_cfg(world, tmp_path / "part"))
+    assert resumed["resumed_from"] == 2 and resumed["steps"] == 4
+    assert [s for s, _ in resumed["loss_curve"]] == [1, 2, 3, 4]
+    assert [v for _, v in resumed["loss_curve"]] == pytest.approx([v for _, v in full["loss_curve"]], rel=1e-4)
+    w_full, w_res = _weights(full), _weights(resumed)
+    assert all(torch.allclose(w_full[k], w_res[k], atol=1e-5) for k in w_full)
+
+    # A finished cell trains nothing the second time.
+    again = train_clip(_cfg(world, tmp_path / "full"))
+    assert again == read_json(tmp_path / "full" / "ckpt" / "train_summary.json")
+
+    # The export loads through open_clip by rung name and by directory.
+    path = full["final_export"]["path"]
+    m = open_clip.create_model("clip-tiny", pretrained=path)
+    assert torch.equal(m.state_dict()["logit_scale"], w_full["logit_scale"])
+    open_clip.create_model(f"local-dir:{Path(path).parent}")
+
+    rows = evaluate_clip(path, "clip-tiny", world, tasks=("zeroshot", "linear_probe", "retrieval", "diagnostics"),
+                         seed=0, checkpoint_step=4, samples_seen=128, probe_train_size=128)
+    got = {(r["task"], r["split"], r["metric"]) for r in rows}
+    for split in ("id", "ood"):
+        assert ("zeroshot", split, "acc1") in got and ("linear_probe", split, "acc1") in got
+        assert ("diagnostics", split, "sv_entropy") in got and ("diagnostics", split, "sv_top_ratio") in got
+    for task in ("retrieval_i2t", "retrieval_t2i"):
+        assert (task, "id", "recall@1") in got and (task, "id", "recall@5") in got
+    assert all(r["checkpoint_step"] == 4 and r["samples_seen"] == 128 for r in rows)
+    assert all(0.0 <= r["value"] <= 1.0 for r in rows if r["metric"] != "sv_entropy")
+
+
+def test_a_dangling_pointer_is_a_checkpoint_error(world: WorldInfo, tmp_path: Path) -> None:
+    from inheritlab.infra.atomic import atomic_write_json
+
+    atomic_write_json(tmp_path / "cell" / "ckpt" / "latest.json", {"tag": "step_2", "step": 2})
+    with pytest.raises(CheckpointError, match="step_2"):
+        train_clip(_cfg(world, tmp_path / "cell"))
+
+
+def test_config_errors_name_the_field(world: WorldInfo, tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="unknown key"):
+        ClipTrainConfig.from_dict({"rung": "clip-tiny", "train_shards": ["x"], "cell_dir": "c", "samples_seen": 1,
+                                   "batchsize": 3})
+    with pytest.raises(SpecError, match="samples_seen"):
+        _cfg(world, tmp_path, samples_seen=0)
+    with pytest.raises(SpecError, match="clip-huge"):
+        train_clip(_cfg(world, tmp_path / "bad", rung="clip-huge"))
+
+
+def test_retrieval_and_spectrum_on_known_features() -> None:
+    eye = torch.eye(6)
+    perfect = SplitFeatures(image=eye, text=eye, labels=torch.arange(6), captions=[f"c{i}" for i in range(6)])
+    rec = retrieval_recall(perfect)
+    assert rec["i2t"][1] == 1.0 and rec["t2i"][1] == 1.0
+    # Captions 0 and 1 are the same string: retrieving either counts as a hit.
+    shuffled = SplitFeatures(image=eye, text=eye[[1, 0, 2, 3, 4, 5]], labels=torch.arange(6),
+                             captions=["same", "same", "c2", "c3", "c4", "c5"])
+    assert retrieval_recall(shuffled)["i2t"][1] == 1.0
+    flat = spectrum_diagnostics(torch.eye(8))
+    collapsed = spectrum_diagnostics(torch.ones(8, 8) + 1e-3 * torch.eye(8))
+    assert flat["sv_entropy_norm"] == pytest.approx(1.0) and flat["sv_top_ratio"] == pytest.approx(1 / 8)
+    assert collapsed["sv_top_ratio"] > 0.9 and collapsed["sv_entropy"] < flat["sv_entropy"]

@@ -1,0 +1,102 @@
+"""CLIP rung registry, open_clip round trip of exported weights, DeepSpeed config and schedule."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from inheritlab.infra.errors import SpecError
+from inheritlab.trainers.clip_models import RUNGS, build_clip, count_params, flops_per_sample, get_rung
+from inheritlab.trainers.engine import EngineConfig, param_groups, sanitize_cuda_arch_list, warmup_cosine
+
+
+def test_rungs_carry_the_datacomp_recipes() -> None:
+    small, xl = get_rung("datacomp-small"), get_rung("datacomp-xlarge")
+    assert (small.open_clip_name, small.batch_size, small.lr, small.warmup_steps) == ("ViT-B-32", 4096, 5e-4, 500)
+    assert get_rung("datacomp-large").open_clip_name == "ViT-B-16" and get_rung("datacomp-large").batch_size == 8192
+    assert (xl.open_clip_name, xl.batch_size, xl.lr, xl.warmup_steps, xl.beta2) == ("ViT-L-14", 90112, 1e-3, 10_000, 0.95)
+    assert {r.device for r in RUNGS.values()} == {"cpu", "gpu"}
+
+
+def test_unknown_rung_names_the_known_ones() -> None:
+    with pytest.raises(SpecError, match="clip-tiny"):
+        get_rung("clip-huge")
+
+
+def test_flops_grow_with_the_rung() -> None:
+    tiny, mini, small, large = (flops_per_sample(n) for n in ("clip-tiny", "clip-mini", "datacomp-small", "datacomp-large"))
+    assert 0 < tiny < mini < small < large
+    # ViT-B/32 CLIP: ~7.4 GMACs forward per pair, so fwd+bwd ≈ 44 GFLOPs.
+    assert 35e9 < small < 55e9
+
+
+def test_exported_weights_load_through_open_clip(tmp_path: Path) -> None:
+    import open_clip
+
+    built = build_clip("clip-tiny", seed=3)
+    assert count_params(built.model) > 0
+    x = torch.rand(2, 3, 32, 32)
+    t = built.tokenizer(["a red circle.", "a blue square."])
+    assert t.shape == (2, 32)  # the tiny rung's context length
+    path = tmp_path / "open_clip_model.pt"
+    torch.save(built.model.state_dict(), path)
+    os.link(path, tmp_path / "open_clip_pytorch_model.bin")  # as the trainer's export does
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": built.model_cfg}))
+    by_name = open_clip.create_model("clip-tiny", pretrained=str(path)).eval()
+    by_dir = open_clip.create_model(f"local-dir:{tmp_path}").eval()
+    ref = built.model.eval()
+    with torch.no_grad():
+        want = ref.encode_image(x)
+        assert torch.allclose(by_name.encode_image(x), want)
+        assert torch.allclose(by_dir.encode_image(x), want)
+        assert torch.allclose(by_name.encode_text(t), ref.encode_text(t))
+    other = build_clip("clip-tiny", seed=4).model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(other.encode_image(x), want)
+
+
+@pytest.mark.parametrize(
+    ("raw", "fixed"),
+    [("9.0a", "9.0"), ("8.0;9.0a", "8.0;9.0"), ("9.0a+PTX", "9.0+PTX"), ("8.0 8.6", "8.0;8.6"), ("10.0a", "10.0")],
+)
+def test_cuda_arch_list_is_sanitised(monkeypatch: pytest.MonkeyPatch, raw: str, fixed: str) -> None:
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", raw)
+    assert sanitize_cuda_arch_list() == fixed
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == fixed
+
+
+def test_warmup_then_cosine() -> None:
+    lrs = [warmup_cosine(s, warmup_steps=10, total_steps=110) for s in range(111)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.5) and lrs[110] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert warmup_cosine(0, warmup_steps=0, total_steps=1) == pytest.approx(1.0)
+    assert not math.isnan(warmup_cosine(5, warmup_steps=0, total_steps=0))
+
+
+def test_ds_config_cpu_fp32_vs_gpu_bf16() -> None:
+    cpu = EngineConfig(micro_batch_per_rank=8, world_size=2, zero_stage=2).ds_config()
+    assert cpu["train_batch_size"] == 16 and cpu["zero_optimization"]["stage"] == 2
+    assert "optimizer" not in cpu and "bf16" not in cpu  # a torch AdamW is passed in on CPU
+    gpu = EngineConfig(micro_batch_per_rank=8, world_size=1, zero_stage=3, precision="bf16", use_gpu=True,
+                       lr=1e-3, betas=(0.9, 0.95)).ds_config()
+    assert gpu["bf16"] == {"enabled": True} and gpu["optimizer"]["type"] == "AdamW"
+    assert gpu["optimizer"]["params"]["betas"] == [0.9, 0.95]
+    with pytest.raises(SpecError, match="needs a GPU"):
+        EngineConfig(micro_batch_per_rank=8, world_size=1, precision="bf16")
+    with pytest.raises(SpecError, match="zero_stage"):
+        EngineConfig(micro_batch_per_rank=8, world_size=1, zero_stage=4)
+
+
+def test_no_weight_decay_on_gains_biases_and_temperature() -> None:
+    model = build_clip("clip-tiny", seed=0).model
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert any(names[id(p)] == "logit_scale" for p in no_decay["params"])
+    assert all(p.ndim >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    assert no_decay["weight_decay"] == 0.0
