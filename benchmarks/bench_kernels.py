@@ -225,6 +225,17 @@ def clip_inputs(b: int, d: int) -> Callable[[], tuple]:
     return make
 
 
+def clip_inputs_trained(b: int, d: int) -> Callable[[], tuple]:
+    """Late-training regime: scale 100, each text close to its image (logits spread over ±100)."""
+    def make() -> tuple:
+        g = torch.Generator(device=DEV).manual_seed(0)
+        i = F.normalize(torch.randn(b, d, device=DEV, generator=g), dim=-1)
+        t = F.normalize(i + 0.8 * F.normalize(torch.randn(b, d, device=DEV, generator=g), dim=-1), dim=-1)
+        s = torch.tensor(100.0, device=DEV).requires_grad_()
+        return i.to(torch.bfloat16).requires_grad_(), t.to(torch.bfloat16).requires_grad_(), s
+    return make
+
+
 def clip_ours(i, t, s):
     from inheritlab.kernels import clip_contrastive_loss
     return lambda: clip_contrastive_loss(i, t, s, impl="triton").backward()
@@ -348,6 +359,10 @@ def main() -> None:
     if "clip" in only:
         for b in clip_sizes:
             bench.run(clip_g, "ours (Triton)", f"B={b}", 6 * b * b * 512, clip_inputs(b, 512), clip_ours)
+        if not args.quick:
+            b = 32768
+            bench.run(clip_g, "ours (Triton), scale 100, aligned pairs", f"B={b}", 6 * b * b * 512,
+                      clip_inputs_trained(b, 512), clip_ours)
     if "lm" in only:
         for n, h, v in lm_shapes:
             bench.run(lm_g, "ours (Triton)", f"N={n} H={h} V={v}", 6 * n * h * v, lm_inputs(n, h, v), lm_ours)

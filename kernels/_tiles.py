@@ -50,13 +50,34 @@ def stream_candidates() -> list[dict[str, int]]:
     """Configs for kernels where a program owns a row block and streams over all columns."""
     if interpreting():
         return [_cfg(16, 32, 16, 4, 1)]
-    return [_cfg(128, 128, 64, 8, 3), _cfg(128, 64, 64, 4, 4), _cfg(128, 128, 64, 4, 3),
-            _cfg(128, 64, 128, 8, 3), _cfg(64, 128, 64, 4, 4), _cfg(128, 128, 128, 8, 2)]
+    return [_cfg(128, 64, 64, 4, 4), _cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 4, 3),
+            _cfg(128, 64, 128, 8, 3), _cfg(64, 128, 64, 4, 4), _cfg(128, 128, 128, 8, 2),
+            _cfg(128, 128, 64, 8, 4), _cfg(128, 64, 64, 4, 3), _cfg(128, 64, 128, 4, 3),
+            _cfg(256, 64, 64, 8, 3), _cfg(64, 64, 64, 4, 4), _cfg(64, 64, 128, 4, 3)]
 
 
 def tile_candidates() -> list[dict[str, int]]:
     """Configs for kernels with one program per output tile (a GEMM grid)."""
     if interpreting():
         return [_cfg(16, 32, 16, 4, 1)]
-    return [_cfg(128, 128, 64, 8, 3), _cfg(128, 256, 64, 8, 3), _cfg(128, 128, 64, 4, 4),
-            _cfg(64, 128, 64, 4, 4), _cfg(128, 64, 64, 4, 4), _cfg(128, 128, 128, 8, 2)]
+    return [_cfg(128, 256, 64, 8, 3), _cfg(128, 128, 64, 8, 3), _cfg(128, 128, 64, 4, 4),
+            _cfg(64, 128, 64, 4, 4), _cfg(128, 64, 64, 4, 4), _cfg(128, 128, 128, 8, 2),
+            _cfg(256, 128, 64, 8, 3), _cfg(128, 256, 64, 8, 4), _cfg(128, 256, 128, 8, 2),
+            _cfg(256, 128, 128, 8, 2), _cfg(256, 64, 64, 8, 3), _cfg(128, 128, 128, 4, 3)]
+
+
+def add_t_matmul(acc32: torch.Tensor | None, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``acc32 + pᵀ q`` in fp32 (``acc32`` None: just ``pᵀ q``), for key gradients summed over chunks.
+
+    On CUDA one cuBLAS call writes (or accumulates into) the fp32 result directly; elsewhere, or
+    where this torch lacks the fp32-output matmul, the product is formed in the input dtype first.
+    """
+    if p.is_cuda and p.dtype in (torch.float16, torch.bfloat16):
+        try:
+            if acc32 is None:
+                return torch.mm(p.t(), q, out_dtype=torch.float32)
+            return torch.addmm(acc32, p.t(), q, out_dtype=torch.float32, out=acc32)
+        except (TypeError, NotImplementedError):
+            pass
+    part = torch.mm(p.t(), q).float()
+    return part if acc32 is None else acc32.add_(part)

@@ -3,7 +3,8 @@
 Triton's own autotuner re-runs a kernel into the same output buffers while it measures, which is
 wrong for kernels that write per-program partial sums laid out by block size. Our launchers are
 pure (inputs in, fresh outputs back), so choosing a config is just calling the launcher with each
-candidate and timing it. Under ``TRITON_INTERPRET=1`` the first candidate is used untimed.
+candidate and timing it. Under ``TRITON_INTERPRET=1`` the first candidate is used untimed, and
+so it is with ``INHERITLAB_KERNEL_TUNING=0`` (quick GPU test runs: one compile per kernel).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def pick_config(
     launch: Callable[[dict[str, int]], object],
 ) -> dict[str, int]:
     """The fastest of ``candidates`` for ``key``, measured once with ``launch(cfg)`` and cached."""
-    if interpreting() or len(candidates) == 1:
+    if interpreting() or len(candidates) == 1 or os.environ.get("INHERITLAB_KERNEL_TUNING", "1") == "0":
         return candidates[0]
     hit = _CHOSEN.get(key)
     if hit is not None:

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from inheritlab.kernels._tiles import (
+    add_t_matmul,
     chunk_rows,
     dot_prec,
     launch_opts,
@@ -36,7 +37,7 @@ __all__ = ["clip_loss_triton", "CHUNK_BYTES"]
 
 LN2 = 0.6931471805599453
 # Backward materialises dL/dS for this many bytes of rows at a time (the rest is streamed).
-CHUNK_BYTES = 256 * 2**20
+CHUNK_BYTES = 512 * 2**20
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -58,15 +59,27 @@ def _clip_fwd_kernel(q_ptr, k_ptr, scale_ptr, row_lse_ptr, col_part_ptr,
         acc = scores_tile(q_ptr, k_ptr, rows, row_ok, cols, col_ok, D, stride_q, stride_k,
                            BLOCK_M, BLOCK_N, BLOCK_D, DOT_PREC)
         s = tl.where(col_ok[None, :], acc * scale2, float("-inf"))  # [BM, BN] log2-domain logits
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), axis=1)
+        mt = tl.max(s, axis=1)  # this tile's row maxima [BM]
+        p = tl.exp2(s - mt[:, None])  # ≤ 1; the one exponential per logit
+        m_new = tl.maximum(m_i, mt)
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(p, axis=1) * tl.exp2(mt - m_new)
         m_i = m_new
         if COMPUTE_COLS:
-            sc = tl.where(row_ok[:, None], s, float("-inf"))
-            cm = tl.max(sc, axis=0)  # per-column max over this row block: exact, no underflow
-            cm = tl.where(col_ok, cm, 0.0)  # padding columns hold only -inf
-            cl = tl.sum(tl.exp2(sc - cm[None, :]), axis=0)
-            tl.store(col_part_ptr + pid * N + cols, cm + tl.log2(tl.where(col_ok, cl, 1.0)), mask=col_ok)
+            # Column sums relative to the tile maximum T: 2^(s-T) = p · 2^(mt_i-T), so no second
+            # exponential per logit. Exact while the tile's logits span less than 2^100 (no
+            # underflow); otherwise fall back to per-column maxima and a second exponential.
+            big = tl.max(tl.where(row_ok, mt, float("-inf")), axis=0)
+            lo = tl.min(tl.min(tl.where(row_ok[:, None] & col_ok[None, :], s, float("inf")), axis=1), axis=0)
+            if big - lo < 100.0:
+                w = tl.exp2(tl.where(row_ok, mt - big, float("-inf")))  # [BM] ≤ 1, 0 on padding
+                cl = tl.sum(p * w[:, None], axis=0)
+                part = big + tl.log2(tl.where(col_ok, cl, 1.0))
+            else:
+                sc = tl.where(row_ok[:, None], s, float("-inf"))
+                cm = tl.where(col_ok, tl.max(sc, axis=0), 0.0)  # per-column max over this row block
+                cl = tl.sum(tl.exp2(sc - cm[None, :]), axis=0)
+                part = cm + tl.log2(tl.where(col_ok, cl, 1.0))
+            tl.store(col_part_ptr + pid * N + cols, part, mask=col_ok)
     tl.store(row_lse_ptr + rows, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=row_ok)
 
 
@@ -88,18 +101,32 @@ def _clip_bwd_kernel(q_ptr, k_ptr, scale_ptr, grad_ptr, row_lse_ptr, col_lse_ptr
     g = tl.load(grad_ptr).to(tl.float32)
     s2 = acc * (scale * 1.4426950408889634)
     r2 = tl.load(row_lse_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
-    dlog = coef_r * tl.exp2(s2 - r2[:, None])  # row softmax, weighted
+    ok = row_ok[:, None] & col_ok[None, :]
     coef_pos = coef_r
     if HAS_COLS:
         c2 = tl.load(col_lse_ptr + cols, mask=col_ok, other=0.0) * 1.4426950408889634
-        dlog += coef_c * tl.exp2(s2 - c2[None, :])  # column softmax, weighted
         coef_pos += coef_c
+        # Both softmaxes from one exponential: 2^(s-r_i) = 2^(s-T)·2^(T-r_i), T = the tile's largest
+        # logit. Used while the row/column log-sum-exps are within 2^100 of T, so anything that
+        # underflows is below 2^-26 of the largest entry; otherwise two exponentials per logit.
+        top = tl.max(tl.max(tl.where(ok, s2, float("-inf")), axis=1), axis=0)
+        low_r = tl.min(tl.where(row_ok, r2, float("inf")), axis=0)
+        low_c = tl.min(tl.where(col_ok, c2, float("inf")), axis=0)
+        if tl.maximum(top - low_r, top - low_c) < 100.0:
+            e = tl.exp2(s2 - top)
+            a = coef_r * tl.exp2(top - r2)
+            b = coef_c * tl.exp2(top - c2)
+            dlog = e * (a[:, None] + b[None, :])
+        else:
+            dlog = coef_r * tl.exp2(s2 - r2[:, None]) + coef_c * tl.exp2(s2 - c2[None, :])
+    else:
+        dlog = coef_r * tl.exp2(s2 - r2[:, None])  # row softmax, weighted
     is_pos = cols[None, :] == (rows[:, None] + offset)
     dlog = dlog - tl.where(is_pos, coef_pos, 0.0)  # dL/dlogit for unit upstream gradient
-    dlog = tl.where(row_ok[:, None] & col_ok[None, :], dlog, 0.0)
+    dlog = tl.where(ok, dlog, 0.0)
     p_offs = lrows.to(tl.int64)[:, None] * stride_p + cols[None, :]
     tl.store(p_ptr + p_offs, (dlog * (g * scale)).to(p_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
+             mask=ok)
     # dL/dscale = Σ dL/dlogit · (q·k): one partial per program, summed on the host side.
     part = tl.sum(tl.sum(dlog * acc, axis=1), axis=0) * g
     tl.store(part_ptr + pid_m * tl.num_programs(1) + pid_n, part)
@@ -136,7 +163,7 @@ def _backward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, grad: torch
     chunk = chunk_rows(M, N, q.element_size(), CHUNK_BYTES)
     p_buf = torch.empty((chunk, N), device=q.device, dtype=q.dtype)  # dL/dS·scale for one chunk
     dq = torch.empty_like(q)
-    dk32 = None if chunk >= M else torch.zeros((N, D), device=q.device, dtype=torch.float32)
+    dk32 = None  # fp32 sum over chunks of Pᵀ q (several chunks only)
     dk = None
     parts = []
     has_cols = col_lse is not None
@@ -157,10 +184,10 @@ def _backward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, grad: torch
         cfg = pick_config(("clip_bwd", q.dtype, mc, N, D, has_cols, q.device), tile_candidates(), launch)
         parts.append(launch(cfg).sum())
         torch.mm(p, k, out=dq[r0:r0 + mc])  # [mc, N] @ [N, d]
-        if dk32 is None:
-            dk = torch.mm(p.t(), q[r0:r0 + mc])  # one chunk: the whole Pᵀ q
+        if chunk >= M:
+            dk = torch.mm(p.t(), q)  # one chunk: the whole Pᵀ q
         else:
-            dk32.add_(torch.mm(p.t(), q[r0:r0 + mc]))  # accumulate chunks in fp32
+            dk32 = add_t_matmul(dk32, p, q[r0:r0 + mc])
     if dk32 is not None:
         dk = dk32.to(q.dtype)
     assert dk is not None

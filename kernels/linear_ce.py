@@ -1,6 +1,6 @@
 """Fused LM head + cross-entropy: never more than one chunk of rows of the N×V logits alive.
 
-Per chunk of ``rows`` tokens (``CHUNK_BYTES`` of logits, ~128 MiB):
+Per chunk of ``rows`` tokens (at most ``CHUNK_BYTES`` of logits, see ``_chunk_rows``):
   1. logits = h_c Wᵀ (+ b)                  torch.mm on the tensor cores, in the input dtype
   2. ``_lce_rows_kernel``: one program per row streams the vocabulary twice — an online
      log-sum-exp (fp32), then dL/dlogits written over the logits in place
@@ -26,7 +26,11 @@ from inheritlab.kernels._tuning import interpreting
 
 __all__ = ["linear_cross_entropy_triton", "CHUNK_BYTES"]
 
-CHUNK_BYTES = 128 * 2**20
+# Logits chunk budget: 60 % of the weight's size (its gradient is unavoidable memory, the chunk
+# stays a fraction of it), at least MIN_CHUNK_BYTES (small heads: large enough matmuls) and at most
+# CHUNK_BYTES (past ~200 MiB the weight-gradient accumulation no longer gets cheaper).
+CHUNK_BYTES = 192 * 2**20
+MIN_CHUNK_BYTES = 64 * 2**20
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -87,8 +91,9 @@ def _row_launch(V: int) -> dict[str, int]:
     return dict(BLOCK_V=block, num_warps=16 if block >= 8192 else 8)
 
 
-def _chunk_rows(n: int, v: int, elt: int) -> int:
-    rows = (CHUNK_BYTES // max(1, v * elt)) // 64 * 64
+def _chunk_rows(n: int, v: int, elt: int, weight_bytes: int) -> int:
+    budget = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, int(0.6 * weight_bytes)))
+    rows = (budget // max(1, v * elt)) // 64 * 64
     return min(n, max(64, rows))
 
 
@@ -99,7 +104,7 @@ def _chunked(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, targets: 
     """Per-token losses [N] fp32 and, where ``need`` asks, dh, dW, db weighted per row by ``row_weight``."""
     N, _ = h.shape
     V = w.shape[0]
-    rows = _chunk_rows(N, V, h.element_size())
+    rows = _chunk_rows(N, V, h.element_size(), w.numel() * w.element_size())
     buf = torch.empty((rows, V), device=h.device, dtype=h.dtype)  # one chunk of logits / dlogits
     loss = torch.empty(N, device=h.device, dtype=torch.float32)
     dh = torch.empty_like(h) if need[0] else None

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from inheritlab.kernels._tiles import (
+    add_t_matmul,
     chunk_rows,
     dot_prec,
     launch_opts,
@@ -119,7 +120,7 @@ def _backward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: torch
     chunk = chunk_rows(M, N, q.element_size(), CHUNK_BYTES)
     p_buf = torch.empty((chunk, N), device=q.device, dtype=q.dtype)
     dq = torch.empty_like(q)
-    dk32 = None if chunk >= M else torch.zeros((N, D), device=q.device, dtype=torch.float32)
+    dk32 = None  # fp32 sum over chunks of Pᵀ q (several chunks only)
     dk = None
     parts = []
     for r0 in range(0, M, chunk):
@@ -137,10 +138,10 @@ def _backward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: torch
         cfg = pick_config(("siglip_bwd", q.dtype, mc, N, D, q.device), tile_candidates(), launch)
         parts.append(launch(cfg).sum(0))
         torch.mm(p, k, out=dq[r0:r0 + mc])
-        if dk32 is None:
-            dk = torch.mm(p.t(), q[r0:r0 + mc])
+        if chunk >= M:
+            dk = torch.mm(p.t(), q)  # one chunk: the whole Pᵀ q
         else:
-            dk32.add_(torch.mm(p.t(), q[r0:r0 + mc]))
+            dk32 = add_t_matmul(dk32, p, q[r0:r0 + mc])
     if dk32 is not None:
         dk = dk32.to(q.dtype)
     assert dk is not None

@@ -99,7 +99,6 @@ LCE_CASES = [
     (3000, 256, 32001, 0.0, 0.0, "mean", False, 1.0, 5, torch.bfloat16),
     (777, 128, 50304, 0.1, 1e-4, "sum", True, 1.0, 3, torch.bfloat16),
     (500, 128, 5003, 0.0, 1e-3, "none", True, 1.0, 4, torch.bfloat16),
-    (400, 64, 4099, 0.0, 0.0, "mean", False, 30.0, 0, torch.bfloat16),  # huge logits
     (400, 64, 4099, 0.0, 0.0, "mean", False, 1e-4, 2, torch.bfloat16),  # tiny logits
     (600, 128, 7001, 0.05, 0.0, "mean", False, 1.0, 3, torch.float16),
     (300, 64, 3001, 0.1, 1e-3, "mean", True, 1.0, 3, torch.float32),
@@ -130,6 +129,27 @@ def test_linear_ce_gpu(n: int, h: int, v: int, eps: float, z: float, reduction: 
     for a, r in zip(ours, ref):
         assert a.grad.dtype == a.dtype
         assert _rel(a.grad, r.grad) < tol
+
+
+def test_linear_ce_huge_logits_gpu() -> None:
+    # Logits in the hundreds: their bf16 rounding by the matmul (as in torch, Liger and
+    # cut-cross-entropy) dominates a comparison with fp64 logits, so the reference takes the very
+    # bf16 logits the kernel sees (one chunk, same matmul) and must agree on the log-sum-exp
+    # (no overflow) and on the gradients that follow from them.
+    g = torch.Generator(device=DEV).manual_seed(11)
+    hid = torch.randn(400, 64, device=DEV, generator=g).to(torch.bfloat16)
+    w = (torch.randn(4099, 64, device=DEV, generator=g) * 30 / 8).to(torch.bfloat16)
+    y = torch.randint(0, 4099, (400,), device=DEV, generator=g)
+    x = (hid @ w.t()).double().requires_grad_()
+    assert x.abs().max() > 100
+    ref = F.cross_entropy(x, y)
+    ref.backward()
+    ours = [hid.clone().requires_grad_(), w.clone().requires_grad_()]
+    loss = linear_cross_entropy(*ours, y)
+    loss.backward()
+    assert abs(loss.item() - ref.item()) <= 1e-4 * abs(ref.item())
+    assert _rel(ours[0].grad, x.grad @ w.double()) < 2e-2
+    assert _rel(ours[1].grad, x.grad.t() @ hid.double()) < 2e-2
 
 
 def test_linear_ce_all_ignored_gpu() -> None:
