@@ -126,7 +126,7 @@ def test_levels_nest_and_agree(a, b, typ):
     assert all(out_lo[k] == out_hi[k] for k in touched_lo)  # corrupted the same way
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(level=st.floats(0, 1), n=st.integers(0, 240))
 def test_exact_mode_counts(level, n, tmp_path_factory):
     samples = _samples()[:n]
@@ -140,7 +140,7 @@ def test_exact_mode_counts(level, n, tmp_path_factory):
     assert counters["balanced"]
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(order_seed=st.integers(0, 10_000), level=st.floats(0.05, 0.95), frac=st.floats(0.2, 1.0))
 def test_same_decisions_one_vs_four_workers_and_shuffled_order(shards, order_seed, level, frac):
     specs = [{"type": "subsample", "fraction": frac}, {"type": "label_noise", "level": level},

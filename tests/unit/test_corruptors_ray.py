@@ -11,6 +11,7 @@ from inheritlab.corruptors.world import ImageWorldConfig, write_image_world
 ray = pytest.importorskip("ray")
 
 
+@pytest.mark.slow  # starting Ray costs ~10-30 s on 2 shared cores
 def test_ray_plan_pass_matches_in_process(tmp_path):
     info = write_image_world(ImageWorldConfig(num_classes=4, train_size=300, test_id_size=40, test_ood_size=20,
                                               samples_per_shard=60), tmp_path / "w")
