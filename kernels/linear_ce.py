@@ -26,7 +26,7 @@ from inheritlab.kernels._tuning import interpreting
 
 __all__ = ["linear_cross_entropy_triton", "CHUNK_BYTES"]
 
-# Logits chunk budget: 60 % of the weight's size (its gradient is unavoidable memory, the chunk
+# Logits chunk budget: 65 % of the weight's size (its gradient is unavoidable memory, the chunk
 # stays a fraction of it), at least MIN_CHUNK_BYTES (small heads: large enough matmuls) and at most
 # CHUNK_BYTES (past ~200 MiB the weight-gradient accumulation no longer gets cheaper).
 CHUNK_BYTES = 192 * 2**20
@@ -92,8 +92,11 @@ def _row_launch(V: int) -> dict[str, int]:
 
 
 def _chunk_rows(n: int, v: int, elt: int, weight_bytes: int) -> int:
-    budget = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, int(0.6 * weight_bytes)))
-    rows = (budget // max(1, v * elt)) // 64 * 64
+    """Rows per logits chunk: a multiple of 256 where possible (a ragged tile row costs the three
+    matmuls a partial wave; 1216 rows measured 8 % slower than 1280 on an H100)."""
+    budget = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, int(0.65 * weight_bytes)))
+    rows = budget // max(1, v * elt)
+    rows = rows // 256 * 256 if rows >= 256 else rows // 64 * 64
     return min(n, max(64, rows))
 
 
