@@ -258,7 +258,7 @@ def _check_end_marker(shard: str, end: int, last_member: str | None) -> None:
         raise ShardError(shard, last_member, f"truncated or corrupt tar: {what} after member {last_member!r}")
 
 
-def _check_ceiling(stats: ReadStats, ceiling: float | int, final: bool) -> None:
+def _check_ceiling(stats: ReadStats, ceiling: float | int) -> None:
     n_bad = stats.skipped_total
     if n_bad == 0:
         return
@@ -322,13 +322,13 @@ def iter_samples(
                 if len(st.problems) < 100:
                     st.problems.append(f"{shard} member {bad.member!r}: {bad.problem}")
                 if not isinstance(bad_sample_ceiling, float):
-                    _check_ceiling(st, bad_sample_ceiling, final=False)
+                    _check_ceiling(st, bad_sample_ceiling)
                 continue
             st.samples += 1
             yield sample
         st.shards += 1
-        _check_ceiling(st, bad_sample_ceiling, final=False)
-    _check_ceiling(st, bad_sample_ceiling, final=True)
+        _check_ceiling(st, bad_sample_ceiling)
+    _check_ceiling(st, bad_sample_ceiling)
 
 
 # ----------------------------------------------------------------------------------- writing

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,7 +359,3 @@ def load_world_info(root: str | os.PathLike[str]) -> WorldInfo:
         )
     return WorldInfo(root=r, class_names=[], prompt_templates=list(PROMPT_TEMPLATES), splits=splits, num_classes=0)
 
-
-def remove_world(root: str | os.PathLike[str]) -> None:
-    """Delete a world directory (tests and cache cleanup)."""
-    shutil.rmtree(root, ignore_errors=True)

@@ -135,3 +135,13 @@ def test_load_world_info_errors_name_the_dir(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ShardError, match="no .tar shards"):
         load_world_info(tmp_path / "empty")
+
+
+def test_load_world_info_user_split_dirs(tmp_path):
+    samples = [{"__key__": f"k{i}", "image": b"\x89PNGfake", "image_ext": "png", "caption": "c", "meta": {}}
+               for i in range(3)]
+    write_shards(samples, tmp_path / "mine" / "train", samples_per_shard=2)
+    write_shards(samples, tmp_path / "mine" / "test_id", samples_per_shard=5)
+    info = load_world_info(tmp_path / "mine")
+    assert sorted(info.splits) == ["test_id", "train"] and len(info.splits["train"]) == 2
+    assert info.num_classes == 0 and "{}" in info.prompt_templates[0]
