@@ -69,3 +69,18 @@ def test_chinchilla_recovers_exponents() -> None:
     assert abs(r.params["E0"] - 1.7) < 0.1
     n_opt, d_opt = optimal_allocation(r, 1e21)
     assert n_opt * d_opt * 6 == pytest.approx(1e21, rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_bnsl_analytic_jacobian_matches_differences(n: int) -> None:
+    form = bnsl_form(n)
+    X = np.geomspace(0.01, 100, 15)[:, None]
+    th = np.array([0.05, 2.0, 0.1] + [0.4, 0.3, 0.05, -0.2, 5.0, 0.5][: 3 * n])
+    J = form.jac(X, th)
+    for k in range(len(th)):
+        h = 1e-7 * max(1.0, abs(th[k]))
+        up, dn = th.copy(), th.copy()
+        up[k] += h
+        dn[k] -= h
+        num = (form.fn(X, up) - form.fn(X, dn)) / (2 * h)
+        assert np.max(np.abs(J[:, k] - num)) <= 1e-6 * (np.max(np.abs(num)) + 1e-12), form.params[k]

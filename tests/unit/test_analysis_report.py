@@ -74,3 +74,30 @@ def test_curves_command_formats(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         (tmp_path / "emptyrun" / "cells").mkdir(parents=True)
         curves(str(tmp_path / "emptyrun"))
+
+
+def test_several_bias_types_and_models_share_the_clean_control(tmp_path: Path) -> None:
+    from inheritlab.analysis.synthetic import write_cell
+    from inheritlab.infra.rundir import RunDir
+
+    run = RunDir.at(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    for btype, lvl in (("none", 0.0), ("label_noise", 0.3), ("caption_noise", 0.3)):
+        for model, k in (("tiny", 1.0), ("small", 0.8)):
+            for sc in (1e4, 1e5, 1e6):
+                cid = f"{btype}-{model}-{int(sc)}"
+                err = k * 2.0 * sc**-0.2 + 0.1 + 0.3 * lvl + rng.normal(0, 0.002)
+                write_cell(run, [{
+                    "study": "s", "cell_id": cid, "modality": "clip", "bias_type": btype, "bias_level": lvl,
+                    "model": model, "data_scale": sc, "unique_samples": int(sc), "seed": 0, "params": 10,
+                    "checkpoint_step": 3, "samples_seen": int(sc), "flops": 60 * sc, "task": "zeroshot",
+                    "split": "id", "metric": "acc1", "value": 1 - err,
+                }])
+    paths = build_report(load_results(str(run.root)), run.results, formats=("png", "csv", "md"))
+    fits = json.loads(paths["fits_json"].read_text())
+    labels = sorted(c["label"] for c in fits["curves"])
+    # 2 bias types × (clean + biased) × 2 models: the clean control serves both bias types
+    assert len(labels) == 8 and "caption_noise, level 0, model=small" in labels
+    delta = pl.read_csv(paths["delta_csv"]).filter(pl.col("bias_level") > 0)
+    assert delta.height == 2 * 2 * 3 and (delta["delta"] < -0.05).all()
+    assert paths["delta_png"].is_file()
