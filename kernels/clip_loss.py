@@ -232,6 +232,11 @@ def clip_loss_triton(image_features: torch.Tensor, text_features: torch.Tensor,
         raise TypeError(f"clip_contrastive_loss(impl='triton'): dtype {image_features.dtype} is not "
                         "supported; expected fp16, bf16 or fp32")
     img, txt = image_features.contiguous(), text_features.contiguous()
+    with torch.autocast(device_type=img.device.type, enabled=False):  # dtypes were settled by the caller
+        return _clip_loss(img, txt, logit_scale, gather)
+
+
+def _clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, gather: bool) -> torch.Tensor:
     if not gather:
         return _ClipCE.apply(img, txt, logit_scale, 0, True)
     all_img, offset = gather_with_grad(img)

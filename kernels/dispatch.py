@@ -76,6 +76,19 @@ def _choose(impl: str, fn: str, *tensors: torch.Tensor) -> str:
     return "triton"
 
 
+def _autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
+    """The autocast dtype in force for ``t``'s device, if any.
+
+    A custom autograd Function is not autocast by torch, so the dispatcher does what ``F.linear``
+    would: under autocast the matmul inputs are cast (differentiably) to the autocast dtype. This
+    also keeps fp32 features from reaching the kernels' slow full-fp32 path inside a bf16 step.
+    """
+    dev = t.device.type
+    if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return None
+
+
 def _check_float(fn: str, name: str, t: torch.Tensor, ndim: int) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -118,9 +131,13 @@ def clip_contrastive_loss(
 
     ``logit_scale`` is the exponentiated scale (a 0-dim or 1-element tensor, may require grad).
     With ``gather=True`` each rank scores its local rows against all ranks' features (open_clip's
-    ``ClipLoss(local_loss=True, gather_with_grad=True)``). Returns an fp32 scalar.
+    ``ClipLoss(local_loss=True, gather_with_grad=True)``). Returns an fp32 scalar. Under
+    autocast the features are cast to the autocast dtype first.
     """
     fn = "clip_contrastive_loss"
+    ac = _autocast_dtype(image_features) if isinstance(image_features, torch.Tensor) else None
+    if ac is not None and isinstance(text_features, torch.Tensor):
+        image_features, text_features = image_features.to(ac), text_features.to(ac)
     _check_pair(fn, image_features, text_features)
     _check_scalar(fn, "logit_scale", logit_scale)
     which = _choose(impl, fn, image_features, text_features, logit_scale)
@@ -146,6 +163,9 @@ def siglip_loss(
     open_clip's ``SigLipLoss``; ``gather=True`` scores local images against all ranks' texts.
     """
     fn = "siglip_loss"
+    ac = _autocast_dtype(image_features) if isinstance(image_features, torch.Tensor) else None
+    if ac is not None and isinstance(text_features, torch.Tensor):
+        image_features, text_features = image_features.to(ac), text_features.to(ac)
     _check_pair(fn, image_features, text_features)
     _check_scalar(fn, "logit_scale", logit_scale)
     _check_scalar(fn, "logit_bias", logit_bias)
@@ -174,8 +194,13 @@ def linear_cross_entropy(
     hidden [N, H] (flatten batch and time first), weight [V, H], targets [N] int64 with
     ``ignore_index`` for padding. ``z_loss`` adds ``z_loss * logsumexp²`` per kept token.
     ``reduction``: "mean" (over kept tokens; 0 when none is kept), "sum" or "none".
+    Under autocast, hidden/weight/bias are cast to the autocast dtype first (as ``F.linear`` is).
     """
     fn = "linear_cross_entropy"
+    ac = _autocast_dtype(hidden) if isinstance(hidden, torch.Tensor) else None
+    if ac is not None and isinstance(weight, torch.Tensor):
+        hidden, weight = hidden.to(ac), weight.to(ac)
+        bias = bias.to(ac) if isinstance(bias, torch.Tensor) else bias
     _check_float(fn, "hidden", hidden, 2)
     _check_float(fn, "weight", weight, 2)
     if hidden.shape[1] != weight.shape[1]:

@@ -197,5 +197,6 @@ def linear_cross_entropy_triton(hidden: torch.Tensor, weight: torch.Tensor, targ
             grad_on and bias is not None and bias.requires_grad)
     h, w = hidden.contiguous(), weight.contiguous()
     b = bias.contiguous() if bias is not None else None
-    return _LinearCE.apply(h, w, b, targets.contiguous(), int(ignore_index), float(label_smoothing),
-                           float(z_loss), reduction, need)
+    with torch.autocast(device_type=h.device.type, enabled=False):  # dtypes were settled by the caller
+        return _LinearCE.apply(h, w, b, targets.contiguous(), int(ignore_index), float(label_smoothing),
+                               float(z_loss), reduction, need)

@@ -27,7 +27,13 @@ __all__ = [
     "linear_cross_entropy_reference",
     "gather_with_grad",
     "compute_dtype",
+    "no_autocast",
 ]
+
+
+def no_autocast(t: torch.Tensor) -> torch.autocast:
+    """Autocast off on ``t``'s device: the references compute in fp32/fp64 even inside a bf16 step."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -50,14 +56,13 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(parts, dim=0), dist.get_rank() * x.shape[0]
 
 
-def clip_contrastive_loss_reference(
+def _clip_contrastive_loss_reference(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     logit_scale: torch.Tensor,
     *,
     gather: bool = False,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP): mean of image→text and text→image cross-entropy."""
     cd = compute_dtype(image_features, text_features)
     img, txt = image_features.to(cd), text_features.to(cd)
     scale = logit_scale.to(cd)
@@ -73,7 +78,7 @@ def clip_contrastive_loss_reference(
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
-def siglip_loss_reference(
+def _siglip_loss_reference(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     logit_scale: torch.Tensor,
@@ -81,7 +86,6 @@ def siglip_loss_reference(
     *,
     gather: bool = False,
 ) -> torch.Tensor:
-    """Sigmoid loss (SigLIP): -sum log σ(z·(s·<i,t> + b)) / B_local, z = +1 on positives, -1 else."""
     cd = compute_dtype(image_features, text_features)
     img, txt = image_features.to(cd), text_features.to(cd)
     offset = 0
@@ -94,7 +98,7 @@ def siglip_loss_reference(
     return -F.logsigmoid(z * logits).sum() / img.shape[0]
 
 
-def linear_cross_entropy_reference(
+def _linear_cross_entropy_reference(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
@@ -105,11 +109,6 @@ def linear_cross_entropy_reference(
     z_loss: float = 0.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Cross-entropy of ``hidden @ weight.T + bias`` against ``targets``, plus ``z_loss * lse²``.
-
-    Per kept token: ``lse - (1-ε)·x_y - (ε/V)·Σ_c x_c + z_loss·lse²`` (torch's label smoothing,
-    PaLM's z-loss). ``reduction``: "mean" over kept tokens, "sum", or "none" (0 on ignored).
-    """
     cd = compute_dtype(hidden, weight)
     logits = hidden.to(cd) @ weight.to(cd).t()  # [N, V]
     if bias is not None:
@@ -130,3 +129,51 @@ def linear_cross_entropy_reference(
     if reduction == "sum":
         return total
     return total / keep.sum().clamp(min=1)
+
+
+def clip_contrastive_loss_reference(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    *,
+    gather: bool = False,
+) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP): mean of image→text and text→image cross-entropy."""
+    with no_autocast(image_features):
+        return _clip_contrastive_loss_reference(image_features, text_features, logit_scale, gather=gather)
+
+
+def siglip_loss_reference(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    *,
+    gather: bool = False,
+) -> torch.Tensor:
+    """Sigmoid loss (SigLIP): -sum log σ(z·(s·<i,t> + b)) / B_local, z = +1 on positives, -1 else."""
+    with no_autocast(image_features):
+        return _siglip_loss_reference(image_features, text_features, logit_scale, logit_bias, gather=gather)
+
+
+def linear_cross_entropy_reference(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy of ``hidden @ weight.T + bias`` against ``targets``, plus ``z_loss * lse²``.
+
+    Per kept token: ``lse - (1-ε)·x_y - (ε/V)·Σ_c x_c + z_loss·lse²`` (torch's label smoothing,
+    PaLM's z-loss). ``reduction``: "mean" over kept tokens, "sum", or "none" (0 on ignored).
+    """
+    with no_autocast(hidden):
+        return _linear_cross_entropy_reference(
+            hidden, weight, targets, bias=bias, ignore_index=ignore_index,
+            label_smoothing=label_smoothing, z_loss=z_loss, reduction=reduction,
+        )

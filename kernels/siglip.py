@@ -180,7 +180,8 @@ def siglip_loss_triton(image_features: torch.Tensor, text_features: torch.Tensor
         raise TypeError(f"siglip_loss(impl='triton'): dtype {image_features.dtype} is not supported; "
                         "expected fp16, bf16 or fp32")
     img, txt = image_features.contiguous(), text_features.contiguous()
-    offset = 0
-    if gather:
-        txt, offset = gather_with_grad(txt)
-    return _SigLip.apply(img, txt, logit_scale, logit_bias, offset)
+    with torch.autocast(device_type=img.device.type, enabled=False):  # dtypes were settled by the caller
+        offset = 0
+        if gather:
+            txt, offset = gather_with_grad(txt)
+        return _SigLip.apply(img, txt, logit_scale, logit_bias, offset)

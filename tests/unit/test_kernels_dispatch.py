@@ -83,3 +83,23 @@ def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch: pytest.Monke
 def test_bad_arguments_name_the_value(call, match: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_autocast_casts_matmul_inputs_like_f_linear() -> None:
+    # bf16 activations against an fp32 head weight inside autocast: accepted, gradients reach the
+    # fp32 parameter in fp32, and the loss matches the reference on the bf16-cast inputs.
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(12, 8, generator=g).to(torch.bfloat16).requires_grad_()
+    w = torch.randn(20, 8, generator=g, requires_grad=True)
+    y = torch.randint(0, 20, (12,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(h, w, y)
+        i, t = _feats(6, 8)
+        c = clip_contrastive_loss(i.float(), t.to(torch.bfloat16), torch.tensor(10.0))
+    loss.backward()
+    assert w.grad is not None and w.grad.dtype == torch.float32
+    want = F.cross_entropy((h.float() @ w.detach().to(torch.bfloat16).float().t()), y)
+    assert torch.allclose(loss, want, rtol=1e-5)
+    assert torch.isfinite(c)
+    with pytest.raises(TypeError, match="weight is torch.float32"):
+        linear_cross_entropy(h, w, y)  # outside autocast mixed dtypes stay an error

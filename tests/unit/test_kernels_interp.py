@@ -15,6 +15,9 @@ import sys
 os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
+
+pytest.importorskip("triton", reason="the Triton interpreter tests need triton installed")
+
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
