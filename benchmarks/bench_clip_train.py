@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -55,6 +53,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--zero-stage", type=int, default=2)
     ap.add_argument("--loader-workers", type=int, default=4)
+    ap.add_argument("--loss-impl", default="auto", help="auto = the Triton kernel on GPU")
     ap.add_argument("--out", required=True)
     ap.add_argument("--make-world-only", action="store_true")
     args = ap.parse_args()
@@ -70,13 +69,13 @@ def main() -> None:
     from inheritlab.trainers.clip_pretrain import ClipTrainConfig, train_clip
 
     world = load_world_info(world_root)
-    if int(os.environ.get("RANK", "0")) == 0:
-        shutil.rmtree(args.cell, ignore_errors=True)  # a fresh cell: no resume
+    if Path(args.cell).exists():
+        raise SystemExit(f"--cell {args.cell} exists: a benchmark trains a fresh cell")
     cfg = ClipTrainConfig(
         rung=args.rung, train_shards=tuple(world.splits["train"]), cell_dir=args.cell,
         samples_seen=args.batch_size * args.steps, batch_size=args.batch_size, zero_stage=args.zero_stage,
         ckpt_every=args.steps, loader_workers=args.loader_workers, num_classes=world.num_classes,
-        unique_samples=args.train_size, log_every=5,
+        unique_samples=args.train_size, log_every=5, loss_impl=args.loss_impl,
     )
     t0 = time.perf_counter()
     s = train_clip(cfg)
@@ -97,7 +96,7 @@ def main() -> None:
             "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__, "triton": triton.__version__,
                          "open_clip": open_clip.__version__, "python": platform.python_version()},
             "rung": args.rung, "global_batch": args.batch_size, "steps": s["steps"], "zero_stage": args.zero_stage,
-            "precision": s["precision"], "loader_workers": args.loader_workers, "image_size": args.image_size,
+            "precision": s["precision"], "loader_workers": args.loader_workers, "loss_impl": args.loss_impl, "image_size": args.image_size,
             "params": s["params"], "flops_per_sample": s["flops_per_sample"],
             "samples_per_s": s["samples_per_s"], "samples_per_s_steady": steady,
             "mfu_steady": (steady * s["flops_per_sample"] / (s["world_size"] * peak * 1e12)) if (peak and steady) else None,
