@@ -82,8 +82,13 @@ def bench_stream(root: Path, repeats: int, train_size: int) -> dict[str, Any]:
             "reader_through_chain": lambda: sum(1 for _ in chain().apply(iter_samples(shards, decode=decode))),
         }
         best = {k: float("inf") for k in runs}
-        for _ in range(repeats):
-            for name, fn in runs.items():
+        for rep in range(repeats):
+            # A fresh order each round: load drifts on a shared machine, and a fixed order
+            # would charge the drift to whichever run comes last.
+            names = list(runs)
+            random.Random(rep).shuffle(names)
+            for name in names:
+                fn = runs[name]
                 t = time.process_time()
                 fn()
                 best[name] = min(best[name], time.process_time() - t)
