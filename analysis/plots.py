@@ -80,7 +80,7 @@ def plot_delta(delta: pl.DataFrame, stem: Path, *, x: str, metric: str, title: s
     for key, grp in delta.sort(group_cols + ["bias_level"]).group_by(group_cols, maintain_order=True):
         sc = key[-1]
         col = cmap(0.1 + 0.75 * (scales.index(sc) / max(len(scales) - 1, 1)))
-        label = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{v}" for k, v in zip(group_cols, key))
+        label = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{v}" for k, v in zip(group_cols, key))
         ax.errorbar(grp["bias_level"].to_numpy(), grp["delta"].to_numpy(), yerr=grp["delta_se"].to_numpy(),
                     fmt="o-", ms=4, capsize=2, color=col, label=label)
     ax.axhline(0.0, color="grey", lw=0.8)

@@ -24,6 +24,7 @@ from inheritlab.analysis import inheritance as inh
 from inheritlab.analysis import plots
 from inheritlab.analysis.fits import FitResult, InsufficientData, compare_forms, fit_best_power_law, fit_joint_power_law
 from inheritlab.analysis.fits_bnsl import break_scales, fit_bnsl
+from inheritlab.analysis.fits_frontier import fit_frontier
 from inheritlab.analysis.results import (
     aggregate_seeds,
     curve_keys,
@@ -125,6 +126,28 @@ def _maybe_broken(pl_fit: FitResult, x: np.ndarray, y: np.ndarray, key: Sequence
         d = broken.params["d1"]
         return replace(broken, note=f"broken law extrapolates better on held-out scales (break at {d:.3g})"), ranked
     return pl_fit, ranked
+
+
+def _frontier_fits(sub: pl.DataFrame, *, hib: bool, notes: list[str]) -> list[dict[str, Any]]:
+    """Per bias type and level: the compute frontier over every model and data scale.
+
+    Only for ``x = flops`` — compute is the one axis on which runs of different models compare.
+    """
+    out = []
+    target = (1.0 - pl.col("value")) if hib else pl.col("value")
+    rows = sub.with_columns(target.alias("_t")).sort(["bias_type", "bias_level", "flops", "_t"])
+    for key, grp in rows.group_by(["bias_type", "bias_level"], maintain_order=True):
+        label = _label(["bias_type", "bias_level"], key)
+        if grp["flops"].n_unique() < 3:
+            continue
+        try:
+            fit = fit_frontier(grp["flops"].to_numpy(), grp["_t"].to_numpy(), n_bins=min(5, grp["flops"].n_unique()),
+                               n_boot=N_BOOT, seed=_fit_seed("frontier", *key))
+        except ValueError as exc:
+            notes.append(f"frontier {label}: {exc}")
+            continue
+        out.append({"label": label, "fit": fit})
+    return out
 
 
 def _joint_fits(sub: pl.DataFrame, *, x: str, keys: list[str], hib: bool, notes: list[str]) -> list[dict[str, Any]]:
@@ -239,6 +262,7 @@ def build_report(
     keys = curve_keys(sub, x) if not sub.is_empty() else ["bias_type", "bias_level"]
     curves = _fit_curves(sub, x=x, keys=keys, hib=hib, notes=notes) if not sub.is_empty() else []
     joint = _joint_fits(sub, x=x, keys=keys, hib=hib, notes=notes) if not sub.is_empty() else []
+    frontier = _frontier_fits(sub, hib=hib, notes=notes) if x == "flops" and not sub.is_empty() else []
     to_metric = (lambda e: 1.0 - e) if hib else (lambda e: e)
 
     # Inheritance metrics.
@@ -265,6 +289,7 @@ def build_report(
         "curves": [{"label": c["label"], **c["key"], "fit": c["fit"].to_dict() if c["fit"] else None, "note": c["note"],
                     "comparison": c["comparison"], "breaks": c["breaks"]} for c in curves],
         "joint": [{"label": j["label"], "levels": j["levels"], "fit": j["fit"].to_dict()} for j in joint],
+        "frontier": [{"label": f["label"], "fit": f["fit"].to_dict()} for f in frontier],
         "critical_level": crit.to_dicts() if not crit.is_empty() else [],
         "effective_data_multiplier": mult.to_dicts() if not mult.is_empty() else [],
         "notes": notes,
@@ -299,7 +324,7 @@ def build_report(
 
     if "md" in formats:
         p = out_dir / f"summary_{tag}.md"
-        atomic_write_text(p, _summary(title, metric, x, hib, curves, joint, delta, crit, mult, gap, notes))
+        atomic_write_text(p, _summary(title, metric, x, hib, curves, joint, delta, crit, mult, gap, notes, frontier))
         # The summary first: the flow shows the first markdown file as the study's summary.
         paths = {"summary_md": p, **paths}
     return paths
@@ -338,7 +363,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _summary(title: str, metric: str, x: str, hib: bool, curves: list[dict[str, Any]], joint: list[dict[str, Any]],
-             delta: pl.DataFrame, crit: pl.DataFrame, mult: pl.DataFrame, gap: pl.DataFrame, notes: list[str]) -> str:
+             delta: pl.DataFrame, crit: pl.DataFrame, mult: pl.DataFrame, gap: pl.DataFrame, notes: list[str],
+             frontier: Sequence[dict[str, Any]] = ()) -> str:
     tgt = f"E = 1 − {metric}" if hib else f"E = {metric}"
     out = [f"# Scaling report — {title}", "", f"Fits of {tgt} against `{x}` (final checkpoint of each cell; "
            "95 % bootstrap intervals; held-out RMSLE = error on the largest scales of a refit on the smaller ones).", ""]
@@ -364,6 +390,13 @@ def _summary(title: str, metric: str, x: str, hib: bool, curves: list[dict[str, 
         for c in broken:
             for b in c["breaks"]:
                 out.append(f"- {c['label']}: {b['d']:.4g} [{_fmt(b['d_lo'])}, {_fmt(b['d_hi'])}], slope change {b['slope_change']:+.3g}")
+    if frontier:
+        out += ["", "**Compute frontier** (best result per bin of log FLOPs over all models, E = β·C^α):", ""]
+        for fr in frontier:
+            f = fr["fit"]
+            lo, hi = f.ci.get("alpha", (math.nan, math.nan))
+            out.append(f"- {fr['label']}: E = {f.beta:.4g}·C^{f.alpha:.4f} (α 95 % CI [{_fmt(lo)}, {_fmt(hi)}]; "
+                       f"{len(f.frontier_x)} frontier points of {f.n_points})")
     if joint:
         out += ["", "**Joint fits** (one exponent b shared by all levels, own a and c per level):", ""]
         for j in joint:

@@ -101,3 +101,8 @@ def test_several_bias_types_and_models_share_the_clean_control(tmp_path: Path) -
     delta = pl.read_csv(paths["delta_csv"]).filter(pl.col("bias_level") > 0)
     assert delta.height == 2 * 2 * 3 and (delta["delta"] < -0.05).all()
     assert paths["delta_png"].is_file()
+    # On the FLOPs axis models are pooled; each (bias type, level) gets a compute-frontier fit.
+    flops = build_report(load_results(str(run.root)), tmp_path / "flops", x="flops", formats=("md",))
+    fj = json.loads(flops["fits_json"].read_text())
+    assert len(fj["frontier"]) == 4 and all(f["fit"]["params"]["alpha"] < 0 for f in fj["frontier"])
+    assert "Compute frontier" in flops["summary_md"].read_text()
