@@ -41,6 +41,9 @@ FORMATS = ("png", "pdf", "csv", "md", "latex")
 N_BOOT = 200
 # A one-break BNSL has six parameters; with eight scales two are left for the held-out score.
 BNSL_MIN_SCALES = 8
+# ... and it replaces the power law only when its held-out error is this much lower (and the
+# break is significant and inside the data): extra parameters must earn their place.
+BNSL_MARGIN = 0.8
 
 
 def _label(keys: Sequence[str], key: Sequence[Any]) -> str:
@@ -112,18 +115,27 @@ def _fit_curves(sub: pl.DataFrame, *, x: str, keys: list[str], hib: bool, notes:
 
 
 def _maybe_broken(pl_fit: FitResult, x: np.ndarray, y: np.ndarray, key: Sequence[Any]) -> tuple[FitResult, list[dict[str, Any]]]:
-    """Also fit a one-break BNSL; keep it when it extrapolates better on held-out scales.
+    """Also fit a one-break BNSL; keep it only when the break is real and it extrapolates better.
 
-    Only with enough scales (``BNSL_MIN_SCALES``) for its six parameters and a held-out part.
-    A straight power law that extrapolates as well wins (fewer parameters).
+    A BNSL has three more parameters than a power law and will always fit a little better, so a
+    break is declared only when (1) its held-out error is at most ``BNSL_MARGIN`` × the power
+    law's, (2) the bootstrap interval of the slope change c1 excludes 0, and (3) the break d1
+    lies inside the observed scale range. Otherwise the power law stays (fewer parameters).
     """
     try:
         broken = fit_bnsl(x, y, n_breaks=1, n_boot=N_BOOT, seed=_fit_seed("bnsl", *key))
     except (InsufficientData, ValueError):
         return pl_fit, []
     ranked = compare_forms([pl_fit, broken])
-    if ranked[0]["form"] == broken.form.name and pl_fit.holdout is not None:
-        d = broken.params["d1"]
+    ho_pl, ho_b = (pl_fit.holdout or {}).get("rmsle"), (broken.holdout or {}).get("rmsle")
+    c_lo, c_hi = broken.ci.get("c1", (math.nan, math.nan))
+    d = broken.params["d1"]
+    real = (
+        ho_pl is not None and ho_b is not None and ho_b <= BNSL_MARGIN * ho_pl
+        and (c_lo > 0 or c_hi < 0)
+        and float(np.min(x)) < d < float(np.max(x))
+    )
+    if real:
         return replace(broken, note=f"broken law extrapolates better on held-out scales (break at {d:.3g})"), ranked
     return pl_fit, ranked
 

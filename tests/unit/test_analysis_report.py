@@ -106,3 +106,34 @@ def test_several_bias_types_and_models_share_the_clean_control(tmp_path: Path) -
     fj = json.loads(flops["fits_json"].read_text())
     assert len(fj["frontier"]) == 4 and all(f["fit"]["params"]["alpha"] < 0 for f in fj["frontier"])
     assert "Compute frontier" in flops["summary_md"].read_text()
+
+
+def test_report_declares_a_break_only_where_there_is_one(tmp_path: Path) -> None:
+    from inheritlab.analysis.synthetic import bnsl, noisy, power_law, write_cell
+    from inheritlab.infra.rundir import RunDir
+
+    run = RunDir.at(tmp_path / "run")
+    rng = np.random.default_rng(5)
+    scales = np.geomspace(1e4, 1e9, 12)
+    curves_ = {
+        0.0: power_law(scales, 3.0, 0.25, 0.1),
+        # biased: barely improves until ~1e6, then fast (log-log slope 0.05 → 0.35) — a shape
+        # no power law, floor or not, can follow
+        0.3: bnsl(scales, 0.05, 1.0, 0.05, [(0.3, 1e6, 0.2)]),
+    }
+    for lvl, err in curves_.items():
+        for sc, e in zip(scales, noisy(err, 0.005, rng)):
+            write_cell(run, [{
+                "study": "s", "cell_id": f"{lvl}-{sc:.0f}", "modality": "clip",
+                "bias_type": "none" if lvl == 0 else "label_noise", "bias_level": lvl, "model": "tiny",
+                "data_scale": float(sc), "unique_samples": int(sc), "seed": 0, "params": 10, "checkpoint_step": 1,
+                "samples_seen": int(sc), "flops": 60.0 * sc, "task": "zeroshot", "split": "id", "metric": "acc1",
+                "value": float(1 - e),
+            }])
+    paths = build_report(load_results(str(run.root)), run.results, formats=("md",))
+    fits = {c["bias_level"]: c for c in json.loads(paths["fits_json"].read_text())["curves"]}
+    assert fits[0.0]["fit"]["form"] == "power_law" and fits[0.0]["breaks"] == []
+    assert fits[0.3]["fit"]["form"] == "bnsl_1"
+    (brk,) = fits[0.3]["breaks"]
+    assert 1e6 / 2 < brk["d"] < 1e6 * 2 and brk["slope_change"] == pytest.approx(0.3, abs=0.05)
+    assert "Critical scale" in paths["summary_md"].read_text()
