@@ -229,6 +229,14 @@ def train_clip(cfg: ClipTrainConfig) -> dict[str, Any]:
     step, loss_curve, exports, resumed_from = 0, [], [], None
     ptr = read_latest(ckpt)
     if ptr is not None:
+        # A ZeRO checkpoint is sharded per rank, and the data stream is split per rank: both
+        # only line up again with the same number of ranks and the same global batch.
+        for key, want in (("world_size", world), ("global_batch", r["global_batch"])):
+            if key in ptr and ptr[key] != want:
+                raise CheckpointError(
+                    f"{ckpt / LATEST}: checkpoint {ptr['tag']} was written with {key}={ptr[key]}, "
+                    f"this run has {key}={want}; resume with the same value or start a new cell"
+                )
         path, client = engine.load_checkpoint(str(ckpt), tag=ptr["tag"], load_module_strict=True)
         if path is None:
             raise CheckpointError(f"{ckpt / ptr['tag']}: DeepSpeed could not load this committed checkpoint")
@@ -325,6 +333,7 @@ def _commit(engine: Any, ckpt: Path, step: int, global_batch: int, loss_curve: l
     dist.barrier()
     if dist.get_rank() == 0:
         atomic_write_json(ckpt / LATEST, {"tag": tag, "step": step, "samples_seen": step * global_batch,
+                                          "world_size": dist.get_world_size(), "global_batch": global_batch,
                                           "committed_at": time.time()})
         _prune(ckpt, keep)
     dist.barrier()

@@ -128,6 +128,12 @@ def test_a_dangling_pointer_is_a_checkpoint_error(world: WorldInfo, tmp_path: Pa
     atomic_write_json(tmp_path / "cell" / "ckpt" / "latest.json", {"tag": "step_2", "step": 2})
     with pytest.raises(CheckpointError, match="step_2"):
         train_clip(_cfg(world, tmp_path / "cell"))
+    # A checkpoint of another rank count cannot be resumed (ZeRO shards, per-rank data split).
+    (tmp_path / "cell" / "ckpt" / "step_2").mkdir()
+    atomic_write_json(tmp_path / "cell" / "ckpt" / "latest.json",
+                      {"tag": "step_2", "step": 2, "world_size": 4, "global_batch": 32})
+    with pytest.raises(CheckpointError, match="world_size=4"):
+        train_clip(_cfg(world, tmp_path / "cell"))
 
 
 def test_config_errors_name_the_field(world: WorldInfo, tmp_path: Path) -> None:
