@@ -127,6 +127,9 @@ class BuiltClip:
     rung: ClipRung
     model_cfg: dict[str, Any] = field(default_factory=dict)
 
+    def __iter__(self):  # noqa: ANN204 - ``model, transform, tokenizer = build_clip(...)``
+        return iter((self.model, self.transform, self.tokenizer))
+
 
 def open_clip_model_cfg(rung: ClipRung) -> dict[str, Any]:
     """The open_clip architecture dict of ``rung`` (ours, or open_clip's shipped one)."""
