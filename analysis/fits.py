@@ -284,15 +284,28 @@ def fit_form(
     n_distinct = len(np.unique(X, axis=0))
     if n_distinct < form.needs:
         raise InsufficientData(f"{form.name}: {n_distinct} distinct scale(s), need at least {form.needs}")
+    if len(yv) < form.n_params:
+        raise InsufficientData(f"{form.name}: {len(yv)} points for {form.n_params} parameters")
     x_ref = _geo_ref(X, form.scale_dims)
     Xn = X / x_ref
     theta, loss = _fit_core(form, Xn, yv, top_k=top_k)
     boot = np.empty((0, form.n_params))
-    if n_boot > 0:
+    note = ""
+    if n_boot > 0 and len(yv) <= form.n_params:
+        # An exact fit has no residuals to resample: every resample returns the same curve.
+        note = "no intervals (no more points than parameters)"
+    elif n_boot > 0:
         rng = np.random.default_rng(seed)
         W = rng.multinomial(len(yv), np.full(len(yv), 1.0 / len(yv)), size=n_boot).astype(float)
-        lo, hi = form.bounds(Xn, yv)
-        boot = _batched_lm(form, Xn, _t(yv, form.space), W, _Space(form, lo, hi), theta)
+        # A resample that drew too few distinct scales cannot determine the form: drop it
+        # (counted in n_boot of the result) rather than report its arbitrary parameters.
+        _, inv = np.unique(X, axis=0, return_inverse=True)
+        seen = np.zeros((n_boot, n_distinct))
+        np.add.at(seen, (slice(None), inv.ravel()), W)
+        W = W[(seen > 0).sum(axis=1) >= form.needs]
+        if len(W):
+            lo, hi = form.bounds(Xn, yv)
+            boot = _batched_lm(form, Xn, _t(yv, form.space), W, _Space(form, lo, hi), theta)
     params_u = form.to_units(theta, x_ref)
     ci: dict[str, tuple[float, float]] = {}
     if len(boot) >= 2:
@@ -301,7 +314,7 @@ def fit_form(
         ci = {n: (float(lo_q[i]), float(hi_q[i])) for i, n in enumerate(form.params)}
     res = FitResult(
         form=form, theta=theta, x_ref=x_ref, params={n: float(params_u[i]) for i, n in enumerate(form.params)},
-        ci=ci, loss=loss, n_points=len(yv), boot_theta=boot,
+        ci=ci, loss=loss, n_points=len(yv), boot_theta=boot, note=note,
     )
     if holdout:
         res = _with_holdout(res, X, yv, frac=holdout_frac, top_k=top_k)

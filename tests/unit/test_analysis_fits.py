@@ -63,6 +63,11 @@ def test_degrades_with_few_scales() -> None:
     r = fit_best_power_law(x, y, n_boot=10)
     assert r is not None and r.form.name == "power_law_no_floor"
     assert "only 2 scales" in r.note and r.holdout is None
+    assert r.ci == {} and "no intervals" in r.note  # an exact fit has nothing to resample
+    # three points: resamples that drew fewer than two distinct scales are dropped, not reported
+    x3 = np.array([1e4, 1e5, 1e6])
+    r3 = fit_best_power_law(x3, power_law(x3, 10.0, 0.3) * np.array([1.01, 0.99, 1.0]), n_boot=200)
+    assert 0 < len(r3.boot_theta) < 200 and r3.ci["b"][0] < r3.ci["b"][1]
     assert fit_best_power_law(np.array([1e4, 1e4]), np.array([0.3, 0.31])) is None
     with pytest.raises(InsufficientData):
         fit_power_law(x, y)
