@@ -98,3 +98,24 @@ def test_final_checkpoint_and_clean_controls() -> None:
     clean = ex.filter(pl.col("cell_id") == "z")
     assert sorted(clean.get_column("bias_type").to_list()) == ["dup", "label_noise"]
     assert with_clean_controls(ex).height == ex.height  # idempotent
+
+
+def test_remote_filesystem_url() -> None:
+    # An object store without real directories (fsspec's in-memory filesystem stands in for s3/gcs).
+    import io
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = "/inheritlab-test-run"
+    for cid, complete in (("c1", True), ("c2", False)):
+        buf = io.BytesIO()
+        pl.DataFrame([_row(cid)]).write_parquet(buf)
+        fs.pipe(f"{root}/cells/{cid}/eval/results.parquet", buf.getvalue())
+        if complete:
+            fs.pipe(f"{root}/cells/{cid}/_COMPLETE.json", b"{}")
+    try:
+        df = load_results(f"memory://{root}")
+        assert df.get_column("cell_id").to_list() == ["c1"]
+    finally:
+        fs.rm(root, recursive=True)
