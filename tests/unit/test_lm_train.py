@@ -84,6 +84,7 @@ def test_train_loss_goes_down_resume_is_exact_and_evaluation_runs(world, tmp_pat
     assert ppl["id"] < load_tokenizer(world.tokenizer).vocab_size  # learned something
 
 
+@pytest.mark.slow
 def test_corrupted_stream_memorization_and_contamination(world, tmp_path):
     specs = [{"type": "duplicate", "level": 0.3, "repeats": 8},
              {"type": "contamination", "level": 0.5, "source": "qa_id", "repeats": 4}]
