@@ -197,9 +197,10 @@ def evaluate_clip(
 
 def _probe_train(model: Any, built: Any, world_info: Any, seed: int, n: int, dev: torch.device,
                  batch_size: int) -> SplitFeatures:
-    """Image features of a seeded subset of ``n`` clean train samples (the probe's train set)."""
+    """Image features of a seeded subset of ``n`` clean train samples (the probe's train set),
+    drawn from the first ``4n`` of the train split so a large pool is never read whole."""
     full = encode_split(model, built.transform, built.tokenizer, list(world_info.splits["train"]), device=dev,
-                        batch_size=batch_size, with_text=False)
+                        batch_size=batch_size, with_text=False, limit=4 * n)
     if len(full.labels) > n:
         rng = np.random.default_rng(derive_seed32(seed, "linear-probe-subset"))
         idx = torch.from_numpy(np.sort(rng.choice(len(full.labels), size=n, replace=False)))
