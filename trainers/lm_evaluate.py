@@ -106,6 +106,17 @@ def _mean_loss(scores: list[tuple[float, int, bool]]) -> float:
     return sum(s for s, _, _ in scores) / n if n else float("nan")
 
 
+def duplicated_keys(data_dir: str | Path) -> list[str]:
+    """Training keys the ``duplicate`` corruptor repeated in a cell (from its ``manifest.parquet``)."""
+    import polars as pl
+
+    path = Path(data_dir) / "manifest.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest (run the data-condition stage of the cell first)")
+    man = pl.read_parquet(path)
+    return sorted(set(man.filter((pl.col("type") == "duplicate") & (pl.col("action") == "duplicate"))["key"].to_list()))
+
+
 def evaluate_lm(
     weights: str | Path | LlamaLM,
     world: str | Path | TextWorldInfo,

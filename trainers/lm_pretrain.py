@@ -50,7 +50,8 @@ MODEL_CONFIG = "lm_config.json"
 class LMTrainConfig:
     """Everything one LM training run needs; JSON-serialisable (``to_dict``/``from_dict``).
 
-    The budget is ``tokens`` (tokens seen, rounded up to whole steps) or ``steps``.
+    The budget is ``tokens`` (tokens seen), ``samples`` (packed sequences seen; what a study's
+    data-scale axis counts) — both rounded up to whole steps — or ``steps``.
     ``batch_size`` is sequences per optimizer step over all ranks; ``micro_batch_size`` per
     rank per forward (the rest is gradient accumulation). ``None`` takes the rung's recipe.
     """
@@ -64,6 +65,7 @@ class LMTrainConfig:
     plan_dir: str | None = None
     seed: int = 0
     tokens: int | None = None
+    samples: int | None = None
     steps: int | None = None
     batch_size: int | None = None
     micro_batch_size: int | None = None
@@ -81,8 +83,8 @@ class LMTrainConfig:
     stop_after_steps: int | None = None  # end this process early (tests of resume); not a budget
 
     def __post_init__(self) -> None:
-        if (self.tokens is None) == (self.steps is None):
-            raise SpecError("LMTrainConfig: give exactly one of tokens (tokens seen) or steps")
+        if sum(x is not None for x in (self.tokens, self.samples, self.steps)) != 1:
+            raise SpecError("LMTrainConfig: give exactly one of tokens (tokens seen), samples (sequences seen) or steps")
         if self.zero_stage not in (0, 1, 2, 3):
             raise SpecError(f"LMTrainConfig.zero_stage: got {self.zero_stage}; allowed 0, 1, 2, 3")
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -277,7 +279,12 @@ def _plan(cfg: LMTrainConfig, world_size: int) -> dict[str, int | float]:
         raise SpecError(
             f"LMTrainConfig.batch_size={batch} is not a multiple of micro_batch_size={micro} x world_size={world_size}"
         )
-    steps = cfg.steps if cfg.steps is not None else math.ceil(int(cfg.tokens) / (batch * seq))
+    if cfg.steps is not None:
+        steps = cfg.steps
+    elif cfg.samples is not None:
+        steps = math.ceil(int(cfg.samples) / batch)
+    else:
+        steps = math.ceil(int(cfg.tokens) / (batch * seq))
     return {"seq_len": seq, "batch": batch, "micro": micro, "accum": batch // (micro * world_size), "steps": steps,
             "lr": cfg.lr or rung.recipe.lr, "warmup": cfg.warmup_steps if cfg.warmup_steps is not None
             else min(rung.recipe.warmup_steps, max(1, steps // 10))}

@@ -95,13 +95,10 @@ def test_corrupted_stream_memorization_and_contamination(world, tmp_path):
     res = train_lm(_cfg(world, tmp_path / "cell", corruptors=specs, study_seed=3, plan_dir=str(data), steps=40,
                         batch_size=8, seq_len=64, log_every=10))
     assert res["finished"]
-    import polars as pl
-
     from inheritlab.corruptors.duplication import leaked_keys
-    from inheritlab.trainers.lm_evaluate import evaluate_lm
+    from inheritlab.trainers.lm_evaluate import duplicated_keys, evaluate_lm
 
-    man = pl.read_parquet(data / "manifest.parquet")
-    dup = man.filter(pl.col("action") == "duplicate")["key"].to_list()
+    dup = duplicated_keys(data)
     leaked = leaked_keys(data)
     assert dup and leaked["qa_id"]
     rows = evaluate_lm(res["exports"][-1]["path"], world.root, tasks=["memorization", "contamination"],
@@ -116,6 +113,7 @@ def test_corrupted_stream_memorization_and_contamination(world, tmp_path):
 def test_config_errors(world, tmp_path):
     with pytest.raises(SpecError, match="exactly one of tokens"):
         _cfg(world, tmp_path, tokens=100)
+    assert _cfg(world, tmp_path, steps=None, samples=10).samples == 10
     with pytest.raises(SpecError, match="unknown field"):
         LMTrainConfig.from_dict({**dataclasses.asdict(_cfg(world, tmp_path)), "lr_typo": 1})
     with pytest.raises(KeyError, match="unknown LM rung"):
