@@ -318,6 +318,14 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
         _, client = engine.load_checkpoint(str(ckpt_dir), tag=latest["tag"])
         if client is None:
             raise CheckpointError(f"{ckpt_dir / latest['tag']}: DeepSpeed could not load it")
+        # The skip below replays this rank's stream: only exact for the same ranks and batch shape.
+        want = {"world_size": world, "batch": int(plan["batch"]), "micro": micro, "seq_len": seq}
+        got = {k: client.get(k, want[k]) for k in want}
+        if got != want:
+            raise CheckpointError(
+                f"{ckpt_dir / latest['tag']}: written with {got}, this run has {want}; resuming would not "
+                "continue the data stream at the right sample"
+            )
         step, resumed_from = int(client["step"]), latest["tag"]
     state = StreamState()
     batches = micro_batches(packed_sequences(cfg, tok, seq, rank=rank, world_size=world, state=state), micro)
@@ -346,7 +354,8 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
         committed = (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total_steps
         if committed:
             tag = f"step_{step}"
-            engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "tokens_seen": step * tokens_per_step})
+            engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "tokens_seen": step * tokens_per_step, "world_size": world,
+                                              "batch": int(plan["batch"]), "micro": micro, "seq_len": seq})
             _barrier()
             if rank == 0:
                 atomic_write_json(ckpt_dir / LATEST, {"tag": tag, "step": step, "tokens_seen": step * tokens_per_step,

@@ -11,7 +11,7 @@ import torch
 from inheritlab.corruptors.chain import condition_data
 from inheritlab.corruptors.text_world import TextWorldConfig, write_text_world
 from inheritlab.corruptors.tokenizer import load_tokenizer
-from inheritlab.infra.errors import SpecError
+from inheritlab.infra.errors import CheckpointError, SpecError
 from inheritlab.trainers.lm_pretrain import (
     LMTrainConfig,
     StreamState,
@@ -73,6 +73,9 @@ def test_train_loss_goes_down_resume_is_exact_and_evaluation_runs(world, tmp_pat
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
     assert math.isclose(full["final_loss"], resumed["final_loss"], rel_tol=1e-5)
+    # Another batch shape cannot continue the same data stream: refused, not silently misaligned.
+    with pytest.raises(CheckpointError, match="data stream"):
+        train_lm(_cfg(world, tmp_path / "cut", ckpt_every=4, steps=16, batch_size=2))
 
     from inheritlab.trainers.lm_evaluate import evaluate_lm
 
