@@ -22,7 +22,8 @@ import polars as pl
 
 from inheritlab.analysis import inheritance as inh
 from inheritlab.analysis import plots
-from inheritlab.analysis.fits import FitResult, InsufficientData, compare_forms, fit_best_power_law, fit_joint_power_law
+from inheritlab.analysis.fits import FitResult, InsufficientData, compare_forms
+from inheritlab.analysis.fits_power import fit_best_power_law, fit_joint_power_law
 from inheritlab.analysis.fits_bnsl import break_scales, fit_bnsl
 from inheritlab.analysis.fits_frontier import fit_frontier
 from inheritlab.analysis.results import (

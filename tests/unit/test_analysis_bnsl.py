@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inheritlab.analysis.fits import compare_forms, fit_power_law
+from inheritlab.analysis.fits import compare_forms
+from inheritlab.analysis.fits_power import fit_power_law
 from inheritlab.analysis.fits_bnsl import break_scales, bnsl_form, fit_bnsl
 from inheritlab.analysis.fits_chinchilla import fit_chinchilla, optimal_allocation
 from inheritlab.analysis.synthetic import bnsl, noisy

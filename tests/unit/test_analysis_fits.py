@@ -5,13 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inheritlab.analysis.fits import (
-    InsufficientData,
-    compare_forms,
-    fit_best_power_law,
-    fit_joint_power_law,
-    fit_power_law,
-)
+from inheritlab.analysis.fits import InsufficientData, compare_forms
+from inheritlab.analysis.fits_power import fit_best_power_law, fit_joint_power_law, fit_power_law
 from inheritlab.analysis.synthetic import noisy, power_law
 
 

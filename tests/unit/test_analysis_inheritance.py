@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from inheritlab.analysis import inheritance as inh
-from inheritlab.analysis.fits import fit_power_law
+from inheritlab.analysis.fits_power import fit_power_law
 from inheritlab.analysis.synthetic import power_law
 
 
