@@ -44,9 +44,8 @@ def _matmul_peak(device: torch.device, dtype: torch.dtype, n: int, iters: int) -
 
 
 def _run_mode(mode: str, args: argparse.Namespace, rank: int, world: int, device: torch.device, peak: float) -> dict[str, Any]:
-    from inheritlab.trainers.engine import build_engine
+    from inheritlab.trainers.engine import EngineConfig, build_engine
     from inheritlab.trainers.lm_models import build_lm, count_params, flops_per_token, get_rung
-    from inheritlab.trainers.lm_pretrain import _AccumEngineConfig
 
     rung = get_rung(args.rung)
     torch.manual_seed(0)
@@ -57,7 +56,7 @@ def _run_mode(mode: str, args: argparse.Namespace, rank: int, world: int, device
             block.compile()
     bf16 = device.type == "cuda"
     total = args.warmup + args.steps
-    ecfg = _AccumEngineConfig(
+    ecfg = EngineConfig(
         micro_batch_per_rank=args.micro_batch, world_size=world, grad_accum=args.accum, zero_stage=args.zero_stage,
         precision="bf16" if bf16 else "fp32", lr=rung.recipe.lr, weight_decay=rung.recipe.weight_decay,
         betas=(rung.recipe.beta1, rung.recipe.beta2), eps=1e-8, grad_clip=rung.recipe.grad_clip,

@@ -98,6 +98,7 @@ class EngineConfig:
 
     micro_batch_per_rank: int
     world_size: int
+    grad_accum: int = 1              # micro-batches per optimizer step (large batches on few GPUs)
     zero_stage: int = 2
     precision: str = "fp32"          # "bf16" on GPU by default, "fp32" on CPU
     lr: float = 5e-4
@@ -118,14 +119,16 @@ class EngineConfig:
             raise SpecError(f"train.precision {self.precision!r} needs a GPU; CPU training runs in fp32")
         if self.micro_batch_per_rank < 1:
             raise SpecError(f"train.batch_size: {self.micro_batch_per_rank} per rank; expected >= 1")
+        if self.grad_accum < 1:
+            raise SpecError(f"train.grad_accum: got {self.grad_accum}; expected >= 1")
 
     def ds_config(self) -> dict[str, Any]:
         """The DeepSpeed JSON config. On GPU DeepSpeed builds FusedAdam from the ``optimizer``
         entry; on CPU we pass a torch AdamW instead (FusedAdam needs CUDA)."""
         cfg: dict[str, Any] = {
             "train_micro_batch_size_per_gpu": self.micro_batch_per_rank,
-            "train_batch_size": self.micro_batch_per_rank * self.world_size,
-            "gradient_accumulation_steps": 1,
+            "train_batch_size": self.micro_batch_per_rank * self.world_size * self.grad_accum,
+            "gradient_accumulation_steps": self.grad_accum,
             "gradient_clipping": self.grad_clip,
             "zero_optimization": {"stage": self.zero_stage},
             "zero_allow_untested_optimizer": True,

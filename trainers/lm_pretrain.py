@@ -159,19 +159,6 @@ def micro_batches(seqs: Iterator[list[int]], micro_batch: int) -> Iterator[torch
 # ----------------------------------------------------------------------------------- engine glue
 
 
-@dataclass(frozen=True, kw_only=True)
-class _AccumEngineConfig(EngineConfig):
-    """The shared engine config plus gradient accumulation (a large LM batch on few GPUs)."""
-
-    grad_accum: int = 1
-
-    def ds_config(self) -> dict[str, Any]:
-        cfg = super().ds_config()
-        cfg["gradient_accumulation_steps"] = self.grad_accum
-        cfg["train_batch_size"] = self.micro_batch_per_rank * self.world_size * self.grad_accum
-        return cfg
-
-
 def pad_vocab(n: int, multiple: int = 64) -> int:
     """Round the embedding rows up to a multiple of 64: tensor-core friendly, same on every device."""
     return ((n + multiple - 1) // multiple) * multiple
@@ -304,7 +291,7 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
     mcfg = model.cfg
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu)
     r = rung.recipe
-    ecfg = _AccumEngineConfig(
+    ecfg = EngineConfig(
         micro_batch_per_rank=micro, world_size=world, grad_accum=accum, zero_stage=cfg.zero_stage,
         precision="bf16" if bf16 else "fp32", lr=float(plan["lr"]), weight_decay=r.weight_decay,
         betas=(r.beta1, r.beta2), eps=1e-8, grad_clip=r.grad_clip, warmup_steps=int(plan["warmup"]),
