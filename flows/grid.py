@@ -45,9 +45,16 @@ class Cell:
         return f"{bias}/{c['model']}/n={c['samples_seen']}/s{c['seed']}"
 
 
+def _pool_size(spec: StudySpec) -> int | None:
+    """Unique training samples (documents for LM) of the built-in world; None for user shards."""
+    if spec.data.source != "builtin":
+        return None
+    return spec.data.text_world.train_docs if spec.modality == "lm" else spec.data.world.train_size
+
+
 def _unique_samples(spec: StudySpec, samples_seen: int) -> int | None:
     """Size of the unique pool a cell draws from (None: the whole user pool, counted later)."""
-    pool = spec.data.world.train_size if spec.data.source == "builtin" else None
+    pool = _pool_size(spec)
     if spec.grid.data_scale.unique == "fixed":
         return pool
     if pool is None:
@@ -60,8 +67,10 @@ def _unique_samples(spec: StudySpec, samples_seen: int) -> int | None:
 
 def _data_config(spec: StudySpec) -> dict[str, Any]:
     d = spec.data
+    if d.source == "builtin" and spec.modality == "lm":
+        return {"source": "builtin", "text_world": d.text_world.model_dump(), "pool": _pool_size(spec)}
     if d.source == "builtin":
-        return {"source": "builtin", "world": d.world.model_dump()}
+        return {"source": "builtin", "world": d.world.model_dump(), "pool": _pool_size(spec)}
     assert d.shards is not None
     return {"source": "shards", "shards": d.shards.model_dump()}
 
@@ -104,7 +113,7 @@ def expand_grid(spec: StudySpec) -> list[Cell]:
                             "data": _data_config(spec),
                             "bad_sample_ceiling": spec.data.bad_sample_ceiling,
                             "train": recipe,
-                            "eval": {"tasks": list(spec.eval.tasks)},
+                            "eval": {"tasks": spec.eval_tasks},
                         }
                         cid = config_id(config, CODE_EPOCH)
                         cells.setdefault(cid, Cell(cell_id=cid, config=config, execution=execution))

@@ -35,6 +35,19 @@ class WorldSpec(_Strict):
     imbalance: Annotated[float, Field(ge=0.0, le=4.0)] = 0.0
 
 
+class TextWorldSpec(_Strict):
+    """The built-in synthetic-biography world for LM studies (tokenizer trained at data prep)."""
+
+    num_individuals: Annotated[int, Field(ge=10)] = 500
+    num_heldout_individuals: Annotated[int, Field(ge=1)] = 100
+    train_docs: Annotated[int, Field(ge=100)] = 4000
+    zipf: Annotated[float, Field(ge=0.0, le=4.0)] = 1.0
+    test_docs: Annotated[int, Field(ge=10)] = 200
+    qa_individuals: Annotated[int, Field(ge=10)] = 100
+    docs_per_shard: Annotated[int, Field(ge=10)] = 1000
+    vocab_size: Annotated[int, Field(ge=256)] = 1024
+
+
 class ShardsSpec(_Strict):
     """A user's own shards (img2dataset layout or ours): a directory or brace pattern per split."""
 
@@ -46,6 +59,7 @@ class ShardsSpec(_Strict):
 class DataSpec(_Strict):
     source: Literal["builtin", "shards"] = "builtin"
     world: WorldSpec = WorldSpec()
+    text_world: TextWorldSpec = TextWorldSpec()
     shards: ShardsSpec | None = None
     # A skipped bad sample is counted; past this fraction of the stream the run fails.
     bad_sample_ceiling: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
@@ -115,10 +129,13 @@ class TrainSpec(_Strict):
     loader_workers: Annotated[int, Field(ge=0)] = 0
 
 
+CLIP_TASKS = ("zeroshot", "linear_probe", "retrieval", "diagnostics")
+LM_TASKS = ("perplexity", "qa", "qa_by_frequency", "memorization", "contamination")
+
+
 class EvalSpec(_Strict):
-    tasks: Annotated[
-        list[Literal["zeroshot", "linear_probe", "retrieval", "diagnostics"]], Field(min_length=1)
-    ] = ["zeroshot", "linear_probe", "retrieval"]
+    # None: the modality's defaults (zeroshot, linear_probe, retrieval | perplexity, qa, memorization).
+    tasks: Annotated[list[Literal[CLIP_TASKS + LM_TASKS]], Field(min_length=1)] | None = None  # type: ignore[valid-type]
 
 
 class AnalysisSpec(_Strict):
@@ -138,7 +155,7 @@ class ExecutionSpec(_Strict):
 
 class StudySpec(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)]
-    modality: Literal["clip"] = "clip"
+    modality: Literal["clip", "lm"] = "clip"
     seed: int = 0
     data: DataSpec = DataSpec()
     grid: GridSpec
@@ -146,6 +163,27 @@ class StudySpec(_Strict):
     eval: EvalSpec = EvalSpec()
     analysis: AnalysisSpec = AnalysisSpec()
     execution: ExecutionSpec = ExecutionSpec()
+
+    @property
+    def eval_tasks(self) -> list[str]:
+        if self.eval.tasks is not None:
+            return list(self.eval.tasks)
+        return ["zeroshot", "linear_probe", "retrieval"] if self.modality == "clip" else ["perplexity", "qa", "memorization"]
+
+    @model_validator(mode="after")
+    def _check_modality(self) -> "StudySpec":
+        allowed = CLIP_TASKS if self.modality == "clip" else LM_TASKS
+        bad = [t for t in self.eval_tasks if t not in allowed]
+        if bad:
+            raise ValueError(f"eval.tasks: {bad} are not {self.modality} tasks; allowed: {list(allowed)}")
+        if self.modality == "lm" and self.data.source != "builtin":
+            raise ValueError("data.source: LM studies run on the built-in text world ('builtin') for now")
+        prefix = "clip-" if self.modality == "clip" else "lm-"
+        if self.modality == "lm" or any(m.startswith("lm-") for m in self.grid.model):
+            wrong = [m for m in self.grid.model if m.startswith("lm-") != (prefix == "lm-")]
+            if wrong:
+                raise ValueError(f"grid.model: {wrong} are not {self.modality} rungs")
+        return self
 
     @model_validator(mode="after")
     def _check_corruptors(self) -> "StudySpec":

@@ -60,7 +60,7 @@ def cell_corruptors(cell: Cell, data: DataSources) -> list[dict[str, Any]]:
     c = cell.config
     specs: list[dict[str, Any]] = []
     pool = c.get("unique_samples")
-    total = c["data"].get("world", {}).get("train_size")
+    total = c["data"].get("pool")
     if pool is not None and total and pool < total:
         specs.append({"type": "subsample", "level": pool / total})
     if c["bias"]["type"] != "none":
@@ -157,7 +157,10 @@ def stage_record(
 ) -> pl.DataFrame:
     """Stage 4: tidy rows with grid coordinates → results.parquet, then the completion marker."""
     c = cell.config
-    flops_per_sample = float(train.get("flops_per_sample", 0.0))
+    if "flops_per_sample" in train:
+        flops_per_sample = float(train["flops_per_sample"])
+    else:  # the LM trainer reports total FLOPs of the run
+        flops_per_sample = float(train.get("flops", 0.0)) / max(1, int(train.get("samples_seen", 1)))
     base = {
         "study": c["study"],
         "cell_id": cell.cell_id,

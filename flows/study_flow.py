@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from inheritlab.flows import stages
+from inheritlab.flows import stages, stages_lm
 from inheritlab.flows.grid import Cell, expand_grid
 from inheritlab.flows.publish import publish_results
 from inheritlab.flows.spec import StudySpec
@@ -65,12 +65,14 @@ def run_cell(cell: Cell, run: RunDir, data: stages.DataSources, *, use_gpu: bool
         log.info("cell %s: %s took %.1f s", cell.label, stage, timings[stage])
         return out
 
-    counters = timed("condition", stages.stage_condition, cell, cdir, data)
-    train = timed(
-        "pretrain", stages.stage_pretrain, cell, cdir, data,
-        use_gpu=use_gpu, storage_path=stages.storage_path_for(run),
-    )
-    rows = timed("evaluate", stages.stage_evaluate, cell, cdir, data, train["exports"], use_gpu=use_gpu)
+    lm = cell.config["modality"] == "lm"
+    condition = stages_lm.stage_condition_lm if lm else stages.stage_condition
+    pretrain = stages_lm.stage_pretrain_lm if lm else stages.stage_pretrain
+    evaluate = stages_lm.stage_evaluate_lm if lm else stages.stage_evaluate
+
+    counters = timed("condition", condition, cell, cdir, data)
+    train = timed("pretrain", pretrain, cell, cdir, data, use_gpu=use_gpu, storage_path=stages.storage_path_for(run))
+    rows = timed("evaluate", evaluate, cell, cdir, data, train["exports"], use_gpu=use_gpu)
     df = timed("record", stages.stage_record, cell, cdir, rows, train, counters, timings)
     return {"cell_id": cell.cell_id, "rows": df.height, "timings": timings}
 
@@ -100,7 +102,8 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
     if todo:
         # Open the data first: a missing shard directory fails here, before any cluster work.
         t0 = time.perf_counter()
-        data = task(stages.prepare_data, name="prepare-data", cache_policy=NO_CACHE, persist_result=False)(
+        prepare = stages_lm.prepare_text_data if spec.modality == "lm" else stages.prepare_data
+        data = task(prepare, name="prepare-data", cache_policy=NO_CACHE, persist_result=False)(
             cells[0].config["data"], spec.seed, run
         )
         timings["prepare_data"] = round(time.perf_counter() - t0, 3)

@@ -386,6 +386,16 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
     }
 
 
+def lm_exports_on_disk(cell_dir: str | Path) -> list[dict[str, Any]]:
+    """Every committed weight export of a cell (an export dir exists only when whole), by step."""
+    out = []
+    for d in sorted(Path(cell_dir, "ckpt").glob("export_step_*")):
+        meta = read_json(d / MODEL_CONFIG) if (d / MODEL_CONFIG).is_file() else None
+        if meta is not None and "step" in meta:
+            out.append({k: meta[k] for k in ("step", "tokens_seen", "samples_seen", "tokenizer") if k in meta} | {"path": str(d)})
+    return sorted(out, key=lambda e: e["step"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Pre-train one LM cell (works alone or under torchrun).")
     parser.add_argument("--config", required=True, help="JSON file holding an LMTrainConfig")
