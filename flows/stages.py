@@ -69,19 +69,26 @@ def cell_corruptors(cell: Cell, data: DataSources) -> list[dict[str, Any]]:
 
 
 def stage_condition(cell: Cell, cdir: CellDir, data: DataSources) -> dict[str, Any]:
-    """Stage 1: plan and account the cell's data condition (manifest + counters)."""
+    """Stage 1: plan and account the cell's data condition (manifest + counters).
+
+    Image and text cells differ only in the sample kind and in having classes; the splits are
+    passed so that contamination finds the test items it leaks on any data source.
+    """
     from inheritlab.corruptors.chain import condition_data
 
     if cdir.counters.is_file():
         return read_json(cdir.counters)
+    text = cell.config["modality"] == "lm"
     return condition_data(
         data.train,
         cell_corruptors(cell, data),
         study_seed=cell.config["study_seed"],
         out_dir=cdir.data,
-        num_classes=data.world.num_classes,
-        class_names=list(data.world.class_names),
+        num_classes=None if text else data.world.num_classes,
+        class_names=None if text else list(data.world.class_names),
         bad_sample_ceiling=cell.config["bad_sample_ceiling"],
+        sources=data.world.splits,
+        kind="text" if text else "image",
     )
 
 

@@ -1,7 +1,6 @@
 """The LM variants of a cell's stages: the text world, token-level training, LM evaluation.
 
-Same shape as :mod:`inheritlab.flows.stages` (condition → pre-train → evaluate; recording is
-shared), so a study spec with ``modality: lm`` runs through the same flow, run directory and
+Same shape as :mod:`inheritlab.flows.stages` (the data-condition and record stages are shared), so a study spec with ``modality: lm`` runs through the same flow, run directory and
 results table as CLIP.
 """
 
@@ -11,7 +10,6 @@ from typing import Any
 
 from inheritlab.flows.grid import Cell
 from inheritlab.flows.stages import DataSources, cell_corruptors
-from inheritlab.infra.atomic import read_json
 from inheritlab.infra.rundir import CellDir, RunDir
 
 
@@ -21,25 +19,6 @@ def prepare_text_data(data_config: dict[str, Any], study_seed: int, run: RunDir)
 
     cfg = TextWorldConfig(seed=study_seed, **data_config["text_world"])
     return DataSources(world=write_text_world(cfg, run.root / "text_world"))
-
-
-def stage_condition_lm(cell: Cell, cdir: CellDir, data: DataSources) -> dict[str, Any]:
-    """Plan and account the cell's text condition (duplication, noise, contamination...)."""
-    from inheritlab.corruptors.chain import condition_data
-
-    if cdir.counters.is_file():
-        return read_json(cdir.counters)
-    return condition_data(
-        data.train,
-        cell_corruptors(cell, data),
-        study_seed=cell.config["study_seed"],
-        out_dir=cdir.data,
-        num_classes=None,
-        class_names=None,
-        bad_sample_ceiling=cell.config["bad_sample_ceiling"],
-        sources=data.world.splits,
-        kind="text",
-    )
 
 
 def stage_pretrain_lm(

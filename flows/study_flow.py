@@ -66,11 +66,10 @@ def run_cell(cell: Cell, run: RunDir, data: stages.DataSources, *, use_gpu: bool
         return out
 
     lm = cell.config["modality"] == "lm"
-    condition = stages_lm.stage_condition_lm if lm else stages.stage_condition
     pretrain = stages_lm.stage_pretrain_lm if lm else stages.stage_pretrain
     evaluate = stages_lm.stage_evaluate_lm if lm else stages.stage_evaluate
 
-    counters = timed("condition", condition, cell, cdir, data)
+    counters = timed("condition", stages.stage_condition, cell, cdir, data)
     train = timed("pretrain", pretrain, cell, cdir, data, use_gpu=use_gpu, storage_path=stages.storage_path_for(run))
     rows = timed("evaluate", evaluate, cell, cdir, data, train["exports"], use_gpu=use_gpu)
     df = timed("record", stages.stage_record, cell, cdir, rows, train, counters, timings)
