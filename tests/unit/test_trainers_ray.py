@@ -43,7 +43,7 @@ def test_trained_tiny_model_beats_chance(tmp_path: Path) -> None:
     world = write_image_world(ImageWorldConfig(seed=0, num_classes=4, train_size=512, test_id_size=128,
                                                test_ood_size=128, samples_per_shard=128), tmp_path / "world")
     cfg = ClipTrainConfig(rung="clip-tiny", train_shards=tuple(world.splits["train"]), cell_dir=str(tmp_path / "cell"),
-                          samples_seen=50 * 32, batch_size=32, lr=3e-3, warmup_steps=3, ckpt_every=1000)
+                          samples_seen=80 * 64, batch_size=64, lr=3e-3, warmup_steps=5, ckpt_every=1000)
     summary = train_clip(cfg)
     rows = evaluate_clip(summary["final_export"]["path"], "clip-tiny", world,
                          tasks=("zeroshot", "linear_probe", "retrieval"), seed=0, probe_train_size=512)
