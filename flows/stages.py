@@ -121,14 +121,19 @@ def stage_pretrain(
         bad_sample_ceiling=c["bad_sample_ceiling"],
         loader_workers=ex["loader_workers"],
     )
-    return launch_clip_training(
-        cfg,
-        num_workers=ex["workers"],
-        use_gpu=use_gpu,
-        cpus_per_worker=ex["cpus_per_worker"],
-        storage_path=storage_path,
-        max_failures=ex["max_failures"],
-    )
+    return launch_clip_training(cfg, **launch_options(cell, use_gpu=use_gpu, storage_path=storage_path))
+
+
+def launch_options(cell: Cell, *, use_gpu: bool, storage_path: str) -> dict[str, Any]:
+    """How a cell's training is placed on the cluster (the same for every modality)."""
+    ex = cell.execution
+    return {
+        "num_workers": ex["workers"],
+        "use_gpu": use_gpu,
+        "cpus_per_worker": ex["cpus_per_worker"],
+        "storage_path": storage_path,
+        "max_failures": ex["max_failures"],
+    }
 
 
 def stage_evaluate(

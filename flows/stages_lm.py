@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from inheritlab.flows.grid import Cell
-from inheritlab.flows.stages import DataSources, cell_corruptors
+from inheritlab.flows.stages import DataSources, cell_corruptors, launch_options
 from inheritlab.infra.rundir import CellDir, RunDir
 
 
@@ -46,14 +46,7 @@ def stage_pretrain_lm(
         ckpt_every=ex["ckpt_every"],
         bad_sample_ceiling=c["bad_sample_ceiling"],
     )
-    return launch_lm_training(
-        cfg,
-        num_workers=ex["workers"],
-        use_gpu=use_gpu,
-        cpus_per_worker=ex["cpus_per_worker"],
-        storage_path=storage_path,
-        max_failures=ex["max_failures"],
-    )
+    return launch_lm_training(cfg, **launch_options(cell, use_gpu=use_gpu, storage_path=storage_path))
 
 
 def stage_evaluate_lm(
