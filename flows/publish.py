@@ -16,23 +16,12 @@ from inheritlab.flows.spec import StudySpec
 from inheritlab.infra.rundir import RunDir
 
 
-def with_clean_controls(df: pl.DataFrame) -> pl.DataFrame:
-    """Give every bias type its clean control.
-
-    A level-0 cell is shared by all bias axes (it is the same cell: the same config trains the
-    same model), and is recorded once with ``bias_type="none"``. Curves per bias type need it
-    as their level 0, so it is repeated under each bias type here, at analysis time only.
-    """
-    types = [t for t in df.get_column("bias_type").unique().sort().to_list() if t != "none"]
-    clean = df.filter(pl.col("bias_type") == "none")
-    if not types or clean.is_empty():
-        return df
-    biased = df.filter(pl.col("bias_type") != "none")
-    return pl.concat([biased] + [clean.with_columns(pl.lit(t).alias("bias_type")) for t in types])
-
-
 def analyse(run: RunDir, spec: StudySpec, formats: tuple[str, ...] = ("png", "csv", "md")) -> dict[str, Path]:
-    """Load the completed cells, write the study's tables, fits and plots under ``results/``."""
+    """Load the completed cells, write the study's tables, fits and plots under ``results/``.
+
+    Clean controls (``bias_type="none"``, shared by every bias axis) are expanded into each
+    bias type's level 0 by the report itself.
+    """
     if not run.completed_cells():
         return {}
     from inheritlab.analysis.report import build_report
@@ -43,7 +32,7 @@ def analyse(run: RunDir, spec: StudySpec, formats: tuple[str, ...] = ("png", "cs
         return {}
     a = spec.analysis
     return build_report(
-        with_clean_controls(df), run.results, metric=a.metric, task=a.task, split=a.split, x=a.x, formats=formats
+        df, run.results, metric=a.metric, task=a.task, split=a.split, x=a.x, formats=formats
     )
 
 
