@@ -43,17 +43,36 @@ def _matmul_peak(device: torch.device, dtype: torch.dtype, n: int, iters: int) -
     return 2.0 * n**3 * iters / (time.perf_counter() - t)
 
 
+def _profile(step: Any, device: torch.device, top: int = 25) -> dict[str, Any]:
+    """GPU time of one optimizer step by kernel (torch.profiler), largest first, plus the step's
+    wall time and the share of it the GPU was busy: where the rest of the MFU gap is."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        step()
+        torch.cuda.synchronize(device)
+        wall_ms = (time.perf_counter() - t) * 1e3
+    # Kernel events only (CPU-side ops also carry the device time of the kernels they launch).
+    rows = [(e.key, e.device_time_total / 1e3, e.count) for e in prof.key_averages()
+            if e.device_time_total > 0 and str(getattr(e, "device_type", "")).endswith("CUDA")]
+    rows.sort(key=lambda r: -r[1])
+    busy = sum(r[1] for r in rows)
+    return {"wall_ms": wall_ms, "gpu_kernel_ms": busy,
+            "kernels": [{"name": k[:120], "ms": round(ms, 3), "calls": c} for k, ms, c in rows[:top]]}
+
+
 def _run_mode(mode: str, args: argparse.Namespace, rank: int, world: int, device: torch.device, peak: float) -> dict[str, Any]:
     from inheritlab.trainers.engine import EngineConfig, build_engine
-    from inheritlab.trainers.lm_models import build_lm, count_params, flops_per_token, get_rung
+    from inheritlab.trainers.lm_models import build_lm, compile_blocks, count_params, flops_per_token, get_rung
 
     rung = get_rung(args.rung)
     torch.manual_seed(0)
     model = build_lm(rung, vocab_size=args.vocab, max_seq_len=args.seq_len)
     model.activation_checkpointing = args.activation_checkpointing
     if mode == "compile":
-        for block in model.layers:
-            block.compile()
+        compile_blocks(model)
     bf16 = device.type == "cuda"
     total = args.warmup + args.steps
     ecfg = EngineConfig(
@@ -87,6 +106,7 @@ def _run_mode(mode: str, args: argparse.Namespace, rank: int, world: int, device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
+    profile = _profile(step, device) if args.profile and device.type == "cuda" else None
     tokens = args.steps * args.accum * args.micro_batch * args.seq_len * world
     tps = tokens / wall
     cfg = model.cfg
@@ -106,6 +126,8 @@ def _run_mode(mode: str, args: argparse.Namespace, rank: int, world: int, device
         "loss_last": next((x for x in reversed(losses) if x == x), None),
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
+    if profile is not None:
+        out["profile_one_step"] = profile
     del engine, model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -126,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--modes", default="eager,compile")
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--profile", action="store_true", help="record one step's GPU kernels by time")
     args = p.parse_args(argv)
     if args.tiny:
         args.rung, args.seq_len, args.micro_batch, args.vocab = "lm-tiny", 64, 4, 1024

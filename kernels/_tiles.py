@@ -8,7 +8,8 @@ import triton.language as tl
 
 from inheritlab.kernels._tuning import interpreting
 
-__all__ = ["scores_tile", "dot_prec", "launch_opts", "chunk_rows", "stream_candidates", "tile_candidates"]
+__all__ = ["scores_tile", "dot_prec", "launch_opts", "chunk_rows", "stream_candidates", "tile_candidates",
+           "add_t_matmul", "matmul_f32"]
 
 
 @triton.jit
@@ -65,6 +66,17 @@ def tile_candidates() -> list[dict[str, int]]:
             _cfg(256, 128, 64, 8, 3), _cfg(128, 256, 64, 8, 4), _cfg(128, 256, 128, 8, 2),
             _cfg(256, 128, 128, 8, 2), _cfg(256, 64, 64, 8, 3), _cfg(128, 128, 128, 4, 3),
             _cfg(64, 256, 64, 4, 3), _cfg(64, 128, 128, 4, 3), _cfg(64, 64, 64, 4, 4)]
+
+
+def matmul_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` with an fp32 result: straight from cuBLAS for bf16/fp16 on CUDA (same speed as a
+    bf16 output, no rounding of the product), otherwise formed in the input dtype and widened."""
+    if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16):
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, NotImplementedError):
+            pass
+    return torch.mm(a, b).float()
 
 
 def add_t_matmul(acc32: torch.Tensor | None, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

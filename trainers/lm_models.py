@@ -324,6 +324,18 @@ def build_lm(rung: str | LMRung | LMConfig, *, vocab_size: int | None = None,
     return model
 
 
+def compile_blocks(model: LlamaLM) -> LlamaLM:
+    """Compile each decoder block with torch.compile (in place; parameter names unchanged).
+
+    Blocks, not the whole model: the fused loss head launches its own Triton kernels with
+    host-side chunking, which the compiler would only split around; twelve identical blocks
+    also share one compiled graph, so start-up costs one compilation, not one per layer.
+    """
+    for block in model.layers:
+        block.compile()
+    return model
+
+
 def count_params(cfg: LMConfig) -> dict[str, int]:
     """Parameter counts from the shape alone (no model built: works for the 1B rung on a laptop).
 

@@ -39,7 +39,15 @@ from inheritlab.infra.errors import CheckpointError, SpecError
 from inheritlab.infra.hashing import stable_rng
 from inheritlab.infra.seeds import derive_seed32
 from inheritlab.trainers.engine import EngineConfig, build_engine, init_distributed, seed_everything
-from inheritlab.trainers.lm_models import LlamaLM, LMConfig, build_lm, count_params, flops_per_token, get_rung
+from inheritlab.trainers.lm_models import (
+    LlamaLM,
+    LMConfig,
+    build_lm,
+    compile_blocks,
+    count_params,
+    flops_per_token,
+    get_rung,
+)
 
 LATEST = "latest.json"
 WEIGHTS = "model.safetensors"
@@ -78,6 +86,9 @@ class LMTrainConfig:
     zero_stage: int = 2
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     device: str = "auto"  # auto | cpu | cuda
+    # Decoder blocks under torch.compile: "auto" does it on GPU (1.7x tokens/s for lm-125m on an
+    # H100, see benchmarks/results/lm_train.md), never on CPU (compilation outweighs tiny runs).
+    compile: str = "auto"  # auto | yes | no
     bad_sample_ceiling: float | int = 0
     log_every: int = 10
     stop_after_steps: int | None = None  # end this process early (tests of resume); not a budget
@@ -91,6 +102,8 @@ class LMTrainConfig:
             raise SpecError(f"LMTrainConfig.precision: got {self.precision!r}; allowed auto, bf16, fp32")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SpecError(f"LMTrainConfig.device: got {self.device!r}; allowed auto, cpu, cuda")
+        if self.compile not in ("auto", "yes", "no"):
+            raise SpecError(f"LMTrainConfig.compile: got {self.compile!r}; allowed auto, yes, no")
         get_rung(self.rung)
 
     def to_dict(self) -> dict[str, Any]:
@@ -288,6 +301,8 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
     tok = load_tokenizer(cfg.tokenizer)
     seed_everything(derive_seed32(cfg.study_seed, "lm", cfg.seed, "init"))
     model = build_lm(rung, vocab_size=pad_vocab(tok.vocab_size), max_seq_len=seq)
+    if cfg.compile == "yes" or (cfg.compile == "auto" and use_gpu):
+        compile_blocks(model)
     mcfg = model.cfg
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu)
     r = rung.recipe

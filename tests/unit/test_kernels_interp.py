@@ -103,6 +103,36 @@ def test_siglip_matches_fp64_reference(b: int, d: int, scale: float, aligned: fl
         assert _rel(a.grad, r.grad) < 1e-4
 
 
+def test_clip_column_far_below_every_tile_takes_the_exact_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Images in a narrow cone, text 0 pointing away from all of them: at scale 300 its whole
+    # column sits ~500 nats below every tile's top logit, so the fast column sums (relative to
+    # that top) flush it to zero; the check must notice and the exact kernel re-run.
+    g = torch.Generator().manual_seed(5)
+    axis = F.normalize(torch.ones(8, dtype=torch.float64), dim=0)
+    i = F.normalize(3 * axis + 0.3 * torch.randn(40, 8, generator=g, dtype=torch.float64), dim=-1)
+    t = F.normalize(4 * i + 0.3 * torch.randn(40, 8, generator=g, dtype=torch.float64), dim=-1)
+    t[0] = -axis
+    s = torch.tensor(300.0, dtype=torch.float64)
+    verdicts: list[bool] = []
+    trusted = clip_mod._cols_trustworthy
+    monkeypatch.setattr(clip_mod, "_cols_trustworthy", lambda r, c: verdicts.append(trusted(r, c)) or verdicts[-1])
+    ref = [x.clone().requires_grad_() for x in (i, t, s)]
+    tri = [x.float().clone().requires_grad_() for x in (i, t, s)]
+    lr = clip_contrastive_loss(*ref, impl="reference")
+    lt = clip_contrastive_loss(*tri, impl="triton")
+    lr.backward()
+    lt.backward()
+    assert verdicts == [False]  # the check saw the flushed column and the exact kernel re-ran
+    assert abs(lt.item() - lr.item()) <= 1e-5 * max(1.0, abs(lr.item()))
+    for a, r in zip(tri, ref):
+        # dL/dscale is a small difference of O(1) terms at this scale: fp32 keeps ~1e-4 of it.
+        assert _rel(a.grad, r.grad) < 3e-4
+    # Without the check the fast sums would have lost column 0 (its log-sum-exp would be -inf).
+    monkeypatch.setattr(clip_mod, "_cols_trustworthy", lambda r, c: True)
+    fast = clip_contrastive_loss(*[x.detach() for x in tri], impl="triton")
+    assert not torch.isfinite(fast) or abs(fast.item() - lr.item()) > 1.0
+
+
 def test_contrastive_backward_in_several_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     # 150 rows in chunks of 64: the fp32 accumulation of the key gradient across chunks.
     monkeypatch.setattr(clip_mod, "CHUNK_BYTES", 64 * 150 * 4)
