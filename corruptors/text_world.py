@@ -25,6 +25,9 @@ the value is the answer (greedy continuation match). Splits, written as WebDatas
 ``qa_id``                 closed-book QA on ID individuals, train templates
 ``qa_ood_templates``      closed-book QA on ID individuals, held-out templates
 ``qa_ood_people``         open-book QA on held-out individuals
+``qa_train``              closed-book QA, train templates, on ID individuals *not* in ``qa_id``
+                          (up to ``qa_individuals`` of them): for adapting a model (fine-tuning)
+                          before it is tested on the QA splits above, never a test split itself
 
 A QA item's text is ``prompt + " " + answer`` (what leaks when contamination injects it); its
 meta carries ``prompt``, ``answer``, ``attribute``, ``individual`` and ``train_docs`` (how often
@@ -47,11 +50,18 @@ from inheritlab.infra.errors import ShardError, SpecError
 from inheritlab.infra.hashing import stable_rng
 
 # Bump when rendering changes: an older world.json then no longer matches and is rebuilt.
-TEXT_WORLD_FORMAT = 1
+# 2: the ``qa_train`` split.
+TEXT_WORLD_FORMAT = 2
+# The random streams' own version, apart from the format: adding a split leaves the draws of
+# the existing ones, and so their bytes, unchanged (bump only when those draws must change).
+_RNG_EPOCH = 1
 TEXT_SPLITS = (
     "train", "test_id", "test_ood_people", "test_ood_templates", "qa_id", "qa_ood_templates", "qa_ood_people",
+    "qa_train",
 )
+# The QA test splits; ``ADAPT_SPLITS`` are for adapting a model before them, never reported.
 QA_SPLITS = ("qa_id", "qa_ood_templates", "qa_ood_people")
+ADAPT_SPLITS = ("qa_train",)
 TOKENIZER_FILE = "tokenizer.json"
 
 FIRST_NAMES = (
@@ -220,7 +230,7 @@ class TextWorldInfo:
 
 def _people(cfg: TextWorldConfig) -> list[dict[str, str]]:
     """All individuals (ID first, then held out), each a dict of name and attribute values."""
-    rng = stable_rng("text-world", TEXT_WORLD_FORMAT, cfg.seed, "people")
+    rng = stable_rng("text-world", _RNG_EPOCH, cfg.seed, "people")
     n = cfg.num_individuals + cfg.num_heldout_individuals
     cap = len(FIRST_NAMES) * len(LAST_NAMES)
     name_ids = rng.choice(cap, size=n, replace=False)
@@ -242,7 +252,7 @@ def _doc_counts(cfg: TextWorldConfig) -> np.ndarray:
 
     Ranks are a random permutation, so popularity is independent of name and attributes.
     """
-    rng = stable_rng("text-world", TEXT_WORLD_FORMAT, cfg.seed, "popularity")
+    rng = stable_rng("text-world", _RNG_EPOCH, cfg.seed, "popularity")
     n = cfg.num_individuals
     rank = rng.permutation(n) + 1
     w = 1.0 / rank.astype(np.float64) ** cfg.zipf
@@ -279,7 +289,7 @@ def _biography(person: dict[str, str], rng: np.random.Generator, templates: list
 
 def _doc_samples(split: str, pids: list[int], people: list[dict[str, str]], cfg: TextWorldConfig,
                  heldout_templates: bool, counts: np.ndarray | None) -> list[dict[str, Any]]:
-    rng = stable_rng("text-world", TEXT_WORLD_FORMAT, cfg.seed, "docs", split)
+    rng = stable_rng("text-world", _RNG_EPOCH, cfg.seed, "docs", split)
     templates = _template_ids(cfg, heldout_templates)
     out = []
     for i, pid in enumerate(pids):
@@ -292,7 +302,7 @@ def _doc_samples(split: str, pids: list[int], people: list[dict[str, str]], cfg:
 
 def _qa_samples(split: str, pids: list[int], people: list[dict[str, str]], cfg: TextWorldConfig,
                 heldout_templates: bool, open_book: bool, counts: np.ndarray) -> list[dict[str, Any]]:
-    rng = stable_rng("text-world", TEXT_WORLD_FORMAT, cfg.seed, "qa", split)
+    rng = stable_rng("text-world", _RNG_EPOCH, cfg.seed, "qa", split)
     templates = _template_ids(cfg, heldout_templates)
     out = []
     for pid in pids:
@@ -315,13 +325,18 @@ def render_splits(cfg: TextWorldConfig) -> dict[str, list[dict[str, Any]]]:
     people = _people(cfg)
     counts = _doc_counts(cfg)
     n_id, n_ho = cfg.num_individuals, cfg.num_heldout_individuals
-    rng = stable_rng("text-world", TEXT_WORLD_FORMAT, cfg.seed, "order")
+    rng = stable_rng("text-world", _RNG_EPOCH, cfg.seed, "order")
     train_pids = np.repeat(np.arange(n_id), counts)[rng.permutation(int(counts.sum()))].tolist()
     test_id = rng.integers(0, n_id, cfg.test_docs).tolist()
     test_ho = (n_id + rng.integers(0, n_ho, cfg.test_docs)).tolist()
     test_tm = rng.integers(0, n_id, cfg.test_docs).tolist()
     qa_id = sorted(rng.choice(n_id, size=min(cfg.qa_individuals, n_id), replace=False).tolist())
     qa_ho = sorted((n_id + rng.choice(n_ho, size=min(cfg.qa_individuals, n_ho), replace=False)).tolist())
+    # Adaptation people: drawn from the ID individuals left after qa_id (empty when none is left),
+    # with a stream of their own so the splits above stay as they were.
+    rest = np.setdiff1d(np.arange(n_id), qa_id)
+    tr_rng = stable_rng("text-world", _RNG_EPOCH, cfg.seed, "qa_train_people")
+    qa_tr = sorted(tr_rng.choice(rest, size=min(cfg.qa_individuals, len(rest)), replace=False).tolist())
     return {
         "train": _doc_samples("train", train_pids, people, cfg, False, counts),
         "test_id": _doc_samples("test_id", test_id, people, cfg, False, counts),
@@ -330,6 +345,7 @@ def render_splits(cfg: TextWorldConfig) -> dict[str, list[dict[str, Any]]]:
         "qa_id": _qa_samples("qa_id", qa_id, people, cfg, False, False, counts),
         "qa_ood_templates": _qa_samples("qa_ood_templates", qa_id, people, cfg, True, False, counts),
         "qa_ood_people": _qa_samples("qa_ood_people", qa_ho, people, cfg, False, True, counts),
+        "qa_train": _qa_samples("qa_train", qa_tr, people, cfg, False, False, counts),
     }
 
 
@@ -385,6 +401,7 @@ def write_text_world(cfg: TextWorldConfig, out_dir: str | os.PathLike[str]) -> T
             "templates": {a: list(t) for a, t in TEMPLATES.items()},
             "heldout_template_ids": _template_ids(cfg, True),
             "qa_splits": list(QA_SPLITS),
+            "adapt_splits": list(ADAPT_SPLITS),
             "tokenizer": tokenizer,
             "splits": rel,
         }

@@ -113,7 +113,10 @@ def expand_grid(spec: StudySpec) -> list[Cell]:
                             "data": _data_config(spec),
                             "bad_sample_ceiling": spec.data.bad_sample_ceiling,
                             "train": recipe,
-                            "eval": {"tasks": spec.eval_tasks},
+                            # Settings left at their defaults are omitted, so adding one
+                            # never changes the ids of cells that do not use it.
+                            "eval": {"tasks": spec.eval_tasks,
+                                     **spec.eval.model_dump(exclude_defaults=True, exclude={"tasks"})},
                         }
                         cid = config_id(config, CODE_EPOCH)
                         cells.setdefault(cid, Cell(cell_id=cid, config=config, execution=execution))

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator,
+    model_serializer, model_validator,
+)
 
 from inheritlab.corruptors.chain import validate_corruptor
 from inheritlab.infra.errors import SpecError
@@ -49,14 +52,59 @@ class TextWorldSpec(_Strict):
 
 
 class ShardsSpec(_Strict):
-    """A user's own shards (img2dataset layout or ours): a directory or brace pattern per split."""
+    """A user's own shards: a directory or brace pattern of ``.tar`` shards per split.
+
+    CLIP: image–caption shards (img2dataset layout or ours). LM: text shards, one document per
+    sample (``<key>.txt``, optional ``<key>.json`` meta); ``test_id`` is clean held-out text
+    (perplexity split ``id``), ``test_ood`` another held-out set (split ``ood``).
+
+    ``tokenizer`` and ``vocab_size`` apply to LM studies only: ``train`` (the default) trains a
+    byte-level BPE of ``vocab_size`` on the train split at data prep, once per study; otherwise
+    a ``tokenizer.json``, a directory holding one, or the name of a tokenizer already in the
+    local Hugging Face cache (nothing is downloaded). Left at their defaults they are omitted
+    from the dumped config, so CLIP cells keep their ids.
+    """
 
     train: str
     test_id: str
     test_ood: str | None = None
+    tokenizer: Annotated[str, Field(min_length=1)] = "train"
+    vocab_size: Annotated[int, Field(ge=300, le=1 << 17)] = 8192
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_resolves(cls, v: str) -> str:
+        if v == "train":
+            return v
+        from inheritlab.corruptors.tokenizer import resolve_tokenizer_path
+
+        try:  # local files and the local cache only: cheap, and never the network
+            resolve_tokenizer_path(v)
+        except SpecError as exc:
+            raise ValueError(f"{str(exc).removeprefix('tokenizer: ')}; or 'train' to train one on the train split") from None
+        return v
+
+    @model_validator(mode="after")
+    def _vocab_only_when_trained(self) -> "ShardsSpec":
+        if "vocab_size" in self.model_fields_set and self.tokenizer != "train":
+            raise ValueError(
+                f"vocab_size: only used with tokenizer 'train'; the tokenizer {self.tokenizer!r} has its own vocabulary"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_text_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        for name in ("tokenizer", "vocab_size"):
+            if name in out and out[name] == type(self).model_fields[name].default:
+                del out[name]
+        return out
 
 
 class DataSpec(_Strict):
+    """Where the data comes from: a built-in world (``world`` for CLIP, ``text_world`` for LM)
+    generated at data prep, or the user's ``shards`` (image–caption or text, by modality)."""
+
     source: Literal["builtin", "shards"] = "builtin"
     world: WorldSpec = WorldSpec()
     text_world: TextWorldSpec = TextWorldSpec()
@@ -130,12 +178,39 @@ class TrainSpec(_Strict):
 
 
 CLIP_TASKS = ("zeroshot", "linear_probe", "retrieval", "diagnostics")
-LM_TASKS = ("perplexity", "qa", "qa_by_frequency", "memorization", "contamination")
+# (``qa`` also writes the ``qa_by_frequency`` rows: accuracy by how often a person was in training.)
+LM_TASKS = ("perplexity", "qa", "memorization", "contamination")
 
 
 class EvalSpec(_Strict):
+    """Downstream evaluation of every chosen checkpoint.
+
+    ``lm_adaptation`` (LM studies, task ``qa``): how the pre-trained model meets attribute QA —
+    ``prompting`` as it is (rows ``qa``) and/or ``finetune``: a copy fine-tuned on the text
+    world's ``qa_train`` split, QA of other individuals than the test splits' (rows
+    ``qa_finetune``). ``finetune_steps``/``finetune_lr`` override the fine-tune's defaults
+    (100 steps at 1e-3, a few seconds per checkpoint for lm-tiny on a CPU).
+    """
+
     # None: the modality's defaults (zeroshot, linear_probe, retrieval | perplexity, qa, memorization).
     tasks: Annotated[list[Literal[CLIP_TASKS + LM_TASKS]], Field(min_length=1)] | None = None  # type: ignore[valid-type]
+    lm_adaptation: Annotated[list[Literal["prompting", "finetune"]], Field(min_length=1)] = ["prompting"]
+    finetune_steps: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    finetune_lr: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+
+    @field_validator("lm_adaptation")
+    @classmethod
+    def _unique_adaptations(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"lm_adaptation {v} repeats a value")
+        return v
+
+    @model_validator(mode="after")
+    def _finetune_knobs_need_finetune(self) -> "EvalSpec":
+        knobs = sorted({"finetune_steps", "finetune_lr"} & self.model_fields_set)
+        if knobs and "finetune" not in self.lm_adaptation:
+            raise ValueError(f"{knobs}: only used when lm_adaptation includes 'finetune' (got {self.lm_adaptation})")
+        return self
 
 
 class AnalysisSpec(_Strict):
@@ -168,7 +243,10 @@ class StudySpec(_Strict):
     def eval_tasks(self) -> list[str]:
         if self.eval.tasks is not None:
             return list(self.eval.tasks)
-        return ["zeroshot", "linear_probe", "retrieval"] if self.modality == "clip" else ["perplexity", "qa", "memorization"]
+        if self.modality == "clip":
+            return ["zeroshot", "linear_probe", "retrieval"]
+        # QA needs the built-in world's QA splits; a user's text shards have none.
+        return ["perplexity", "qa", "memorization"] if self.data.source == "builtin" else ["perplexity", "memorization"]
 
     @model_validator(mode="after")
     def _check_modality(self) -> "StudySpec":
@@ -176,8 +254,16 @@ class StudySpec(_Strict):
         bad = [t for t in self.eval_tasks if t not in allowed]
         if bad:
             raise ValueError(f"eval.tasks: {bad} are not {self.modality} tasks; allowed: {list(allowed)}")
-        if self.modality == "lm" and self.data.source != "builtin":
-            raise ValueError("data.source: LM studies run on the built-in text world ('builtin') for now")
+        if self.modality == "lm" and self.data.source == "shards":
+            qa = [t for t in self.eval_tasks if t == "qa"]
+            if qa:
+                raise ValueError(
+                    f"eval.tasks: {qa} need the built-in text world's QA splits; on the user's text shards "
+                    f"(data.source 'shards') allowed: {[t for t in LM_TASKS if t != 'qa']}"
+                )
+        text_only = self.data.shards.model_fields_set & {"tokenizer", "vocab_size"} if self.data.shards else set()
+        if self.modality == "clip" and text_only:
+            raise ValueError(f"data.shards: {sorted(text_only)} apply to LM studies (modality: lm) only")
         prefix = "clip-" if self.modality == "clip" else "lm-"
         if self.modality == "lm" or any(m.startswith("lm-") for m in self.grid.model):
             wrong = [m for m in self.grid.model if m.startswith("lm-") != (prefix == "lm-")]
@@ -194,6 +280,22 @@ class StudySpec(_Strict):
                 validate_corruptor(
                     {"type": axis.type, "level": level, **axis.params}, where=f"grid.bias[{i}]"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_adaptation(self) -> "StudySpec":
+        ev = self.eval
+        if self.modality != "lm":
+            set_here = sorted({"lm_adaptation", "finetune_steps", "finetune_lr"} & ev.model_fields_set)
+            if set_here:
+                raise ValueError(f"eval: {set_here} apply to LM studies (modality: lm) only")
+            return self
+        if "finetune" in ev.lm_adaptation:
+            if "qa" not in self.eval_tasks:
+                raise ValueError("eval.lm_adaptation: 'finetune' adapts the model for task 'qa'; add 'qa' to eval.tasks")
+            if self.data.source != "builtin":
+                raise ValueError("eval.lm_adaptation: 'finetune' trains on the built-in text world's qa_train split; "
+                                 "the user's text shards (data.source 'shards') have none")
         return self
 
 

@@ -32,3 +32,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if "multigpu" in item.keywords and n < 2:
             item.add_marker(pytest.mark.skip(reason="needs two or more CUDA GPUs"))
+
+
+# A small built-in text world shared by the LM tests (read-only: tests write under their own tmp dirs).
+TINY_TEXT_WORLD = dict(num_individuals=30, num_heldout_individuals=10, train_docs=150, test_docs=20,
+                       qa_individuals=6, docs_per_shard=50, vocab_size=320)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_world(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from inheritlab.corruptors.text_world import TextWorldConfig, write_text_world
+
+    return write_text_world(TextWorldConfig(**TINY_TEXT_WORLD), tmp_path_factory.mktemp("tiny_text") / "world")

@@ -93,16 +93,21 @@ def export_hf(weights: str | Path | LlamaLM, out_dir: str | Path, *, tokenizer: 
         raise ValueError(
             f"export_hf: tokenizer {tok.path} has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size} rows"
         )
+    # Training packs documents after an end-of-text token; the tokenizer's own BOS never reaches
+    # the model. So the exported start token is the EOS, as in GPT-2: lm-evaluation-harness
+    # conditions empty contexts and rolling perplexity on it. Nothing is prepended by default;
+    # ``add_bos_token=True`` at load time prefixes every text with it, as our own evaluation does.
+    start_id = tok.eos_id
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
         save_file(hf_state_dict(model, _DTYPES[dtype]), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        atomic_write_json(tmp / "config.json", hf_config(model, bos_id=tok.bos_id, eos_id=tok.eos_id,
+        atomic_write_json(tmp / "config.json", hf_config(model, bos_id=start_id, eos_id=tok.eos_id,
                                                          pad_id=tok.pad_id, dtype=dtype))
         atomic_write_json(tmp / "generation_config.json",
-                          {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id,
+                          {"bos_token_id": start_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id,
                            "do_sample": False})
         shutil.copyfile(str(tok.path), tmp / "tokenizer.json")
-        special = {"bos_token": tok.token(tok.bos_id), "eos_token": tok.token(tok.eos_id),
+        special = {"bos_token": tok.token(start_id), "eos_token": tok.token(tok.eos_id),
                    "pad_token": tok.token(tok.pad_id), "unk_token": None}
         atomic_write_json(tmp / "special_tokens_map.json", {k: v for k, v in special.items() if v is not None})
         atomic_write_json(tmp / "tokenizer_config.json", {

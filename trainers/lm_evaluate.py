@@ -11,6 +11,12 @@ Tasks (each yields rows ``{checkpoint_step, samples_seen, task, split, metric, v
                     which is the same event and costs one forward pass per batch. Splits ``id``,
                     ``ood_templates``, ``ood_people``; plus ``qa_by_frequency`` rows (accuracy
                     by how many training biographies the individual had: the long tail).
+``qa_finetune``     the same QA splits and metric (``acc``) after the ``finetune`` adaptation: a
+                    copy of the model fine-tuned on the world's ``qa_train`` split (QA of *other*
+                    ID individuals, :func:`~inheritlab.trainers.lm_adapt.finetune_qa`) — the
+                    knowledge-extraction protocol of "Physics of Language Models 3.1". Asked for
+                    with task ``qa`` and ``adaptations=("finetune", ...)``; ``prompting`` (the
+                    default adaptation) gives the ``qa`` rows.
 ``memorization``    given the duplicated training keys: loss on duplicated vs unique training
                     documents, their gap, and the exact continuation rate (greedy decoding
                     reproduces a document's last ``continuation_tokens`` tokens from the rest).
@@ -28,13 +34,17 @@ from typing import Any
 import torch
 
 from inheritlab.corruptors.shards import iter_samples
-from inheritlab.corruptors.text_world import TextWorldInfo, load_text_world_info
+from inheritlab.corruptors.text_world import ADAPT_SPLITS, TextWorldInfo, load_text_world_info
 from inheritlab.corruptors.tokenizer import TextTokenizer, load_tokenizer
+from inheritlab.trainers.lm_adapt import FINETUNE_LR, FINETUNE_STEPS, finetune_qa, qa_sequences, target_batch
 from inheritlab.trainers.lm_models import IGNORE_INDEX, LlamaLM
 from inheritlab.trainers.lm_pretrain import load_exported
 
 TASKS = ("perplexity", "qa", "memorization", "contamination")
-PPL_SPLITS = {"test_id": "id", "test_ood_people": "ood_people", "test_ood_templates": "ood_templates"}
+# How the model is adapted before QA is scored; the task name of the rows each gives.
+ADAPTATIONS = {"prompting": "qa", "finetune": "qa_finetune"}
+PPL_SPLITS = {"test_id": "id", "test_ood_people": "ood_people", "test_ood_templates": "ood_templates",
+              "test_ood": "ood"}
 QA_SPLITS = {"qa_id": "id", "qa_ood_templates": "ood_templates", "qa_ood_people": "ood_people"}
 FREQ_BUCKETS = ((1, 2), (3, 8), (9, 32), (33, 1 << 30))
 
@@ -49,24 +59,16 @@ def _score(model: LlamaLM, seqs: list[tuple[list[int], int]], *, batch_size: int
     """For each (tokens, start): summed loss and count of the targets from ``start`` on, and
     whether every one of them is the argmax (what greedy decoding would produce)."""
     device = model.embed_tokens.weight.device
-    max_len = model.cfg.max_seq_len + 1
     out: list[tuple[float, int, bool]] = []
     for chunk in _batches(seqs, batch_size):
-        chunk = [(t[-max_len:], max(1, start - max(0, len(t) - max_len))) for t, start in chunk]
-        T = max(len(t) for t, _ in chunk) - 1
-        inp = torch.zeros(len(chunk), T, dtype=torch.long)
-        tgt = torch.full((len(chunk), T), IGNORE_INDEX, dtype=torch.long)
-        for i, (t, start) in enumerate(chunk):
-            n = len(t) - 1
-            inp[i, :n] = torch.tensor(t[:-1])
-            tgt[i, start - 1 : n] = torch.tensor(t[start:])  # predict t[start:] from their prefixes
+        inp, tgt = target_batch(chunk, model.cfg.max_seq_len + 1)
         inp, tgt = inp.to(device), tgt.to(device)
         logits = model.logits(inp).float()  # [B, T, V]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=IGNORE_INDEX,
                                                 reduction="none")  # [B, T]
         mask = tgt != IGNORE_INDEX
         hit = (logits.argmax(-1) == tgt) | ~mask
-        for i in range(len(chunk)):
+        for i in range(len(inp)):
             out.append((float(nll[i][mask[i]].sum()), int(mask[i].sum()), bool(hit[i].all())))
     return out
 
@@ -89,16 +91,6 @@ def _docs(shards: list[str], keys: set[str] | None = None, limit: int | None = N
 def _doc_seqs(tok: TextTokenizer, docs: list[dict[str, Any]]) -> list[tuple[list[int], int]]:
     # A document follows an end-of-text token in training; the same context here.
     return [([tok.eos_id] + tok.encode(d["text"]) + [tok.eos_id], 1) for d in docs]
-
-
-def _qa_seqs(tok: TextTokenizer, items: list[dict[str, Any]]) -> list[tuple[list[int], int]]:
-    seqs = []
-    for it in items:
-        prompt = [tok.eos_id] + tok.encode(it["meta"]["prompt"])
-        # The prompt ends in a word and the answer starts with a space: a pre-token boundary, so
-        # the two encodings concatenate to the encoding of the whole sentence.
-        seqs.append((prompt + tok.encode(" " + it["meta"]["answer"]), len(prompt)))
-    return seqs
 
 
 def _mean_loss(scores: list[tuple[float, int, bool]]) -> float:
@@ -132,6 +124,10 @@ def evaluate_lm(
     batch_size: int = 32,
     device: str = "cpu",
     continuation_tokens: int = 16,
+    adaptations: Iterable[str] = ("prompting",),
+    finetune_steps: int = FINETUNE_STEPS,
+    finetune_lr: float = FINETUNE_LR,
+    finetune_seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Evaluate one checkpoint (an export dir or a model) on a text world; returns tidy rows.
 
@@ -140,12 +136,29 @@ def evaluate_lm(
     ``leaked_keys`` (split → leaked test keys, as ``corruptors.duplication.leaked_keys`` gives,
     or a plain key list looked up in every split) enables ``contamination``.
     ``max_items`` caps the items per split (fast CPU evaluation).
+
+    ``adaptations`` says how the model meets the ``qa`` task: ``prompting`` (rows ``qa``, as
+    pre-trained) and/or ``finetune`` (rows ``qa_finetune``: a copy fine-tuned for
+    ``finetune_steps`` steps at ``finetune_lr`` on the whole ``qa_train`` split, item order from
+    ``finetune_seed``; the weights given are not changed). ``finetune`` needs a world with a
+    non-empty ``qa_train`` split (the built-in text world).
     """
     tasks = list(tasks)
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise ValueError(f"evaluate_lm: unknown task(s) {bad}; allowed: {', '.join(TASKS)}")
+    adaptations = list(dict.fromkeys(adaptations))
+    bad = [a for a in adaptations if a not in ADAPTATIONS]
+    if bad or not adaptations:
+        raise ValueError(f"evaluate_lm: adaptations {bad or adaptations}; expected one or more of {', '.join(ADAPTATIONS)}")
+    if "finetune" in adaptations and "qa" not in tasks:
+        raise ValueError("evaluate_lm: adaptation 'finetune' adapts the model for task 'qa'; add 'qa' to tasks")
     info = world if isinstance(world, TextWorldInfo) else load_text_world_info(world)
+    if "finetune" in adaptations and not info.splits.get("qa_train"):
+        why = "is empty (no ID individual is left outside qa_id: num_individuals must exceed qa_individuals)" \
+            if "qa_train" in info.splits else f"is missing (the world has {sorted(info.splits)})"
+        raise ValueError(f"evaluate_lm: adaptation 'finetune' needs the QA split 'qa_train' to fine-tune on; in "
+                         f"{info.root} it {why}. The built-in text world has it; a user's text shards do not")
     if isinstance(weights, LlamaLM):
         model, rec = weights, {}
     else:
@@ -168,14 +181,20 @@ def evaluate_lm(
             rows += [_row(step, seen, "perplexity", name, "loss", loss),
                      _row(step, seen, "perplexity", name, "perplexity", math.exp(min(loss, 80.0)))]
 
-    if "qa" in tasks:
+    for adaptation in adaptations if "qa" in tasks else []:
+        task = ADAPTATIONS[adaptation]
+        qa_model = model
+        if adaptation == "finetune":
+            # Other individuals' QA (never those of qa_id): whatever transfers was stored in pre-training.
+            qa_model = finetune_qa(model, tok, _docs(info.splits["qa_train"]), steps=finetune_steps, lr=finetune_lr,
+                                   seed=finetune_seed, device=device)
         for split, name in QA_SPLITS.items():
             if split not in info.splits:
                 continue
             items = _docs(info.splits[split], limit=max_items)
-            scores = _score(model, _qa_seqs(tok, items), batch_size=batch_size)
-            rows.append(_row(step, seen, "qa", name, "acc", sum(h for *_, h in scores) / max(1, len(scores))))
-            if name == "id":
+            scores = _score(qa_model, qa_sequences(tok, items), batch_size=batch_size)
+            rows.append(_row(step, seen, task, name, "acc", sum(h for *_, h in scores) / max(1, len(scores))))
+            if name == "id" and adaptation == "prompting":
                 for lo, hi in FREQ_BUCKETS:
                     hits = [h for it, (_, _, h) in zip(items, scores) if lo <= it["meta"].get("train_docs", 0) <= hi]
                     if hits:
@@ -210,7 +229,8 @@ def evaluate_lm(
     if "contamination" in tasks:
         if leaked_keys is None:
             raise ValueError("evaluate_lm: task 'contamination' needs leaked_keys (split -> leaked test keys)")
-        by_split = leaked_keys if isinstance(leaked_keys, dict) else {s: list(leaked_keys) for s in info.splits if s != "train"}
+        by_split = leaked_keys if isinstance(leaked_keys, dict) else {
+            s: list(leaked_keys) for s in info.splits if s != "train" and s not in ADAPT_SPLITS}
         for split, keys in by_split.items():
             if split not in info.splits:
                 raise ValueError(f"evaluate_lm: leaked split {split!r} is not in the world ({sorted(info.splits)})")
@@ -220,13 +240,13 @@ def evaluate_lm(
                      "clean": [it for it in items if it["__key__"] not in leaked][: max_items or None]}
             if not parts["leaked"]:
                 continue
-            is_qa = split in QA_SPLITS
+            is_qa = split in QA_SPLITS or split in ADAPT_SPLITS
             values = {}
             for part, its in parts.items():
                 if not its:
                     continue
                 if is_qa:
-                    sc = _score(model, _qa_seqs(tok, its), batch_size=batch_size)
+                    sc = _score(model, qa_sequences(tok, its), batch_size=batch_size)
                     values[part] = sum(h for *_, h in sc) / len(sc)
                 else:
                     values[part] = _mean_loss(_score(model, _doc_seqs(tok, its), batch_size=batch_size))

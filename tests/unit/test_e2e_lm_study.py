@@ -23,7 +23,8 @@ MICRO_LM = {
         "data_scale": {"values": [64, 128]},
     },
     "train": {"ckpt_every": 4},
-    "eval": {"tasks": ["perplexity", "qa", "memorization"]},
+    "eval": {"tasks": ["perplexity", "qa", "memorization"], "lm_adaptation": ["prompting", "finetune"],
+             "finetune_steps": 20},
     "analysis": {"metric": "loss", "task": "perplexity", "split": "id"},
 }
 
@@ -44,3 +45,8 @@ def test_micro_lm_study_end_to_end(tmp_path: Path) -> None:
     mem = table.filter((pl.col("task") == "memorization") & (pl.col("bias_level") == 0.2))
     assert {"duplicated", "unique"} <= set(mem["split"].unique().to_list())
     assert (table["flops"] > 0).all() and (table["params"] > 0).all()
+    # QA after both adaptations, on the same three splits
+    for task in ("qa", "qa_finetune"):
+        qa = table.filter((pl.col("task") == task) & (pl.col("metric") == "acc"))
+        assert set(qa["split"].unique().to_list()) == {"id", "ood_templates", "ood_people"}, task
+        assert qa.height == 3 * 4 and qa["value"].is_between(0.0, 1.0).all()

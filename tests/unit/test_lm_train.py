@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from inheritlab.corruptors.chain import condition_data
-from inheritlab.corruptors.text_world import TextWorldConfig, write_text_world
 from inheritlab.corruptors.tokenizer import load_tokenizer
 from inheritlab.infra.errors import CheckpointError, SpecError
 from inheritlab.trainers.lm_pretrain import (
@@ -21,13 +20,9 @@ from inheritlab.trainers.lm_pretrain import (
     train_lm,
 )
 
-WORLD = TextWorldConfig(num_individuals=30, num_heldout_individuals=10, train_docs=150, test_docs=20,
-                        qa_individuals=6, docs_per_shard=50, vocab_size=320)
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory):
-    return write_text_world(WORLD, tmp_path_factory.mktemp("lmtrain") / "world")
+def world(tiny_text_world):  # type: ignore[no-untyped-def]
+    return tiny_text_world
 
 
 def _cfg(world, cell, **kw) -> LMTrainConfig:
