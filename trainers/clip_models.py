@@ -161,6 +161,21 @@ def build_clip(rung: str | ClipRung, *, pretrained: str | None = None, seed: int
     return BuiltClip(model=model, transform=transform, tokenizer=tokenizer, rung=r, model_cfg=cfg)
 
 
+def compile_towers(model: torch.nn.Module) -> torch.nn.Module:
+    """Put the two transformer towers of an open_clip model under torch.compile (in place).
+
+    The towers (``visual``; the text ``transformer``) are where the FLOPs are; token embedding,
+    pooling, projections and the loss stay eager, the loss being our own Triton kernel. Module
+    names and the state dict are unchanged, so checkpoints and exports are unaffected.
+    """
+    for name in ("visual", "transformer"):
+        tower = getattr(model, name, None)
+        if tower is None:
+            raise ValueError(f"compile_towers: {type(model).__name__} has no {name!r} tower (not an open_clip CLIP)")
+        tower.compile()
+    return model
+
+
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -31,6 +31,7 @@ from inheritlab.infra.atomic import atomic_dir, atomic_write_json, read_json
 from inheritlab.infra.errors import CheckpointError, SpecError
 from inheritlab.infra.rundir import CellDir
 from inheritlab.infra.seeds import derive_seed32
+from inheritlab.trainers.engine import PARAM_LAYOUT
 
 LATEST = "latest.json"
 SUMMARY = "train_summary.json"
@@ -70,6 +71,10 @@ class ClipTrainConfig:
     shuffle_buffer: int = 256
     bad_sample_ceiling: float | int = 0
     loss_impl: str = "auto"
+    # Towers under torch.compile: "auto" for the GPU rungs on a GPU (see
+    # benchmarks/results/clip_step_h100.md), never for the CPU rungs (short runs: compiling costs
+    # more than it saves).
+    compile: str = "auto"                  # auto | yes | no
     log_every: int = 10
     stop_after_steps: int | None = None    # end early (benchmarks) without changing the schedule
 
@@ -82,6 +87,8 @@ class ClipTrainConfig:
             raise SpecError(f"ckpt_every: got {self.ckpt_every}; expected >= 1")
         if self.keep_checkpoints < 1:
             raise SpecError(f"keep_checkpoints: got {self.keep_checkpoints}; expected >= 1")
+        if self.compile not in ("auto", "yes", "no"):
+            raise SpecError(f"compile: got {self.compile!r}; allowed auto, yes, no")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> "ClipTrainConfig":
@@ -202,7 +209,7 @@ def train_clip(cfg: ClipTrainConfig) -> dict[str, Any]:
 
     from inheritlab.kernels import clip_contrastive_loss
     from inheritlab.trainers.clip_data import ClipBatchStream, StreamSpec
-    from inheritlab.trainers.clip_models import build_clip, count_params, flops_per_sample
+    from inheritlab.trainers.clip_models import build_clip, compile_towers, count_params, flops_per_sample
     from inheritlab.trainers.engine import EngineConfig, build_engine, init_distributed, seed_everything
 
     use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
@@ -218,6 +225,8 @@ def train_clip(cfg: ClipTrainConfig) -> dict[str, Any]:
     seed_everything(derive_seed32(cfg.study_seed, "clip-init", cfg.rung, cfg.seed))
     built = build_clip(rung)
     params = count_params(built.model)
+    if cfg.compile == "yes" or (cfg.compile == "auto" and use_gpu and rung.device == "gpu"):
+        compile_towers(built.model)
     device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
     ecfg = EngineConfig(
         micro_batch_per_rank=r["per_rank"], world_size=world, zero_stage=cfg.zero_stage, precision=r["precision"],
@@ -237,6 +246,11 @@ def train_clip(cfg: ClipTrainConfig) -> dict[str, Any]:
                     f"{ckpt / LATEST}: checkpoint {ptr['tag']} was written with {key}={ptr[key]}, "
                     f"this run has {key}={want}; resume with the same value or start a new cell"
                 )
+        if ptr.get("param_layout", 1) != PARAM_LAYOUT:
+            raise CheckpointError(
+                f"{ckpt / LATEST}: checkpoint {ptr['tag']} has parameter layout {ptr.get('param_layout', 1)}, this "
+                f"code uses {PARAM_LAYOUT}; its optimizer state would load into the wrong parameters: start a new cell"
+            )
         path, client = engine.load_checkpoint(str(ckpt), tag=ptr["tag"], load_module_strict=True)
         if path is None:
             raise CheckpointError(f"{ckpt / ptr['tag']}: DeepSpeed could not load this committed checkpoint")
@@ -334,7 +348,7 @@ def _commit(engine: Any, ckpt: Path, step: int, global_batch: int, loss_curve: l
     if dist.get_rank() == 0:
         atomic_write_json(ckpt / LATEST, {"tag": tag, "step": step, "samples_seen": step * global_batch,
                                           "world_size": dist.get_world_size(), "global_batch": global_batch,
-                                          "committed_at": time.time()})
+                                          "param_layout": PARAM_LAYOUT, "committed_at": time.time()})
         _prune(ckpt, keep)
     dist.barrier()
 

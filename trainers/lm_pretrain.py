@@ -38,7 +38,13 @@ from inheritlab.infra.atomic import atomic_dir, atomic_write_json, read_json
 from inheritlab.infra.errors import CheckpointError, SpecError
 from inheritlab.infra.hashing import stable_rng
 from inheritlab.infra.seeds import derive_seed32
-from inheritlab.trainers.engine import EngineConfig, build_engine, init_distributed, seed_everything
+from inheritlab.trainers.engine import (
+    PARAM_LAYOUT,
+    EngineConfig,
+    build_engine,
+    init_distributed,
+    seed_everything,
+)
 from inheritlab.trainers.lm_models import (
     LlamaLM,
     LMConfig,
@@ -323,12 +329,15 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
         if client is None:
             raise CheckpointError(f"{ckpt_dir / latest['tag']}: DeepSpeed could not load it")
         # The skip below replays this rank's stream: only exact for the same ranks and batch shape.
-        want = {"world_size": world, "batch": int(plan["batch"]), "micro": micro, "seq_len": seq}
+        want = {"world_size": world, "batch": int(plan["batch"]), "micro": micro, "seq_len": seq,
+                "param_layout": PARAM_LAYOUT}
         got = {k: client.get(k, want[k]) for k in want}
+        got["param_layout"] = client.get("param_layout", 1)  # written before layouts were recorded
         if got != want:
             raise CheckpointError(
                 f"{ckpt_dir / latest['tag']}: written with {got}, this run has {want}; resuming would not "
-                "continue the data stream at the right sample"
+                "continue the data stream at the right sample (or, for param_layout, load the optimizer "
+                "state into the wrong parameters)"
             )
         step, resumed_from = int(client["step"]), latest["tag"]
     state = StreamState()
@@ -359,7 +368,8 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
         if committed:
             tag = f"step_{step}"
             engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "tokens_seen": step * tokens_per_step, "world_size": world,
-                                              "batch": int(plan["batch"]), "micro": micro, "seq_len": seq})
+                                              "batch": int(plan["batch"]), "micro": micro, "seq_len": seq,
+                                              "param_layout": PARAM_LAYOUT})
             _barrier()
             if rank == 0:
                 atomic_write_json(ckpt_dir / LATEST, {"tag": tag, "step": step, "tokens_seen": step * tokens_per_step,

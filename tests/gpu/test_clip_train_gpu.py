@@ -10,7 +10,8 @@ import torch
 pytestmark = pytest.mark.gpu
 
 
-def test_bf16_zero2_trains_resumes_and_exports(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compile_", ["no", "yes"])
+def test_bf16_zero2_trains_resumes_and_exports(tmp_path: Path, compile_: str) -> None:
     import open_clip
 
     from inheritlab.corruptors.world import ImageWorldConfig, write_image_world
@@ -20,7 +21,7 @@ def test_bf16_zero2_trains_resumes_and_exports(tmp_path: Path) -> None:
                                                samples_per_shard=256), tmp_path / "world")
     base = dict(rung="clip-tiny", train_shards=tuple(world.splits["train"]), cell_dir=str(tmp_path / "cell"),
                 samples_seen=12 * 128, batch_size=128, ckpt_every=6, log_every=1, zero_stage=2,
-                loss_impl="triton", loader_workers=2)
+                loss_impl="triton", loader_workers=2, compile=compile_)
     first = train_clip(ClipTrainConfig(**base, stop_after_steps=6))
     assert first["precision"] == "bf16" and first["steps"] == 6
     done = train_clip(ClipTrainConfig(**base))

@@ -134,6 +134,11 @@ def test_a_dangling_pointer_is_a_checkpoint_error(world: WorldInfo, tmp_path: Pa
                       {"tag": "step_2", "step": 2, "world_size": 4, "global_batch": 32})
     with pytest.raises(CheckpointError, match="world_size=4"):
         train_clip(_cfg(world, tmp_path / "cell"))
+    # One written before parameter layouts were recorded: its flat optimizer state would land on
+    # the wrong parameters, so it is refused rather than loaded.
+    atomic_write_json(tmp_path / "cell" / "ckpt" / "latest.json", {"tag": "step_2", "step": 2, "world_size": 1})
+    with pytest.raises(CheckpointError, match="parameter layout 1"):
+        train_clip(_cfg(world, tmp_path / "cell"))
 
 
 def test_config_errors_name_the_field(world: WorldInfo, tmp_path: Path) -> None:

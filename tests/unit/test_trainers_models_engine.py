@@ -100,3 +100,19 @@ def test_no_weight_decay_on_gains_biases_and_temperature() -> None:
     assert any(names[id(p)] == "logit_scale" for p in no_decay["params"])
     assert all(p.ndim >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
     assert no_decay["weight_decay"] == 0.0
+
+
+def test_flat_buffer_offsets_stay_16_byte_aligned() -> None:
+    # DeepSpeed packs each group into one flat buffer in this order: every parameter that is a
+    # whole number of 16-byte bf16 vectors must start on a 16-byte boundary (logit_scale, 1
+    # element, used to shift every bias and norm gain after it).
+    model = build_clip("clip-tiny", seed=0).model
+    for group in param_groups(model, 0.1):
+        offset = 0
+        for p in group["params"]:
+            if p.numel() % 8 == 0:
+                assert offset % 8 == 0
+            offset += p.numel()
+        sizes = [p.numel() for p in group["params"]]
+        assert sorted(sizes, key=lambda n: n % 8 != 0) == sizes
+    assert sum(len(g["params"]) for g in param_groups(model, 0.1)) == len(list(model.parameters()))
