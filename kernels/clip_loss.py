@@ -7,8 +7,9 @@ Forward (one Triton pass, ``_clip_fwd_kernel``): each program owns BLOCK_M rows 
 all column tiles, keeping an online log-sum-exp per row (flash-attention style) and writing one
 log-sum-exp per (row block, column) so the column (text→image) log-sum-exp costs a small
 reduction instead of a second pass over the logits. The column sums reuse the row exponentials
-(one exponential and no extra tile-wide reduction per logit); a cheap check afterwards proves
-they lost nothing, else an exact variant (per-column maxima) re-runs.
+(one exponential and no extra tile-wide reduction per logit); a cheap check afterwards, on the
+device, proves they lost nothing, else an exact variant (per-column maxima) re-runs — launched
+every time and a no-op unless flagged, so the host never waits for the forward.
 
 Backward: logits are recomputed tile by tile (``_clip_bwd_kernel``), turned into dL/dS with
 an element-wise epilogue, written in the input dtype for one chunk of rows at a time (bounded
@@ -46,7 +47,7 @@ _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _clip_fwd_kernel(q_ptr, k_ptr, scale_ptr, row_lse_ptr, col_part_ptr,
+def _clip_fwd_kernel(q_ptr, k_ptr, scale_ptr, flag_ptr, row_lse_ptr, col_part_ptr,
                      M, N, D, stride_q, stride_k,
                      COMPUTE_COLS: tl.constexpr, FAST_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -57,7 +58,12 @@ def _clip_fwd_kernel(q_ptr, k_ptr, scale_ptr, row_lse_ptr, col_part_ptr,
     scale2 = tl.load(scale_ptr).to(tl.float32) * 1.4426950408889634
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
+    n_end = N
+    if not FAST_COLS:
+        # The exact variant is launched after every fast pass, without waiting for the host: it
+        # does its work (and writes anything) only when the device-side check raised the flag.
+        n_end = tl.where(tl.load(flag_ptr) != 0, N, 0)
+    for n0 in range(0, n_end, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < N
         acc = scores_tile(q_ptr, k_ptr, rows, row_ok, cols, col_ok, D, stride_q, stride_k,
@@ -74,7 +80,7 @@ def _clip_fwd_kernel(q_ptr, k_ptr, scale_ptr, row_lse_ptr, col_part_ptr,
                 # Column sums relative to the tile maximum T: 2^(s-T) = p · 2^(mt_i-T), so no second
                 # exponential and no second reduction over the tile. Terms below 2^-126 of T flush
                 # to zero; the caller checks afterwards that no column needed them (see
-                # ``_cols_trustworthy``) and otherwise re-runs the exact variant below.
+                # ``_needs_exact``) and otherwise the exact variant below does the work.
                 w = tl.exp2(tl.where(row_ok, mt - big, float("-inf")))  # [BM] ≤ 1, 0 on padding
                 cl = tl.sum(p * w[:, None], axis=0)
                 part = big + tl.log2(tl.where(col_ok, cl, 1.0))
@@ -84,7 +90,7 @@ def _clip_fwd_kernel(q_ptr, k_ptr, scale_ptr, row_lse_ptr, col_part_ptr,
                 cl = tl.sum(tl.exp2(sc - cm[None, :]), axis=0)
                 part = cm + tl.log2(tl.where(col_ok, cl, 1.0))
             tl.store(col_part_ptr + pid * N + cols, part, mask=col_ok)
-    tl.store(row_lse_ptr + rows, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=row_ok)
+    tl.store(row_lse_ptr + rows, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=row_ok & (n_end > 0))
 
 
 @triton.jit
@@ -125,29 +131,36 @@ def _clip_bwd_kernel(q_ptr, k_ptr, scale_ptr, grad_ptr, row_lse_ptr, col_lse_ptr
 
 def _forward_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, cols: bool
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Row log-sum-exp [M] of scale·q kᵀ, and the column one [N] when ``cols`` (needs M == N)."""
+    """Row log-sum-exp [M] of scale·q kᵀ, and the column one [N] when ``cols`` (needs M == N).
+
+    No host synchronisation: the check of the fast column sums and the exact re-run it may
+    call for are both decided on the device (``_needs_exact``, then a launch that is a no-op
+    unless flagged), so the host keeps queueing the backward while the forward runs.
+    """
     M, D = q.shape
     N = k.shape[0]
+    blocks_of = lambda cfg: triton.cdiv(M, cfg["BLOCK_M"])  # noqa: E731
 
-    def launch(cfg: dict[str, int], fast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        blocks = triton.cdiv(M, cfg["BLOCK_M"])
+    def run(cfg: dict[str, int], row_lse: torch.Tensor, col_part: torch.Tensor,
+            exact_flag: torch.Tensor | None = None) -> None:
+        _clip_fwd_kernel[(blocks_of(cfg),)](
+            q, k, scale, scale if exact_flag is None else exact_flag, row_lse, col_part, M, N, D,
+            q.stride(0), k.stride(0), COMPUTE_COLS=cols, FAST_COLS=exact_flag is None,
+            DOT_PREC=dot_prec(q.dtype), **launch_opts(cfg))
+
+    def launch(cfg: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
         row_lse = torch.empty(M, device=q.device, dtype=torch.float32)
-        col_part = torch.empty((blocks, N) if cols else (1,), device=q.device, dtype=torch.float32)
-        _clip_fwd_kernel[(blocks,)](q, k, scale, row_lse, col_part, M, N, D, q.stride(0), k.stride(0),
-                                    COMPUTE_COLS=cols, FAST_COLS=fast, DOT_PREC=dot_prec(q.dtype),
-                                    **launch_opts(cfg))
+        col_part = torch.empty((blocks_of(cfg), N) if cols else (1,), device=q.device, dtype=torch.float32)
+        run(cfg, row_lse, col_part)
         return row_lse, col_part
 
     cfg = pick_config(("clip_fwd", q.dtype, M, N, D, cols, q.device), stream_candidates(), launch)
     row_lse, col_part = launch(cfg)
     if not cols:
         return row_lse, None
+    run(cfg, row_lse, col_part, exact_flag=_needs_exact(row_lse, col_part))
     # Per-(row block, column) log2-sum-exp → natural log-sum-exp per column.
-    col_lse = torch.logsumexp(col_part.mul_(LN2), dim=0)
-    if not _cols_trustworthy(row_lse, col_lse):
-        row_lse, col_part = launch(cfg, fast=False)
-        col_lse = torch.logsumexp(col_part.mul_(LN2), dim=0)
-    return row_lse, col_lse
+    return row_lse, torch.logsumexp(col_part.mul_(LN2), dim=0)
 
 
 # How far (in log2 units) a column's log-sum-exp may sit below the largest logit before the fast
@@ -155,17 +168,16 @@ def _forward_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, cols: bo
 _FLUSH_MARGIN = 90.0
 
 
-def _cols_trustworthy(row_lse: torch.Tensor, col_lse: torch.Tensor) -> bool:
-    """Whether the fast forward's column log-sum-exps are exact to ~2^-19 relative.
+def _needs_exact(row_lse: torch.Tensor, col_part: torch.Tensor) -> torch.Tensor:
+    """Device flag [1] (int32): 1 when the fast forward's column sums may have lost something.
 
     The fast kernel drops terms below 2^(T-126), T a tile's largest logit. T ≤ G ≤ max row LSE,
-    so if every column LSE is ≥ G - 90 (log2), each dropped term is < 2^-36 of its column's sum
-    and all B of them (B ≤ 2^17) change it by < 2^-19. True for any sane training state (it
-    needs a logit ~60 nats above some column's whole sum to fail); then the exact kernel runs.
-    One host synchronisation per forward.
+    so if every column's largest per-block partial (≤ its LSE) is ≥ G - 90 (log2), each dropped
+    term is < 2^-36 of its column's sum and all B of them (B ≤ 2^17) change it by < 2^-19. Any
+    sane training state passes (failing needs a logit ~60 nats above some column's whole sum).
     """
     top = row_lse.max() / LN2
-    return bool((col_lse / LN2 >= top - _FLUSH_MARGIN).all())
+    return (col_part.amax(dim=0) < top - _FLUSH_MARGIN).any().to(torch.int32).reshape(1)
 
 
 def _backward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, grad: torch.Tensor,
