@@ -85,12 +85,11 @@ def add_t_matmul(acc32: torch.Tensor | None, p: torch.Tensor, q: torch.Tensor) -
     On CUDA one cuBLAS call writes (or accumulates into) the fp32 result directly; elsewhere, or
     where this torch lacks the fp32-output matmul, the product is formed in the input dtype first.
     """
+    if acc32 is None:
+        return matmul_f32(p.t(), q)
     if p.is_cuda and p.dtype in (torch.float16, torch.bfloat16):
         try:
-            if acc32 is None:
-                return torch.mm(p.t(), q, out_dtype=torch.float32)
             return torch.addmm(acc32, p.t(), q, out_dtype=torch.float32, out=acc32)
         except (TypeError, NotImplementedError):
             pass
-    part = torch.mm(p.t(), q).float()
-    return part if acc32 is None else acc32.add_(part)
+    return acc32.add_(torch.mm(p.t(), q).float())

@@ -14,6 +14,7 @@ Run alone, under torchrun, or under the ``deepspeed`` launcher::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,8 +276,12 @@ def train_clip(cfg: ClipTrainConfig) -> dict[str, Any]:
     # Steady-state throughput leaves out the first steps of this process (kernel compilation,
     # autotuning, loader start-up); checkpoint and export time is left out of both timers.
     warm_steps = min(5, max(0, (last_step - step) // 4))
-    train_time, steady_time, trained, epoch, window = 0.0, 0.0, 0, 0, []
-    t_prev = time.perf_counter()
+    trained, epoch, window = 0, 0, []
+    # The clocks are read (one device synchronisation each) only at the end of warm-up, around
+    # checkpoints and at the end: an ordinary step never waits for the device.
+    clock = _StepClock(sync=use_gpu)
+    if warm_steps == 0:
+        clock.start_steady()
     it = iter(loader)
     while step < last_step:
         batch = next(it)
@@ -297,21 +303,18 @@ def train_clip(cfg: ClipTrainConfig) -> dict[str, Any]:
                 mean /= world
             loss_curve.append([step, float(mean)])
             window = []
-        if use_gpu:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        train_time += now - t_prev
-        if trained > warm_steps:
-            steady_time += now - t_prev
+        if trained == warm_steps:
+            clock.start_steady()
         if step in ckpt_steps or step in export_steps:
-            if step in export_steps:
-                exports.append(export_open_clip(engine, ckpt / "export" / f"step_{step}", rung=rung,
-                                                model_cfg=built.model_cfg, step=step,
-                                                samples_seen=step * r["global_batch"]))
-            if step in ckpt_steps:
-                _commit(engine, ckpt, step, r["global_batch"], loss_curve, exports, cfg.keep_checkpoints)
-        t_prev = time.perf_counter()
+            with clock.paused():
+                if step in export_steps:
+                    exports.append(export_open_clip(engine, ckpt / "export" / f"step_{step}", rung=rung,
+                                                    model_cfg=built.model_cfg, step=step,
+                                                    samples_seen=step * r["global_batch"]))
+                if step in ckpt_steps:
+                    _commit(engine, ckpt, step, r["global_batch"], loss_curve, exports, cfg.keep_checkpoints)
 
+    train_time, steady_time = clock.stop()
     final = export_open_clip(engine, ckpt / FINAL, rung=rung, model_cfg=built.model_cfg, step=step,
                              samples_seen=step * r["global_batch"])
     if not any(e["step"] == step for e in exports):
@@ -334,6 +337,43 @@ def train_clip(cfg: ClipTrainConfig) -> dict[str, Any]:
         atomic_write_json(ckpt / SUMMARY, summary)
     dist.barrier()
     return summary
+
+
+class _StepClock:
+    """Training wall time (checkpoint and export pauses left out), and the steady part of it
+    from ``start_steady`` on. Each reading synchronises the device once."""
+
+    def __init__(self, *, sync: bool) -> None:
+        self._sync = sync
+        self._t0 = self._now()
+        self._steady0: float | None = None
+        self._paused = 0.0
+        self._paused_steady = 0.0
+
+    def _now(self) -> float:
+        if self._sync:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def start_steady(self) -> None:
+        self._steady0 = self._now()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        t = self._now()
+        try:
+            yield
+        finally:
+            dt = self._now() - t
+            self._paused += dt
+            if self._steady0 is not None:
+                self._paused_steady += dt
+
+    def stop(self) -> tuple[float, float]:
+        """(train seconds, steady seconds); steady is 0 when ``start_steady`` never ran."""
+        end = self._now()
+        steady = end - self._steady0 - self._paused_steady if self._steady0 is not None else 0.0
+        return end - self._t0 - self._paused, steady
 
 
 def _commit(engine: Any, ckpt: Path, step: int, global_batch: int, loss_curve: list, exports: list,

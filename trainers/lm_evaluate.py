@@ -181,6 +181,9 @@ def evaluate_lm(
             rows += [_row(step, seen, "perplexity", name, "loss", loss),
                      _row(step, seen, "perplexity", name, "perplexity", math.exp(min(loss, 80.0)))]
 
+    # Each QA split read once, scored after every adaptation.
+    qa_items = {split: _docs(info.splits[split], limit=max_items) for split in QA_SPLITS
+                if split in info.splits} if "qa" in tasks else {}
     for adaptation in adaptations if "qa" in tasks else []:
         task = ADAPTATIONS[adaptation]
         qa_model = model
@@ -188,10 +191,8 @@ def evaluate_lm(
             # Other individuals' QA (never those of qa_id): whatever transfers was stored in pre-training.
             qa_model = finetune_qa(model, tok, _docs(info.splits["qa_train"]), steps=finetune_steps, lr=finetune_lr,
                                    seed=finetune_seed, device=device)
-        for split, name in QA_SPLITS.items():
-            if split not in info.splits:
-                continue
-            items = _docs(info.splits[split], limit=max_items)
+        for split, items in qa_items.items():
+            name = QA_SPLITS[split]
             scores = _score(qa_model, qa_sequences(tok, items), batch_size=batch_size)
             rows.append(_row(step, seen, task, name, "acc", sum(h for *_, h in scores) / max(1, len(scores))))
             if name == "id" and adaptation == "prompting":
