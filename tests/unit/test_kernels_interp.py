@@ -133,6 +133,29 @@ def test_clip_column_far_below_every_tile_takes_the_exact_path(monkeypatch: pyte
     assert not torch.isfinite(fast) or abs(fast.item() - lr.item()) > 1.0
 
 
+def test_clip_descriptor_and_pointer_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rows of 24 fp32 values (96 bytes) can be read through tensor descriptors; 33 (132 bytes)
+    # cannot and must fall back to pointer loads. Where both apply they give the same numbers,
+    # including over several backward chunks (a ragged last one) and with gather's offset.
+    from inheritlab.kernels._tiles import use_tma
+
+    monkeypatch.setattr(clip_mod, "CHUNK_BYTES", 64 * 150 * 4)
+    i, t = _features(150, 24, 1.0, seed=9)
+    assert use_tma(i.float(), t.float())
+    assert not use_tma(*(x.float() for x in _features(20, 33, 1.0, seed=9)))
+    grads = {}
+    for tma in ("1", "0"):
+        monkeypatch.setenv("INHERITLAB_KERNEL_TMA", tma)
+        x = [i.float().clone().requires_grad_(), t.float().clone().requires_grad_(),
+             torch.tensor(30.0, requires_grad=True)]
+        loss = clip_contrastive_loss(*x, impl="triton")
+        loss.backward()
+        grads[tma] = [loss.detach()] + [a.grad for a in x]
+    assert use_tma(i.float(), t.float()) is False  # the switch is read at each call
+    for a, b in zip(grads["1"], grads["0"]):
+        assert _rel(a, b) < 1e-6
+
+
 def test_contrastive_backward_in_several_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     # 150 rows in chunks of 64: the fp32 accumulation of the key gradient across chunks.
     monkeypatch.setattr(clip_mod, "CHUNK_BYTES", 64 * 150 * 4)
