@@ -11,12 +11,16 @@ reduction instead of a second pass over the logits. The column sums reuse the ro
 device, proves they lost nothing, else an exact variant (per-column maxima) re-runs — launched
 every time and a no-op unless flagged, so the host never waits for the forward.
 
-Backward: logits are recomputed tile by tile (``_clip_bwd_kernel``), turned into dL/dS with
-an element-wise epilogue, written in the input dtype for one chunk of rows at a time (bounded
-memory, ``CHUNK_BYTES``), and the two gradient products dq = scale·P k, dk = scale·Pᵀ q run on
-the tensor cores through cuBLAS with fp32 outputs; dL/dscale = Σ_i q_i·(P k)_i falls out of the
-first product. Deterministic (no atomics). Total work: four B×B×d products (the minimum once
-logits are not stored) instead of three.
+Backward: logits are recomputed tile by tile, turned into dL/dS with an element-wise epilogue,
+written in the input dtype for one chunk of rows at a time (bounded memory, ``CHUNK_BYTES``), and
+the two gradient products dq = scale·P k, dk = scale·Pᵀ q run on the tensor cores through cuBLAS
+with fp32 outputs; dL/dscale = Σ_i q_i·(P k)_i falls out of the first product (``_dq_rows``).
+Deterministic (no atomics). Total work: four B×B×d products (the minimum once logits are not
+stored) instead of three.
+
+On Hopper, with 16-byte aligned rows, both kernels read through tensor descriptors (TMA) and the
+backward is persistent (``_clip_bwd_persistent``); elsewhere they use pointer loads and one
+program per tile (``_clip_bwd_kernel``). Same arithmetic either way.
 """
 
 from __future__ import annotations
