@@ -60,7 +60,7 @@ _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 def _clip_fwd_kernel(q_src, k_src, scale_ptr, flag_ptr, row_lse_ptr, col_part_ptr, col_big_ptr,
                      M, N, D: tl.constexpr, stride_q, stride_k,
                      COMPUTE_COLS: tl.constexpr, FAST_COLS: tl.constexpr, TMA: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                     SPLIT_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                      DOT_PREC: tl.constexpr):
     # q_src/k_src: tensor descriptors when TMA, else pointers (with row strides stride_q/stride_k).
     pid = tl.program_id(0)
@@ -102,10 +102,13 @@ def _clip_fwd_kernel(q_src, k_src, scale_ptr, flag_ptr, row_lse_ptr, col_part_pt
                 # a reduction across warps (shuffles, shared memory and a barrier per tile) cost a
                 # quarter of the forward. p·w is split into two bf16 terms (hi + lo, ~2^-17
                 # relative: bf16 alone left 3e-3 nats in peaked columns) and summed in fp32.
-                hi = pw.to(tl.bfloat16)
-                lo = (pw - hi.to(tl.float32)).to(tl.bfloat16)
-                ones = tl.full([16, BLOCK_M], 1.0, dtype=tl.bfloat16)
-                cs = tl.dot(ones, lo, tl.dot(ones, hi))  # [16, BN], each row the column sums
+                if SPLIT_BF16:
+                    hi = pw.to(tl.bfloat16)
+                    lo = (pw - hi.to(tl.float32)).to(tl.bfloat16)
+                    ones = tl.full([16, BLOCK_M], 1.0, dtype=tl.float32).to(tl.bfloat16)
+                    cs = tl.dot(ones, lo, tl.dot(ones, hi))  # [16, BN], each row the column sums
+                else:  # the CPU interpreter (its dot reads bf16 operands as raw bits): fp32
+                    cs = tl.dot(tl.full([16, BLOCK_M], 1.0, dtype=tl.float32), pw, input_precision="ieee")
                 first = tl.arange(0, 16) == 0
                 # Raw sums, and T once per tile; the caller turns them into log2 partials.
                 tl.store(col_part_ptr + pid * N + cols[None, :] + 0 * first[:, None], cs,
@@ -122,18 +125,31 @@ def _clip_fwd_kernel(q_src, k_src, scale_ptr, flag_ptr, row_lse_ptr, col_part_pt
 
 @triton.jit
 def _dlogits_tile(acc, scale_ptr, row_lse_ptr, col_lse_ptr, rows, row_ok, cols, col_ok, offset, coef_r, coef_c,
-                  HAS_COLS: tl.constexpr):
-    """dL/dS for one tile of unscaled dot products ``acc`` (unit upstream gradient, zero outside)."""
+                  top2, HAS_COLS: tl.constexpr, ONE_EXP: tl.constexpr):
+    """dL/dS for one tile of unscaled dot products ``acc`` (unit upstream gradient, zero outside).
+
+    ``ONE_EXP`` (only when the forward's column check passed; ``top2`` = the largest row
+    log2-sum-exp): the column softmax is derived from the row one, 2^(s-c_j) = 2^(s-r_i) ·
+    2^(r_i-top) · 2^(top-c_j), with per-row and per-column factors instead of a second
+    exponential per logit. The check guarantees top - c_j ≤ 90, so nothing overflows, and a
+    row term that underflows had a column term below 2^-36.
+    """
     scale = tl.load(scale_ptr).to(tl.float32)
     s2 = acc * (scale * 1.4426950408889634)
     r2 = tl.load(row_lse_ptr + rows, mask=row_ok, other=0.0) * 1.4426950408889634
-    # Each softmax against its own log-sum-exp: both exponents are ≤ 0, so nothing overflows
+    # Each softmax against its own log-sum-exp: the exponents are ≤ 0, so nothing overflows
     # and no reduction over the tile is needed (the tile's epilogue is element-wise only).
-    dlog = coef_r * tl.exp2(s2 - r2[:, None])
+    e = tl.exp2(s2 - r2[:, None])
+    dlog = coef_r * e
     coef_pos = coef_r
     if HAS_COLS:
         c2 = tl.load(col_lse_ptr + cols, mask=col_ok, other=0.0) * 1.4426950408889634
-        dlog += coef_c * tl.exp2(s2 - c2[None, :])
+        if ONE_EXP:
+            a = coef_c * tl.exp2(r2 - top2)  # [BM], ≤ coef_c
+            b = tl.exp2(top2 - c2)  # [BN], ≤ 2^90
+            dlog = e * (coef_r + a[:, None] * b[None, :])
+        else:
+            dlog += coef_c * tl.exp2(s2 - c2[None, :])
         coef_pos += coef_c
     is_pos = cols[None, :] == (rows[:, None] + offset)
     dlog = dlog - tl.where(is_pos, coef_pos, 0.0)
@@ -156,7 +172,7 @@ def _clip_bwd_kernel(q_ptr, k_ptr, scale_ptr, grad_ptr, row_lse_ptr, col_lse_ptr
     acc = scores_tile(q_ptr, k_ptr, rows, row_ok, cols, col_ok, D, stride_q, stride_k,
                       BLOCK_M, BLOCK_N, BLOCK_D, DOT_PREC)  # unscaled dot products
     dlog = _dlogits_tile(acc, scale_ptr, row_lse_ptr, col_lse_ptr, rows, row_ok, cols, col_ok, offset,
-                         coef_r, coef_c, HAS_COLS)
+                         coef_r, coef_c, 0.0, HAS_COLS, False)
     # Stored without the logit scale: the host multiplies the [·, d] products by it and gets
     # dL/dscale = Σ_i q_i · (P k)_i from the same product, with no reduction here.
     g = tl.load(grad_ptr).to(tl.float32)
@@ -165,9 +181,9 @@ def _clip_bwd_kernel(q_ptr, k_ptr, scale_ptr, grad_ptr, row_lse_ptr, col_lse_ptr
 
 
 @triton.jit
-def _clip_bwd_persistent(q_desc, k_desc, p_desc, scale_ptr, grad_ptr, row_lse_ptr, col_lse_ptr,
+def _clip_bwd_persistent(q_desc, k_desc, p_desc, scale_ptr, grad_ptr, row_lse_ptr, col_lse_ptr, flag_ptr, top_ptr,
                          row0, Mc, N, D: tl.constexpr, offset, coef_r, coef_c,
-                         HAS_COLS: tl.constexpr, NUM_PROGS: tl.constexpr, GROUP_M: tl.constexpr,
+                         HAS_COLS: tl.constexpr, MODE: tl.constexpr, NUM_PROGS: tl.constexpr, GROUP_M: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                          DOT_PREC: tl.constexpr):
     """``_clip_bwd_kernel`` through descriptors, one program per SM walking the tiles.
@@ -180,8 +196,18 @@ def _clip_bwd_persistent(q_desc, k_desc, p_desc, scale_ptr, grad_ptr, row_lse_pt
     """
     tiles_m = tl.cdiv(Mc, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
+    total = tiles_m * tiles_n
+    # MODE 0: always runs (two exponentials). With column terms both variants are launched and
+    # the forward's exact-path flag decides on the device which one works: MODE 1 (one
+    # exponential) when it is clear, MODE 2 (two) when it is raised; the other exits at once.
+    top2 = 0.0
+    if MODE == 1:
+        total = tl.where(tl.load(flag_ptr) == 0, total, 0)
+        top2 = tl.load(top_ptr)
+    if MODE == 2:
+        total = tl.where(tl.load(flag_ptr) != 0, total, 0)
     g = tl.load(grad_ptr).to(tl.float32)
-    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, NUM_PROGS, flatten=True):
+    for tile in tl.range(tl.program_id(0), total, NUM_PROGS, flatten=True):
         group = tile // (GROUP_M * tiles_n)
         first_m = group * GROUP_M
         size_m = tl.minimum(tiles_m - first_m, GROUP_M)
@@ -192,7 +218,7 @@ def _clip_bwd_persistent(q_desc, k_desc, p_desc, scale_ptr, grad_ptr, row_lse_pt
         lrows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         dlog = _dlogits_tile(acc, scale_ptr, row_lse_ptr, col_lse_ptr, row0 + lrows, lrows < Mc, cols, cols < N,
-                             offset, coef_r, coef_c, HAS_COLS)
+                             offset, coef_r, coef_c, top2, HAS_COLS, MODE == 1)
         p_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], (dlog * g).to(p_desc.dtype))
 
 
@@ -234,8 +260,9 @@ def _dq_row_block() -> int:
 
 
 def _forward_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, cols: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Row log-sum-exp [M] of scale·q kᵀ, and the column one [N] when ``cols`` (needs M == N).
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Row log-sum-exp [M] of scale·q kᵀ, and the column one [N] when ``cols`` (needs M == N),
+    with the device flag [1] (int32) that says whether the exact column path was needed.
 
     No host synchronisation: the check of the fast column sums and the exact re-run it may
     call for are both decided on the device (``_needs_exact``, then a launch that is a no-op
@@ -253,7 +280,7 @@ def _forward_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, cols: bo
         _clip_fwd_kernel[(blocks_of(cfg),)](
             q_src, k_src, scale, scale if exact_flag is None else exact_flag, row_lse, col_part, col_big,
             M, N, D, q.stride(0), k.stride(0), COMPUTE_COLS=cols, FAST_COLS=exact_flag is None, TMA=tma,
-            DOT_PREC=dot_prec(q.dtype), **launch_opts(cfg))
+            SPLIT_BF16=not interpreting(), DOT_PREC=dot_prec(q.dtype), **launch_opts(cfg))
 
     def launch(cfg: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         row_lse = torch.empty(M, device=q.device, dtype=torch.float32)
@@ -268,11 +295,12 @@ def _forward_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, cols: bo
                       stream_candidates_tma() if tma else stream_candidates(), launch)
     row_lse, col_part, col_big = launch(cfg)
     if not cols:
-        return row_lse, None
+        return row_lse, None, None
     _log2_partials(col_part, col_big, cfg["BLOCK_N"])
-    run(cfg, row_lse, col_part, col_big, exact_flag=_needs_exact(row_lse, col_part))
+    flag = _needs_exact(row_lse, col_part)
+    run(cfg, row_lse, col_part, col_big, exact_flag=flag)
     # Per-(row block, column) log2-sum-exp → natural log-sum-exp per column.
-    return row_lse, torch.logsumexp(col_part.mul_(LN2), dim=0)
+    return row_lse, torch.logsumexp(col_part.mul_(LN2), dim=0), flag
 
 
 def _log2_partials(sums: torch.Tensor, bigs: torch.Tensor, block_n: int) -> None:
@@ -305,7 +333,7 @@ def _needs_exact(row_lse: torch.Tensor, col_part: torch.Tensor) -> torch.Tensor:
 
 
 def _backward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, grad: torch.Tensor,
-              row_lse: torch.Tensor, col_lse: torch.Tensor | None, offset: int,
+              row_lse: torch.Tensor, col_lse: torch.Tensor | None, exact_flag: torch.Tensor | None, offset: int,
               coef_r: float, coef_c: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq [M, d], dk [N, d] (input dtype) and dscale (fp32 scalar) for upstream gradient ``grad``.
 
@@ -329,6 +357,11 @@ def _backward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, grad: torch
     col_arg = col_lse if has_cols else row_lse
     tma = use_tma(q, k, p_buf)
     progs = num_programs(q.device)
+    # With column terms, the one-exponential variant runs unless the forward needed its exact
+    # path (decided on the device, see ``_clip_bwd_persistent``); it needs the largest row LSE.
+    modes = (1, 2) if has_cols and exact_flag is not None else (0,)
+    flag_arg = exact_flag if exact_flag is not None else row_lse
+    top2 = (row_lse.max() / LN2).reshape(1) if 1 in modes else row_lse
     for r0 in range(0, M, chunk):
         mc = min(chunk, M - r0)
         p = p_buf[:mc]
@@ -337,10 +370,12 @@ def _backward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, grad: torch
             bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
             if tma:
                 tiles = triton.cdiv(mc, bm) * triton.cdiv(N, bn)
-                _clip_bwd_persistent[(min(progs, tiles),)](
-                    descriptor(q[r0:r0 + mc], (bm, bd)), descriptor(k, (bn, bd)), descriptor(p, (bm, bn)),
-                    scale, grad, row_lse, col_arg, r0, mc, N, D, offset, coef_r, coef_c, HAS_COLS=has_cols,
-                    NUM_PROGS=min(progs, tiles), GROUP_M=32, DOT_PREC=dot_prec(q.dtype), **launch_opts(cfg))
+                descs = (descriptor(q[r0:r0 + mc], (bm, bd)), descriptor(k, (bn, bd)), descriptor(p, (bm, bn)))
+                for mode in modes:
+                    _clip_bwd_persistent[(min(progs, tiles),)](
+                        *descs, scale, grad, row_lse, col_arg, flag_arg, top2, r0, mc, N, D, offset, coef_r, coef_c,
+                        HAS_COLS=has_cols, MODE=mode, NUM_PROGS=min(progs, tiles), GROUP_M=32,
+                        DOT_PREC=dot_prec(q.dtype), **launch_opts(cfg))
                 return p
             grid = (triton.cdiv(mc, bm), triton.cdiv(N, bn))
             _clip_bwd_kernel[grid](q, k, scale, grad, row_lse, col_arg, p,
@@ -368,23 +403,25 @@ class _ClipCE(torch.autograd.Function):
                 symmetric: bool) -> torch.Tensor:
         M = q.shape[0]
         scale_d = scale.detach().reshape(1).contiguous()
-        row_lse, col_lse = _forward_lse(q, k, scale_d, cols=symmetric)
+        row_lse, col_lse, exact_flag = _forward_lse(q, k, scale_d, cols=symmetric)
         pos = scale_d.float() * (q.float() * k[offset:offset + M].float()).sum(1)  # [M] positive logits
         loss = (row_lse - pos).mean()
         if symmetric:
             assert col_lse is not None
             loss = (loss + (col_lse - pos).mean()) / 2
-        ctx.save_for_backward(q, k, scale_d, row_lse, col_lse if col_lse is not None else row_lse)
+        ctx.save_for_backward(q, k, scale_d, row_lse, col_lse if col_lse is not None else row_lse,
+                              exact_flag if exact_flag is not None else row_lse)
         ctx.offset, ctx.symmetric, ctx.scale_shape, ctx.scale_dtype = offset, symmetric, scale.shape, scale.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        q, k, scale_d, row_lse, col_lse = ctx.saved_tensors
+        q, k, scale_d, row_lse, col_lse, exact_flag = ctx.saved_tensors
         M = q.shape[0]
         coef = 1.0 / (2 * M) if ctx.symmetric else 1.0 / M
         grad = grad_out.detach().float().reshape(1).contiguous()
         dq, dk, dscale = _backward(q, k, scale_d, grad, row_lse, col_lse if ctx.symmetric else None,
+                                   exact_flag if ctx.symmetric else None,
                                    ctx.offset, coef, coef if ctx.symmetric else 0.0)
         dscale = dscale.reshape(ctx.scale_shape).to(ctx.scale_dtype)
         return (dq if ctx.needs_input_grad[0] else None, dk if ctx.needs_input_grad[1] else None,
