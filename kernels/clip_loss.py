@@ -322,23 +322,59 @@ def _forward_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, cols: bo
     row_lse, col_part, col_big = launch(cfg)
     if not cols:
         return row_lse, None, None
-    _log2_partials(col_part, col_big, cfg["BLOCK_N"])
-    flag = _needs_exact(row_lse, col_part)
+    col_lse = torch.empty(N, device=q.device, dtype=torch.float32)
+    col_max = torch.empty(N, device=q.device, dtype=torch.float32)
+    _column_lse(col_part, col_big, cfg["BLOCK_N"], col_lse, col_max, None)
+    flag = _needs_exact(row_lse, col_max)
+    # Both no-ops unless flagged: the exact partials overwrite the raw sums, then their LSE.
     run(cfg, row_lse, col_part, col_big, exact_flag=flag)
-    # Per-(row block, column) log2-sum-exp → natural log-sum-exp per column.
-    return row_lse, torch.logsumexp(col_part.mul_(LN2), dim=0), flag
+    _column_lse(col_part, None, cfg["BLOCK_N"], col_lse, None, flag)
+    return row_lse, col_lse, flag
 
 
-def _log2_partials(sums: torch.Tensor, bigs: torch.Tensor, block_n: int) -> None:
-    """In place: raw column sums [blocks, N] relative to each tile's maximum ``bigs`` [blocks,
-    tiles] (log2 units) → log2-sum-exp partials per (row block, column)."""
-    n = sums.shape[1]
-    full = n // block_n
-    sums.log2_()
-    if full:
-        sums[:, :full * block_n].unflatten(1, (full, block_n)).add_(bigs[:, :full, None])
-    if full * block_n < n:
-        sums[:, full * block_n:].add_(bigs[:, full:full + 1])
+@triton.jit
+def _column_lse_kernel(part_ptr, big_ptr, flag_ptr, lse_ptr, max_ptr, NB, N, TILE_N: tl.constexpr,
+                       RAW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per column: natural log-sum-exp over the NB row-block partials, in one read of them.
+
+    RAW: partials are sums relative to their tile's maximum (``big_ptr`` [NB, tiles], log2), and
+    the largest log2 partial per column also goes to ``max_ptr`` for the flush check. Otherwise
+    partials are already log2-sum-exps (the exact forward's) and the kernel runs only when the
+    device flag is raised.
+    """
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = cols < N
+    nb_end = NB
+    if not RAW:
+        nb_end = tl.where(tl.load(flag_ptr) != 0, NB, 0)
+    m = tl.full([BLOCK_C], float("-inf"), dtype=tl.float32)
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    n_tiles = tl.cdiv(N, TILE_N)
+    for r in range(0, nb_end):
+        v = tl.load(part_ptr + r * N + cols, mask=ok, other=1.0)  # < 2^31 elements up to B=2^18
+        if RAW:
+            v = tl.log2(v) + tl.load(big_ptr + r * n_tiles + cols // TILE_N, mask=ok, other=0.0)
+        m_new = tl.maximum(m, v)
+        # -inf partials (a fully flushed sum) add nothing and must not turn the sum into NaN.
+        alpha = tl.where(m == m_new, 1.0, tl.exp2(m - m_new))
+        term = tl.where(v == float("-inf"), 0.0, tl.exp2(v - m_new))
+        acc = acc * alpha + term
+        m = m_new
+    if nb_end > 0:
+        tl.store(lse_ptr + cols, (m + tl.log2(acc)) * 0.6931471805599453, mask=ok)
+        if RAW:
+            tl.store(max_ptr + cols, m, mask=ok)
+
+
+def _column_lse(part: torch.Tensor, big: torch.Tensor | None, tile_n: int, lse: torch.Tensor,
+                col_max: torch.Tensor | None, flag: torch.Tensor | None) -> None:
+    """Column log-sum-exps from the forward's per-block partials (see ``_column_lse_kernel``)."""
+    nb, n = part.shape
+    raw = big is not None
+    block_c = 32 if interpreting() else 256
+    _column_lse_kernel[(triton.cdiv(n, block_c),)](
+        part, big if raw else part, flag if flag is not None else part, lse, col_max if raw else lse, nb, n,
+        TILE_N=tile_n, RAW=raw, BLOCK_C=block_c, num_warps=4)
 
 
 # How far (in log2 units) a column's log-sum-exp may sit below the largest logit before the fast
@@ -346,16 +382,16 @@ def _log2_partials(sums: torch.Tensor, bigs: torch.Tensor, block_n: int) -> None
 _FLUSH_MARGIN = 90.0
 
 
-def _needs_exact(row_lse: torch.Tensor, col_part: torch.Tensor) -> torch.Tensor:
+def _needs_exact(row_lse: torch.Tensor, col_max: torch.Tensor) -> torch.Tensor:
     """Device flag [1] (int32): 1 when the fast forward's column sums may have lost something.
 
     The fast kernel drops terms below 2^(T-126), T a tile's largest logit. T ≤ G ≤ max row LSE,
-    so if every column's largest per-block partial (≤ its LSE) is ≥ G - 90 (log2), each dropped
+    so if every column's largest per-block partial (``col_max``, ≤ its LSE) is ≥ G - 90 (log2), each dropped
     term is < 2^-36 of its column's sum and all B of them (B ≤ 2^17) change it by < 2^-19. Any
     sane training state passes (failing needs a logit ~60 nats above some column's whole sum).
     """
     top = row_lse.max() / LN2
-    return (col_part.amax(dim=0) < top - _FLUSH_MARGIN).any().to(torch.int32).reshape(1)
+    return (col_max < top - _FLUSH_MARGIN).any().to(torch.int32).reshape(1)
 
 
 def _backward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, grad: torch.Tensor,
