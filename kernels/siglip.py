@@ -20,11 +20,15 @@ import triton.language as tl
 from inheritlab.kernels._tiles import (
     add_t_matmul,
     chunk_rows,
+    descriptor,
     dot_prec,
     launch_opts,
     scores_tile,
+    scores_tile_tma,
     stream_candidates,
+    stream_candidates_tma,
     tile_candidates,
+    use_tma,
 )
 from inheritlab.kernels._tuning import pick_config
 from inheritlab.kernels.reference import gather_with_grad
@@ -46,10 +50,11 @@ def _softplus(t):
 
 
 @triton.jit
-def _siglip_fwd_kernel(q_ptr, k_ptr, scale_ptr, bias_ptr, row_loss_ptr,
-                       M, N, D, offset, stride_q, stride_k,
+def _siglip_fwd_kernel(q_src, k_src, scale_ptr, bias_ptr, row_loss_ptr,
+                       M, N, D: tl.constexpr, offset, stride_q, stride_k, TMA: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                        DOT_PREC: tl.constexpr):
+    # q_src/k_src: tensor descriptors when TMA, else pointers (as in the CLIP kernels).
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
@@ -59,8 +64,11 @@ def _siglip_fwd_kernel(q_ptr, k_ptr, scale_ptr, bias_ptr, row_loss_ptr,
     for n0 in range(0, N, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < N
-        acc = scores_tile(q_ptr, k_ptr, rows, row_ok, cols, col_ok, D, stride_q, stride_k,
-                          BLOCK_M, BLOCK_N, BLOCK_D, DOT_PREC)
+        if TMA:
+            acc = scores_tile_tma(q_src, k_src, pid * BLOCK_M, n0, D, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PREC)
+        else:
+            acc = scores_tile(q_src, k_src, rows, row_ok, cols, col_ok, D, stride_q, stride_k,
+                              BLOCK_M, BLOCK_N, BLOCK_D, DOT_PREC)
         x = acc * scale + bias
         z = tl.where(cols[None, :] == (rows[:, None] + offset), 1.0, -1.0)
         term = tl.where(col_ok[None, :], _softplus(-z * x), 0.0)  # -log σ(z·x)
@@ -105,11 +113,15 @@ def _forward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: torch.
     def launch(cfg: dict[str, int]) -> torch.Tensor:
         blocks = triton.cdiv(M, cfg["BLOCK_M"])
         row_loss = torch.empty(M, device=q.device, dtype=torch.float32)
-        _siglip_fwd_kernel[(blocks,)](q, k, scale, bias, row_loss, M, N, D, offset, q.stride(0), k.stride(0),
-                                      DOT_PREC=dot_prec(q.dtype), **launch_opts(cfg))
+        q_src, k_src = ((descriptor(q, (cfg["BLOCK_M"], cfg["BLOCK_D"])), descriptor(k, (cfg["BLOCK_N"], cfg["BLOCK_D"])))
+                        if tma else (q, k))
+        _siglip_fwd_kernel[(blocks,)](q_src, k_src, scale, bias, row_loss, M, N, D, offset, q.stride(0), k.stride(0),
+                                      TMA=tma, DOT_PREC=dot_prec(q.dtype), **launch_opts(cfg))
         return row_loss
 
-    cfg = pick_config(("siglip_fwd", q.dtype, M, N, D, q.device), stream_candidates(), launch)
+    tma = use_tma(q, k)
+    cfg = pick_config(("siglip_fwd", q.dtype, M, N, D, tma, q.device),
+                      stream_candidates_tma() if tma else stream_candidates(), launch)
     return launch(cfg)
 
 
