@@ -14,7 +14,7 @@ every time and a no-op unless flagged, so the host never waits for the forward.
 Backward: logits are recomputed tile by tile, turned into dL/dS with an element-wise epilogue,
 written in the input dtype for one chunk of rows at a time (bounded memory, ``CHUNK_BYTES``), and
 the two gradient products dq = scale·P k, dk = scale·Pᵀ q run on the tensor cores through cuBLAS
-with fp32 outputs; dL/dscale = Σ_i q_i·(P k)_i falls out of the first product (``_dq_rows``).
+with fp32 outputs; dL/dscale = Σ_i q_i·(P k)_i falls out of the first product (``_row_dots``).
 Deterministic (no atomics). Total work: four B×B×d products (the minimum once logits are not
 stored) instead of three.
 
@@ -90,8 +90,8 @@ def _clip_fwd_kernel(q_src, k_src, scale_ptr, flag_ptr, row_lse_ptr, col_part_pt
         l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(p, axis=1) * tl.exp2(mt - m_new)
         m_i = m_new
         if COMPUTE_COLS:
-            big = tl.max(tl.where(row_ok, mt, float("-inf")), axis=0)
             if FAST_COLS:
+                big = tl.max(tl.where(row_ok, mt, float("-inf")), axis=0)
                 # Column sums relative to the tile maximum T: 2^(s-T) = p · 2^(mt_i-T), so no second
                 # exponential. Terms below 2^-126 of T flush to zero; the caller checks afterwards
                 # that no column needed them (see ``_needs_exact``) and otherwise the exact variant
@@ -223,66 +223,41 @@ def _clip_bwd_persistent(q_desc, k_desc, p_desc, scale_ptr, grad_ptr, row_lse_pt
 
 
 @triton.jit
-def _dq_rows_kernel(pk_ptr, q_ptr, scale_ptr, dq_ptr, part_ptr, Mc, D, stride_pk, stride_q, stride_dq,
-                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dq = scale · (P k) in the input dtype, and Σ q·(P k) over BLOCK_R rows into part[pid].
-
-    One pass over the chunk's fp32 product instead of a cast, a product, a reduction, a scale
-    and a copy (five kernels and five passes per chunk: ~1.5 ms at B=65536). Partial sums per
-    program keep dL/dscale deterministic.
-    """
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_ok = rows < Mc
-    scale = tl.load(scale_ptr).to(tl.float32)
-    total = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        dd = d0 + tl.arange(0, BLOCK_D)
-        ok = row_ok[:, None] & (dd < D)[None, :]
-        pk = tl.load(pk_ptr + rows[:, None] * stride_pk + dd[None, :], mask=ok, other=0.0)
-        qv = tl.load(q_ptr + rows[:, None] * stride_q + dd[None, :], mask=ok, other=0.0).to(tl.float32)
-        total += tl.sum(qv * pk, axis=1)
-        tl.store(dq_ptr + rows[:, None] * stride_dq + dd[None, :], (pk * scale).to(dq_ptr.dtype.element_ty), mask=ok)
-    tl.store(part_ptr + pid, tl.sum(total, axis=0))
-
-
-@triton.jit
-def _row_dots_kernel(q_ptr, k_ptr, out_ptr, M, D, stride_q, stride_k, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[i] = q_i · k_i in fp32 (one read of each; the positive logits before scaling)."""
+def _row_dots_kernel(a_ptr, b_ptr, out_ptr, scale_ptr, scaled_ptr, M, D, stride_a, stride_b, stride_s,
+                     WRITE_SCALED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[i] = a_i · b_i in fp32, reading each row once; with WRITE_SCALED also
+    scaled[i] = scale · b_i in the output's dtype (dq from the fp32 product P k, in the same pass)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < M
     total = tl.zeros([BLOCK_R], dtype=tl.float32)
+    if WRITE_SCALED:
+        scale = tl.load(scale_ptr).to(tl.float32)
     for d0 in range(0, D, BLOCK_D):
         dd = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (dd < D)[None, :]
-        qv = tl.load(q_ptr + rows[:, None] * stride_q + dd[None, :], mask=ok, other=0.0).to(tl.float32)
-        kv = tl.load(k_ptr + rows[:, None] * stride_k + dd[None, :], mask=ok, other=0.0).to(tl.float32)
-        total += tl.sum(qv * kv, axis=1)
+        av = tl.load(a_ptr + rows[:, None] * stride_a + dd[None, :], mask=ok, other=0.0).to(tl.float32)
+        bv = tl.load(b_ptr + rows[:, None] * stride_b + dd[None, :], mask=ok, other=0.0).to(tl.float32)
+        total += tl.sum(av * bv, axis=1)
+        if WRITE_SCALED:
+            tl.store(scaled_ptr + rows[:, None] * stride_s + dd[None, :], (bv * scale).to(scaled_ptr.dtype.element_ty),
+                     mask=ok)
     tl.store(out_ptr + rows, total, mask=row_ok)
 
 
-def _row_dots(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """[M] fp32 q_i · k_i: a single pass instead of widening both to fp32 first (~1 GB of
-    traffic at B=65536)."""
-    m, d = q.shape
-    out = torch.empty(m, device=q.device, dtype=torch.float32)
-    block_r = _dq_row_block()
-    _row_dots_kernel[(triton.cdiv(m, block_r),)](q, k, out, m, d, q.stride(0), k.stride(0), BLOCK_R=block_r,
-                                                 BLOCK_D=min(128, triton.next_power_of_2(d)), num_warps=4)
+def _row_dots(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
+              scale: torch.Tensor | None = None, scaled: torch.Tensor | None = None) -> torch.Tensor:
+    """[M] fp32 a_i · b_i in one pass (widening both to fp32 first moved ~1 GB at B=65536); with
+    ``scaled`` also ``scaled[:] = scale · b``. Used for the positive logits (q, k) and for dq and
+    dL/dscale = Σ_i q_i·(P k)_i from the fp32 product P k (five kernels per chunk before)."""
+    m, d = a.shape
+    out = torch.empty(m, device=a.device, dtype=torch.float32) if out is None else out
+    write = scaled is not None
+    block_r = 16 if interpreting() else 32
+    _row_dots_kernel[(triton.cdiv(m, block_r),)](
+        a, b, out, scale if write else out, scaled if write else out, m, d, a.stride(0), b.stride(0),
+        scaled.stride(0) if write else 0, WRITE_SCALED=write, BLOCK_R=block_r,
+        BLOCK_D=min(128, triton.next_power_of_2(d)), num_warps=4)
     return out
-
-
-def _dq_rows(pk: torch.Tensor, qc: torch.Tensor, scale: torch.Tensor, dq: torch.Tensor, part: torch.Tensor) -> None:
-    """``dq[:] = scale·pk`` and ``part[i] = Σ`` of q·pk over row block i (see ``_dq_rows_kernel``)."""
-    mc, d = pk.shape
-    block_r = _dq_row_block()
-    block_d = min(128, triton.next_power_of_2(d))
-    _dq_rows_kernel[(triton.cdiv(mc, block_r),)](pk, qc, scale, dq, part, mc, d, pk.stride(0), qc.stride(0),
-                                                  dq.stride(0), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
-
-
-def _dq_row_block() -> int:
-    return 16 if interpreting() else 32
 
 
 def _forward_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, cols: bool
@@ -412,9 +387,7 @@ def _backward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, grad: torch
     p_buf = torch.empty((chunk, n_pad), device=q.device, dtype=q.dtype)[:, :N]  # dL/dS for one chunk
     dq = torch.empty_like(q)
     dk32 = None  # fp32 sum over chunks of Pᵀ q
-    rb = _dq_row_block()
-    # Σ q·(P k) per block of rows, over all chunks (chunk starts are multiples of 64, so of rb).
-    dscale_parts = torch.empty(triton.cdiv(M, rb), device=q.device, dtype=torch.float32)
+    qpk = torch.empty(M, device=q.device, dtype=torch.float32)  # q_i · (P k)_i, summed into dL/dscale
     has_cols = col_lse is not None
     col_arg = col_lse if has_cols else row_lse
     tma = use_tma(q, k, p_buf)
@@ -451,10 +424,10 @@ def _backward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, grad: torch
         launch(cfg)
         qc = q[r0:r0 + mc]
         pk = matmul_f32(p, k)  # [mc, N] @ [N, d]
-        _dq_rows(pk, qc, scale, dq[r0:r0 + mc], dscale_parts[r0 // rb:])
+        _row_dots(qc, pk, qpk[r0:r0 + mc], scale, dq[r0:r0 + mc])
         dk32 = add_t_matmul(dk32, p, qc)
     assert dk32 is not None
-    return dq, dk32.mul_(scale.float()).to(q.dtype), dscale_parts.sum().reshape(1)
+    return dq, dk32.mul_(scale.float()).to(q.dtype), qpk.sum().reshape(1)
 
 
 class _ClipCE(torch.autograd.Function):

@@ -109,6 +109,7 @@ def _siglip_bwd_kernel(q_ptr, k_ptr, scale_ptr, bias_ptr, grad_ptr, p_ptr, part_
 def _forward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, offset: int) -> torch.Tensor:
     M, D = q.shape
     N = k.shape[0]
+    tma = use_tma(q, k)
 
     def launch(cfg: dict[str, int]) -> torch.Tensor:
         blocks = triton.cdiv(M, cfg["BLOCK_M"])
@@ -119,7 +120,6 @@ def _forward(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: torch.
                                       TMA=tma, DOT_PREC=dot_prec(q.dtype), **launch_opts(cfg))
         return row_loss
 
-    tma = use_tma(q, k)
     cfg = pick_config(("siglip_fwd", q.dtype, M, N, D, tma, q.device),
                       stream_candidates_tma() if tma else stream_candidates(), launch)
     return launch(cfg)
