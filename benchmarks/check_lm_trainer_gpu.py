@@ -4,7 +4,7 @@
 
 Trains lm-mini on a built-in text world twice from the same seed — ``compile="yes"`` and
 ``compile="no"`` — and evaluates each final export (perplexity, QA) on the GPU, so the loss curves
-and metrics of the two paths can be compared. Results: ``results/lm_trainer_gpu_h100.json``.
+and metrics of the two paths can be compared. Results: ``results/lm_trainer_gpu_<gpu>.json``.
 """
 import json, sys, time
 import torch
