@@ -208,6 +208,32 @@ def test_linear_ce_matches_fp64_reference(monkeypatch: pytest.MonkeyPatch, n: in
         assert _rel(a.grad, r.grad) < 1e-4
 
 
+@pytest.mark.parametrize("upstream", [1.0, 0.25, 0.0])
+def test_linear_ce_upstream_gradient_scales_in_place(upstream: float) -> None:
+    # Gradients are made in the forward pass and scaled on the device by the upstream gradient:
+    # 1 (loss.backward()) must leave them as they are, anything else must scale every one of them.
+    g = torch.Generator().manual_seed(7)
+    hid, w, b = (torch.randn(40, 8, generator=g), torch.randn(50, 8, generator=g), torch.randn(50, generator=g))
+    y = torch.randint(0, 50, (40,), generator=g)
+    grads = {}
+    for impl in ("reference", "triton"):
+        x = [t.clone().requires_grad_() for t in (hid, w, b)]
+        loss = linear_cross_entropy(x[0], x[1], y, bias=x[2], impl=impl)
+        loss.backward(torch.tensor(upstream))
+        grads[impl] = [t.grad for t in x]
+    for a, r in zip(grads["triton"], grads["reference"]):
+        assert torch.allclose(a, r, rtol=1e-5, atol=1e-7)
+    assert all(torch.count_nonzero(a) == 0 for a in grads["triton"]) == (upstream == 0.0)
+
+
+def test_linear_ce_second_backward_is_an_error() -> None:
+    hid, w = torch.randn(10, 8, requires_grad=True), torch.randn(20, 8, requires_grad=True)
+    loss = linear_cross_entropy(hid, w, torch.randint(0, 20, (10,)), impl="triton")
+    (2 * loss).backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward pass"):
+        loss.backward()
+
+
 def test_linear_ce_all_ignored_and_int32_targets() -> None:
     hid = torch.randn(20, 8, requires_grad=True)
     w = torch.randn(40, 8, requires_grad=True)
