@@ -1,24 +1,37 @@
 """The LM trainer's own GPU path, end to end: bf16 ZeRO-2, compiled vs eager blocks, export, evaluation.
 
-    python benchmarks/check_lm_trainer_gpu.py OUT.json      (one GPU; RANK/WORLD_SIZE/MASTER_* set)
+    python benchmarks/check_lm_trainer_gpu.py OUT.json [--loss-seeds 1,2,3 [--seeds-only]]     (one GPU)
 
-Trains lm-mini on a built-in text world twice from the same seed — ``compile="yes"`` and
-``compile="no"`` — and evaluates each final export (perplexity, QA) on the GPU, so the loss curves
-and metrics of the two paths can be compared. Results: ``results/lm_trainer_gpu_<gpu>.json``.
+Trains lm-mini on a built-in text world from the same seed with compiled blocks (``"yes"``), eager
+blocks (``"no"``, twice: the second shows the run-to-run spread) and eager blocks with the PyTorch
+reference loss head instead of the fused Triton one (``"no_reference_loss"``), and evaluates each
+final export (perplexity, QA) on the GPU, so the loss curves and metrics of the paths can be
+compared. ``--loss-seeds`` adds, for each seed given, one eager run with each loss head (fused and
+reference): how far apart the two land at step 150 across seeds, next to how far one seed's paths do.
+Results: ``results/lm_trainer_gpu_<gpu>.json``.
 """
-import json, sys, time
+import argparse, json, time
 import torch
 from inheritlab.corruptors.text_world import TextWorldConfig, write_text_world
 from inheritlab.trainers.lm_pretrain import LMTrainConfig, train_lm
 from inheritlab.trainers.lm_evaluate import evaluate_lm
 
+ap = argparse.ArgumentParser()
+ap.add_argument("out")
+ap.add_argument("--loss-seeds", default="", help="comma list of extra seeds for the fused-vs-reference loss runs")
+ap.add_argument("--seeds-only", action="store_true", help="only the --loss-seeds runs")
+args = ap.parse_args()
 world = write_text_world(TextWorldConfig(seed=0, num_individuals=300, num_heldout_individuals=50, train_docs=3000,
                                          test_docs=100, qa_individuals=50, vocab_size=1024), "/tmp/tw")
 out = {}
-for mode in ("yes", "no"):
+RUNS = [] if args.seeds_only else [("yes", "yes", "auto", 0), ("no", "no", "auto", 0), ("no_again", "no", "auto", 0),
+                                   ("no_reference_loss", "no", "reference", 0)]
+for seed in filter(None, args.loss_seeds.split(",")):
+    RUNS += [(f"seed{seed}_no", "no", "auto", int(seed)), (f"seed{seed}_no_reference_loss", "no", "reference", int(seed))]
+for mode, compile_, loss_impl, seed in RUNS:
     cfg = LMTrainConfig(rung="lm-mini", train_shards=world.splits["train"], tokenizer=str(world.tokenizer),
                         cell_dir=f"/tmp/cell_{mode}", steps=150, batch_size=32, seq_len=256, log_every=10,
-                        compile=mode, ckpt_every=75, device="cuda")
+                        compile=compile_, loss_impl=loss_impl, seed=seed, ckpt_every=75, device="cuda")
     t = time.time()
     summ = train_lm(cfg)
     wall = time.time() - t
@@ -27,4 +40,4 @@ for mode in ("yes", "no"):
                  "loss_curve": summ["loss_curve"][::3], "final_loss": summ["final_loss"],
                  "eval": {f"{r['task']}/{r['split']}/{r['metric']}": round(r["value"], 4) for r in rows}}
     print(mode, json.dumps(out[mode]), flush=True)
-json.dump(out, open(sys.argv[1], "w"), indent=2)
+json.dump(out, open(args.out, "w"), indent=2)

@@ -97,6 +97,9 @@ class LMTrainConfig:
     # runs are short enough that compiling costs more than it saves (lm-mini, 150 steps on an
     # H100: 48 s compiled vs 15 s eager).
     compile: str = "auto"  # auto | yes | no
+    # The LM head's loss: "auto" takes the fused Triton kernel on a GPU and the PyTorch reference on the
+    # CPU; "reference" forces the reference (the with/without comparison), "triton" fails if it cannot run.
+    loss_impl: str = "auto"  # auto | triton | reference
     bad_sample_ceiling: float | int = 0
     log_every: int = 10
     stop_after_steps: int | None = None  # end this process early (tests of resume); not a budget
@@ -112,6 +115,8 @@ class LMTrainConfig:
             raise SpecError(f"LMTrainConfig.device: got {self.device!r}; allowed auto, cpu, cuda")
         if self.compile not in ("auto", "yes", "no"):
             raise SpecError(f"LMTrainConfig.compile: got {self.compile!r}; allowed auto, yes, no")
+        if self.loss_impl not in ("auto", "triton", "reference"):
+            raise SpecError(f"LMTrainConfig.loss_impl: got {self.loss_impl!r}; allowed auto, triton, reference")
         get_rung(self.rung)
 
     def to_dict(self) -> dict[str, Any]:
@@ -309,6 +314,7 @@ def train_lm(cfg: LMTrainConfig) -> dict[str, Any]:
     tok = load_tokenizer(cfg.tokenizer)
     seed_everything(derive_seed32(cfg.study_seed, "lm", cfg.seed, "init"))
     model = build_lm(rung, vocab_size=pad_vocab(tok.vocab_size), max_seq_len=seq)
+    model.lm_head.impl = cfg.loss_impl
     if cfg.compile == "yes" or (cfg.compile == "auto" and use_gpu and rung.device == "gpu"):
         compile_blocks(model)
     mcfg = model.cfg

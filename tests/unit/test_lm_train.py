@@ -116,3 +116,5 @@ def test_config_errors(world, tmp_path):
         LMTrainConfig.from_dict({**dataclasses.asdict(_cfg(world, tmp_path)), "lr_typo": 1})
     with pytest.raises(KeyError, match="unknown LM rung"):
         _cfg(world, tmp_path, rung="lm-huge")
+    with pytest.raises(SpecError, match="loss_impl: got 'fused'"):
+        _cfg(world, tmp_path, loss_impl="fused")
