@@ -7,7 +7,8 @@ Per chunk of ``rows`` tokens (at most ``CHUNK_BYTES`` of logits, see ``_chunk_ro
   3. dh_c = dlogits W, dW += dlogitsᵀ h_c, db += Σ dlogits   torch.mm / addmm
 When a gradient is needed (``reduction`` "mean"/"sum"), the gradients are computed during the
 forward pass, as in Liger-Kernel: the loss is a scalar, so the backward pass only scales them by
-the upstream gradient and no logits are recomputed (three N×V×H products, the floor).
+the upstream gradient and no logits are recomputed (three N×V×H products, the floor). The scaling
+is in place and decided on the device, so a second backward through the same loss is refused.
 With ``reduction="none"`` the upstream gradient is a vector, so the forward keeps only per-token
 losses and the backward recomputes the chunks with the per-token weights (four products).
 
