@@ -6,6 +6,7 @@ This package imports torch and triton only.
 """
 
 from inheritlab.kernels.dispatch import (
+    IMPLS,
     KernelUnavailableError,
     clip_contrastive_loss,
     linear_cross_entropy,
@@ -19,6 +20,7 @@ from inheritlab.kernels.reference import (
 )
 
 __all__ = [
+    "IMPLS",
     "clip_contrastive_loss",
     "siglip_loss",
     "linear_cross_entropy",

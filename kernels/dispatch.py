@@ -23,6 +23,7 @@ from inheritlab.kernels.reference import (
 )
 
 __all__ = [
+    "IMPLS",
     "clip_contrastive_loss",
     "siglip_loss",
     "linear_cross_entropy",
@@ -30,7 +31,7 @@ __all__ = [
     "triton_status",
 ]
 
-_IMPLS = ("auto", "triton", "reference")
+IMPLS = ("auto", "triton", "reference")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -54,8 +55,8 @@ def triton_status() -> str | None:
 
 def _choose(impl: str, fn: str, *tensors: torch.Tensor) -> str:
     """Resolve ``impl`` to "triton" or "reference", raising where Triton is asked for and can't run."""
-    if impl not in _IMPLS:
-        raise ValueError(f"{fn}: impl={impl!r}; expected one of {_IMPLS}")
+    if impl not in IMPLS:
+        raise ValueError(f"{fn}: impl={impl!r}; expected one of {IMPLS}")
     devices = {t.device for t in tensors}
     if len(devices) != 1:
         raise ValueError(f"{fn}: inputs are on different devices {sorted(map(str, devices))}")

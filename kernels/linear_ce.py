@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from inheritlab.kernels._tiles import num_programs
 from inheritlab.kernels._tuning import interpreting
 
 __all__ = ["linear_cross_entropy_triton", "CHUNK_BYTES"]
@@ -102,9 +103,8 @@ def _scale_by_upstream_kernel(x_ptr, n, g_ptr, BLOCK: tl.constexpr):
 def _scale_by_upstream(x: torch.Tensor, g: torch.Tensor) -> None:
     """x *= g in place (g: one fp32 element on x's device), skipped on the device when g == 1."""
     block = 1024 if interpreting() else 4096
-    programs = triton.cdiv(x.numel(), block)
-    if x.is_cuda:  # a grid-stride loop: a bounded grid, so the unit-gradient case is one short launch
-        programs = min(programs, 8 * torch.cuda.get_device_properties(x.device).multi_processor_count)
+    # A grid-stride loop over a bounded grid: the unit-gradient case is one short launch.
+    programs = min(triton.cdiv(x.numel(), block), 8 * num_programs(x.device))
     _scale_by_upstream_kernel[(max(1, programs),)](x, x.numel(), g, BLOCK=block, num_warps=8)
 
 

@@ -38,6 +38,7 @@ from inheritlab.infra.atomic import atomic_dir, atomic_write_json, read_json
 from inheritlab.infra.errors import CheckpointError, SpecError
 from inheritlab.infra.hashing import stable_rng
 from inheritlab.infra.seeds import derive_seed32
+from inheritlab.kernels import IMPLS
 from inheritlab.trainers.engine import (
     PARAM_LAYOUT,
     EngineConfig,
@@ -115,8 +116,8 @@ class LMTrainConfig:
             raise SpecError(f"LMTrainConfig.device: got {self.device!r}; allowed auto, cpu, cuda")
         if self.compile not in ("auto", "yes", "no"):
             raise SpecError(f"LMTrainConfig.compile: got {self.compile!r}; allowed auto, yes, no")
-        if self.loss_impl not in ("auto", "triton", "reference"):
-            raise SpecError(f"LMTrainConfig.loss_impl: got {self.loss_impl!r}; allowed auto, triton, reference")
+        if self.loss_impl not in IMPLS:
+            raise SpecError(f"LMTrainConfig.loss_impl: got {self.loss_impl!r}; allowed {', '.join(IMPLS)}")
         get_rung(self.rung)
 
     def to_dict(self) -> dict[str, Any]:
