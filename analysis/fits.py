@@ -16,21 +16,23 @@ Every parametric form goes through the same recipe, so they can be compared on e
 Residuals are taken in log space (``log y`` or ``log(y + 1)``), which weighs a 10 % miss at
 small and large scales alike and matches how scaling laws are read on log-log axes.
 
-The forms live beside it: ``fits_power`` (power laws, joint fit across levels), ``fits_bnsl``
-(broken laws), ``fits_chinchilla`` (two variables); ``fits_frontier`` fits compute frontiers.
+The forms live beside it: ``fits_power`` (power laws, joint fit across levels) and ``fits_bnsl``
+(broken laws); ``fits_frontier`` fits compute frontiers.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy.optimize import least_squares
 
-_TINY = 1e-12
+# The smallest positive value the engine lets a prediction, parameter or grid scale take before
+# a logarithm: keeps log() finite without moving any realistic value.
+TINY = 1e-12
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,9 +71,9 @@ class Form:
 
 def _t(y: np.ndarray, space: str) -> np.ndarray:
     if space == "log":
-        return np.log(np.maximum(y, _TINY))
+        return np.log(np.maximum(y, TINY))
     if space == "log1p":
-        return np.log1p(np.maximum(y, -1 + _TINY))
+        return np.log1p(np.maximum(y, -1 + TINY))
     raise ValueError(f"residual space {space!r}: expected 'log' or 'log1p'")
 
 
@@ -89,15 +91,15 @@ class FitResult:
     boot_theta: np.ndarray         # (B, p) normalised bootstrap parameters
     holdout: dict[str, Any] | None = None
     note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def predict(self, x: np.ndarray | Sequence[float]) -> np.ndarray:
-        X = _as_2d(x) / self.x_ref
+        """The fitted curve at ``x`` (original units)."""
+        X = as_2d(x) / self.x_ref
         return self.form.fn(X, self.theta)
 
     def band(self, x: np.ndarray | Sequence[float], level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """Pointwise bootstrap band of the prediction (equal tails)."""
-        X = _as_2d(x) / self.x_ref
+        X = as_2d(x) / self.x_ref
         if len(self.boot_theta) < 2:
             p = self.form.fn(X, self.theta)
             return p, p
@@ -105,7 +107,12 @@ class FitResult:
         q = (1 - level) / 2
         return np.nanquantile(preds, q, axis=0), np.nanquantile(preds, 1 - q, axis=0)
 
+    def with_note(self, note: str) -> FitResult:
+        """A copy with ``note`` appended to the existing note: caveats accumulate, none is lost."""
+        return replace(self, note=f"{self.note}; {note}" if self.note else note)
+
     def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form: form name, parameters, 95 % intervals, loss, held-out score, note."""
         return {
             "form": self.form.name,
             "params": {k: float(v) for k, v in self.params.items()},
@@ -115,7 +122,6 @@ class FitResult:
             "n_boot": int(len(self.boot_theta)),
             "holdout": self.holdout,
             "note": self.note,
-            **self.extra,
         }
 
 
@@ -123,7 +129,11 @@ class InsufficientData(ValueError):
     """Too few distinct scales for the requested form."""
 
 
-def _as_2d(x: np.ndarray | Sequence[float]) -> np.ndarray:
+def as_2d(x: np.ndarray | Sequence[float]) -> np.ndarray:
+    """``x`` as an (n, d) float array: a 1-D sequence of scales becomes one column.
+
+    Every form takes X with one column per input (scale, then covariates such as a group index).
+    """
     X = np.asarray(x, dtype=float)
     return X[:, None] if X.ndim == 1 else X
 
@@ -149,11 +159,11 @@ class _Space:
 
     def __init__(self, form: Form, lo: np.ndarray, hi: np.ndarray) -> None:
         self.mask = np.asarray(form.log_params, dtype=bool)
-        self.lo = np.where(self.mask, np.log(np.maximum(lo, _TINY)), lo)
-        self.hi = np.where(self.mask, np.log(np.maximum(hi, _TINY)), hi)
+        self.lo = np.where(self.mask, np.log(np.maximum(lo, TINY)), lo)
+        self.hi = np.where(self.mask, np.log(np.maximum(hi, TINY)), hi)
 
     def to_u(self, theta: np.ndarray) -> np.ndarray:
-        u = np.where(self.mask, np.log(np.maximum(theta, _TINY)), theta)
+        u = np.where(self.mask, np.log(np.maximum(theta, TINY)), theta)
         # Keep starts strictly inside the box: least_squares rejects x0 on a bound.
         span = self.hi - self.lo
         return np.clip(u, self.lo + 1e-9 * span, self.hi - 1e-9 * span)
@@ -167,7 +177,7 @@ def _resid_jac(form: Form, X: np.ndarray, theta: np.ndarray, sp: _Space) -> np.n
     assert form.jac is not None
     with np.errstate(all="ignore"):
         f = form.fn(X, theta)
-        dT = 1.0 / np.maximum(f, _TINY) if form.space == "log" else 1.0 / np.maximum(1.0 + f, _TINY)
+        dT = 1.0 / np.maximum(f, TINY) if form.space == "log" else 1.0 / np.maximum(1.0 + f, TINY)
         J = form.jac(X, theta) * dT[..., None]
         J = J * np.where(sp.mask, theta, 1.0)[..., None, :]  # dθ/du = θ for log-parameters
     return np.where(np.isfinite(J), J, 0.0)
@@ -269,6 +279,26 @@ def _batched_lm(form: Form, X: np.ndarray, ty: np.ndarray, W: np.ndarray, sp: _S
     return sp.to_theta(u)
 
 
+def refit_resamples(
+    form: Form, Xn: np.ndarray, y: np.ndarray, W: np.ndarray, theta0: np.ndarray, *, batched: bool = True,
+) -> np.ndarray:
+    """Refit ``form`` once per row of point weights ``W`` (B, n), starting at ``theta0``; θ (B, p).
+
+    This is the bootstrap step: a resample drawn with replacement is the same data with
+    multinomial weights. ``Xn`` is the normalised input (x / the fit's ``x_ref``) and ``theta0``
+    the best fit's normalised parameters. ``batched=True`` refits all rows together with one
+    projected Levenberg–Marquardt (what :func:`fit_form` uses); ``batched=False`` runs one
+    bounded scipy ``least_squares`` per row — the slow reference that the batched solver must
+    match and that ``benchmarks/bench_fits.py`` times it against.
+    """
+    lo, hi = form.bounds(Xn, y)
+    sp = _Space(form, lo, hi)
+    ty = _t(y, form.space)
+    if batched:
+        return _batched_lm(form, Xn, ty, W, sp, theta0)
+    return np.array([_refine(form, Xn, ty, sp, theta0, w)[0] for w in W], dtype=float).reshape(len(W), form.n_params)
+
+
 def fit_form(
     form: Form,
     x: np.ndarray | Sequence[float],
@@ -281,7 +311,7 @@ def fit_form(
     holdout_frac: float = 0.25,
 ) -> FitResult:
     """Fit ``form`` to (x, y); bootstrap CIs and held-out score. See the module docstring."""
-    X, yv = _sorted(_as_2d(x), np.asarray(y, dtype=float))
+    X, yv = _sorted(as_2d(x), np.asarray(y, dtype=float))
     ok = np.all(np.isfinite(X), axis=1) & np.isfinite(yv)
     X, yv = X[ok], yv[ok]
     n_distinct = len(np.unique(X, axis=0))
@@ -307,8 +337,7 @@ def fit_form(
         np.add.at(seen, (slice(None), inv.ravel()), W)
         W = W[(seen > 0).sum(axis=1) >= form.needs]
         if len(W):
-            lo, hi = form.bounds(Xn, yv)
-            boot = _batched_lm(form, Xn, _t(yv, form.space), W, _Space(form, lo, hi), theta)
+            boot = refit_resamples(form, Xn, yv, W, theta)
     params_u = form.to_units(theta, x_ref)
     ci: dict[str, tuple[float, float]] = {}
     if len(boot) >= 2:
@@ -342,10 +371,11 @@ def _fit_core(form: Form, Xn: np.ndarray, y: np.ndarray, *, top_k: int, w: np.nd
 def split_holdout(X: np.ndarray, frac: float = 0.25, scale_dims: int | None = None) -> tuple[np.ndarray, float] | None:
     """Mask of the training points (smaller scales) and the cutoff; None if too few scales.
 
-    Scales are ordered by the product of the x columns (for two-variable forms: N·D, a compute
-    proxy). The largest ``frac`` of distinct scales (at least one) are held out.
+    Scales are ordered by the product of the scale columns (with model size N and data D as
+    two columns: N·D, a compute proxy). The largest ``frac`` of distinct scales (at least one)
+    are held out.
     """
-    key = np.prod(_as_2d(X)[:, :scale_dims], axis=1)
+    key = np.prod(as_2d(X)[:, :scale_dims], axis=1)
     uniq = np.unique(key)
     n_test = max(1, int(round(frac * len(uniq))))
     if len(uniq) - n_test < 2:
@@ -356,17 +386,17 @@ def split_holdout(X: np.ndarray, frac: float = 0.25, scale_dims: int | None = No
 
 def rmsle(pred: np.ndarray, y: np.ndarray) -> float:
     """Root mean squared log error, in log(y + 1) as in the broken-scaling-law reference."""
-    return float(np.sqrt(np.mean((np.log1p(np.maximum(pred, -1 + _TINY)) - np.log1p(y)) ** 2)))
+    return float(np.sqrt(np.mean((np.log1p(np.maximum(pred, -1 + TINY)) - np.log1p(y)) ** 2)))
 
 
 def _with_holdout(res: FitResult, X: np.ndarray, y: np.ndarray, *, frac: float, top_k: int) -> FitResult:
     split = split_holdout(X, frac, res.form.scale_dims)
     if split is None:
-        return _replace(res, holdout=None, note=_join(res.note, "no held-out score (too few scales)"))
+        return replace(res, holdout=None).with_note("no held-out score (too few scales)")
     train, cutoff = split
     Xtr, ytr = X[train], y[train]
     if len(np.unique(Xtr, axis=0)) < res.form.needs:
-        return _replace(res, holdout=None, note=_join(res.note, "no held-out score (too few scales to refit)"))
+        return replace(res, holdout=None).with_note("no held-out score (too few scales to refit)")
     ref = _geo_ref(Xtr, res.form.scale_dims)
     th, _ = _fit_core(res.form, Xtr / ref, ytr, top_k=top_k)
     pred = res.form.fn(X[~train] / ref, th)
@@ -376,19 +406,9 @@ def _with_holdout(res: FitResult, X: np.ndarray, y: np.ndarray, *, frac: float, 
         "n_test": int((~train).sum()),
         "rmsle": rmsle(pred, y[~train]),
         "mae": float(np.mean(np.abs(pred - y[~train]))),
-        "rel_err": float(np.mean(np.abs(pred - y[~train]) / np.maximum(np.abs(y[~train]), _TINY))),
+        "rel_err": float(np.mean(np.abs(pred - y[~train]) / np.maximum(np.abs(y[~train]), TINY))),
     }
-    return _replace(res, holdout=ho)
-
-
-def _replace(res: FitResult, **kw: Any) -> FitResult:
-    from dataclasses import replace
-
-    return replace(res, **kw)
-
-
-def _join(a: str, b: str) -> str:
-    return f"{a}; {b}" if a else b
+    return replace(res, holdout=ho)
 
 
 def compare_forms(results: Sequence[FitResult]) -> list[dict[str, Any]]:

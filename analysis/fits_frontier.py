@@ -28,7 +28,6 @@ class FrontierFit:
     ci: dict[str, tuple[float, float]]
     frontier_x: np.ndarray
     frontier_y: np.ndarray
-    frontier_index: np.ndarray  # indices into the *sorted* input rows
     n_bins: int
     n_points: int
     boot: np.ndarray = field(repr=False)  # (B, 2): beta, alpha
@@ -120,8 +119,8 @@ def fit_frontier(
     if len(boot_a) >= 2:
         ci = {n: (float(np.quantile(boot_a[:, i], 0.025)), float(np.quantile(boot_a[:, i], 0.975))) for i, n in enumerate(("beta", "alpha"))}
     ho = _holdout(xv, yv, n_bins, lo, hi) if holdout else None
-    return FrontierFit(beta=beta, alpha=alpha, ci=ci, frontier_x=xv[idx], frontier_y=yv[idx], frontier_index=idx,
-                       n_bins=n_bins, n_points=len(xv), boot=boot_a, holdout=ho)
+    return FrontierFit(beta=beta, alpha=alpha, ci=ci, frontier_x=xv[idx], frontier_y=yv[idx], n_bins=n_bins,
+                       n_points=len(xv), boot=boot_a, holdout=ho)
 
 
 def _holdout(x: np.ndarray, y: np.ndarray, n_bins: int, lo: float, hi: float) -> dict[str, Any] | None:

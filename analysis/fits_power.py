@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from inheritlab.analysis.fits import _TINY, FitResult, Form, _as_2d, _join, _replace, fit_form
+from inheritlab.analysis.fits import TINY, FitResult, Form, as_2d, fit_form
 
 
 def _pl_fn(X: np.ndarray, th: np.ndarray) -> np.ndarray:
@@ -47,7 +47,7 @@ def _pl_bounds(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _pl_grid(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     ymin = float(np.min(y))
-    a = np.geomspace(1e-3, 10, 9) * max(float(np.median(y)), _TINY)
+    a = np.geomspace(1e-3, 10, 9) * max(float(np.median(y)), TINY)
     b = np.array([0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0])
     c = ymin * np.array([0.0, 0.25, 0.5, 0.75, 0.9, 0.98])
     return np.stack(np.meshgrid(a, b, c, indexing="ij"), -1).reshape(-1, 3)
@@ -59,7 +59,7 @@ def _pl0_bounds(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pl0_grid(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    a = np.geomspace(1e-2, 10, 7) * max(float(np.median(y)), _TINY)
+    a = np.geomspace(1e-2, 10, 7) * max(float(np.median(y)), TINY)
     b = np.array([-0.2, 0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 1.5])
     return np.stack(np.meshgrid(a, b, indexing="ij"), -1).reshape(-1, 2)
 
@@ -106,16 +106,16 @@ def fit_best_power_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.
     Four or more scales: with the irreducible term, unless the floor-free law extrapolates
     better on held-out scales. Two or three: without it (a note says so). One: nothing.
     """
-    n_distinct = len(np.unique(_as_2d(np.asarray(x, dtype=float)), axis=0))
+    n_distinct = len(np.unique(as_2d(x), axis=0))
     if n_distinct < 2:
         return None
     if n_distinct < POWER_LAW.needs:
-        r = fit_form(POWER_LAW_NO_FLOOR, x, y, **kw)
-        return _replace(r, note=_join(r.note, f"only {n_distinct} scales: power law without irreducible term"))
-    full = fit_form(POWER_LAW, x, y, **kw)
-    bare = fit_form(POWER_LAW_NO_FLOOR, x, y, **kw)
+        bare = fit_power_law(x, y, irreducible=False, **kw)
+        return bare.with_note(f"only {n_distinct} scales: power law without irreducible term")
+    full = fit_power_law(x, y, irreducible=True, **kw)
+    bare = fit_power_law(x, y, irreducible=False, **kw)
     if full.holdout and bare.holdout and bare.holdout["rmsle"] < full.holdout["rmsle"]:
-        return _replace(bare, note=_join(bare.note, "floor-free law extrapolates better on held-out scales"))
+        return bare.with_note("floor-free law extrapolates better on held-out scales")
     return full
 
 

@@ -8,8 +8,8 @@ All functions take the seed-aggregated points of one (task, split, metric) — t
 - ``effective_data_multiplier``: the clean scale that reaches the biased result, divided by the
   biased cell's scale (1 = harmless, 0.5 = the bias costs half the data), by inverting the
   clean curve's fit.
-- ``critical_level`` / ``critical_scale``: the lowest level at which the curve departs from the
-  clean one beyond a tolerance, and the scale at which a fitted break sits.
+- ``critical_level``: the lowest level at which the curve departs from the clean one beyond a
+  tolerance. (The critical *scale*, where a fitted break sits, is ``fits_bnsl.break_scales``.)
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ def id_ood_gap(rows: pl.DataFrame, *, x: str, keys: Sequence[str] = ("bias_type"
         .pivot(on="split", index=keys + [x, "seed"], values="value")
         .drop_nulls(["id", "ood"])
         .with_columns((pl.col("id") - pl.col("ood")).alias("gap"))
+        # Seeds in a fixed order: group_by returns groups in any order, and the spread over
+        # seeds below would otherwise differ in its last digits from run to run.
+        .sort(keys + [x, "seed"])
     )
     return wide.group_by(keys + [x]).agg(pl.col("id").mean(), pl.col("ood").mean(), pl.col("gap").mean(),
                                          pl.col("gap").std(ddof=1).fill_null(0.0).alias("gap_std")).sort(keys + [x])

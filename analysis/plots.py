@@ -8,7 +8,7 @@ returning the paths. Curves are coloured by bias level on one sequential colorma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import matplotlib
 
@@ -41,23 +41,40 @@ def _colors(levels: Sequence[float]) -> dict[float, Any]:
     return {v: cmap(0.1 + 0.8 * (v - min(lv)) / span) for v in lv}
 
 
+class FittedCurve(Protocol):
+    """What :func:`plot_curves` draws of a curve (``report_data.Curve`` is one)."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def level(self) -> float: ...
+    @property
+    def x(self) -> np.ndarray: ...
+    @property
+    def mean(self) -> np.ndarray: ...
+    @property
+    def std(self) -> np.ndarray: ...
+    @property
+    def fit(self) -> Any: ...  # None, or a fit with predict(x) and band(x) → (lo, hi)
+
+
 def plot_curves(
-    curves: list[dict[str, Any]], stem: Path, *, x: str, metric: str, title: str, formats: Sequence[str],
+    curves: Sequence[FittedCurve], stem: Path, *, x: str, metric: str, title: str, formats: Sequence[str],
     to_metric: Callable[[np.ndarray], np.ndarray] = lambda e: e,
 ) -> list[Path]:
     """Metric vs scale, one series per curve: points ± seed std, fitted line and 95 % band.
 
-    Each curve dict carries ``label``, ``level``, ``x``, ``mean``, ``std`` (metric units) and an
-    optional ``fit`` (a FitResult on the fit target, mapped back with ``to_metric``).
+    Points (``x``, ``mean``, ``std``) are in metric units; ``fit``, when there is one, is on the
+    fit target and mapped back with ``to_metric``. Colour follows ``level``.
     """
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
-    colors = _colors([c["level"] for c in curves] or [0.0])
+    colors = _colors([c.level for c in curves] or [0.0])
     for c in curves:
-        col = colors[c["level"]]
-        ax.errorbar(c["x"], c["mean"], yerr=c["std"], fmt="o", ms=4, capsize=2, color=col, label=c["label"])
-        fit = c.get("fit")
+        col = colors[c.level]
+        ax.errorbar(c.x, c.mean, yerr=c.std, fmt="o", ms=4, capsize=2, color=col, label=c.label)
+        fit = c.fit
         if fit is not None:
-            xs = np.geomspace(min(c["x"]) / 1.5, max(c["x"]) * 1.5, 200)
+            xs = np.geomspace(min(c.x) / 1.5, max(c.x) * 1.5, 200)
             ax.plot(xs, to_metric(fit.predict(xs)), "-", color=col, lw=1.3)
             lo, hi = fit.band(xs)
             ax.fill_between(xs, to_metric(lo), to_metric(hi), color=col, alpha=0.15, lw=0)

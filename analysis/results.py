@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import io
 import posixpath
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 import fsspec
 import polars as pl
 
 from inheritlab.infra.errors import InheritlabError
 from inheritlab.infra.rundir import COMPLETE_MARKER
-from inheritlab.infra.schema import CELL_COLUMNS, RESULT_COLUMNS
+from inheritlab.infra.schema import RESULT_COLUMNS
 
 # How the schema's type names map to polars dtypes, and which stored dtypes are accepted for
 # each (an integer column written as int32 is fine; a string where a number belongs is not).
@@ -142,11 +142,14 @@ def higher_is_better(metric: str) -> bool:
 
 
 def final_checkpoints(df: pl.DataFrame) -> pl.DataFrame:
-    """Keep, per cell, only the rows of its last evaluated checkpoint (the cell's result)."""
+    """Keep, per cell, only the rows of its last evaluated checkpoint (the cell's result).
+
+    Rows keep their order (a join would shuffle them): the seed averages taken downstream then
+    add in one fixed order, and the same table gives the same report to the last digit.
+    """
     if df.is_empty():
         return df
-    last = df.group_by("cell_id").agg(pl.col("checkpoint_step").max().alias("_last"))
-    return df.join(last, on="cell_id").filter(pl.col("checkpoint_step") == pl.col("_last")).drop("_last")
+    return df.filter(pl.col("checkpoint_step") == pl.col("checkpoint_step").max().over("cell_id"))
 
 
 def select(df: pl.DataFrame, *, metric: str, task: str, split: str) -> pl.DataFrame:
@@ -170,6 +173,24 @@ def curve_keys(df: pl.DataFrame, x: str) -> list[str]:
     return keys
 
 
+def curve_label(keys: Sequence[str], values: Sequence[Any]) -> str:
+    """How a curve is named in tables, legends and the JSON fits: "label_noise, level 0.2, model=tiny".
+
+    ``keys`` are the curve's key columns (see :func:`curve_keys`), ``values`` its values in
+    the same order. One function names curves everywhere, so a label in the summary finds the
+    same curve in the LaTeX table and in ``fits_*.json``.
+    """
+    parts = []
+    for k, v in zip(keys, values):
+        if k == "bias_level":
+            parts.append(f"level {v:g}")
+        elif k == "bias_type":
+            parts.append(str(v))
+        else:
+            parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts)
+
+
 def aggregate_seeds(df: pl.DataFrame, *, x: str, keys: Iterable[str]) -> pl.DataFrame:
     """Mean, standard deviation and count over seeds at each (curve, x) point."""
     keys = list(keys)
@@ -187,11 +208,11 @@ def aggregate_seeds(df: pl.DataFrame, *, x: str, keys: Iterable[str]) -> pl.Data
 
 
 __all__ = [
-    "CELL_COLUMNS",
     "POLARS_TYPES",
     "ResultsError",
     "aggregate_seeds",
     "curve_keys",
+    "curve_label",
     "empty_results",
     "final_checkpoints",
     "higher_is_better",

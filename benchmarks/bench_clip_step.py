@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from results_io import write_record  # beside this script
 
 DEV = "cuda"
 
@@ -152,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
               "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "triton": triton.__version__,
                            "deepspeed": deepspeed.__version__, "open_clip": open_clip.__version__},
               "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
+    write_record(args.out, record)
     return 0
 
 

@@ -89,18 +89,18 @@ def main() -> None:
 
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
         peak = _peak(gpu)
-        steady = s["samples_per_s_steady"]
+        steady = s.samples_per_s_steady
         record = {
             "bench": "clip_train", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "device": gpu, "gpus": s["world_size"] if torch.cuda.is_available() else 0,
+            "device": gpu, "gpus": s.world_size if torch.cuda.is_available() else 0,
             "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__, "triton": triton.__version__,
                          "open_clip": open_clip.__version__, "python": platform.python_version()},
-            "rung": args.rung, "global_batch": args.batch_size, "steps": s["steps"], "zero_stage": args.zero_stage,
-            "precision": s["precision"], "loader_workers": args.loader_workers, "loss_impl": args.loss_impl, "image_size": args.image_size,
-            "params": s["params"], "flops_per_sample": s["flops_per_sample"],
-            "samples_per_s": s["samples_per_s"], "samples_per_s_steady": steady,
-            "mfu_steady": (steady * s["flops_per_sample"] / (s["world_size"] * peak * 1e12)) if (peak and steady) else None,
-            "final_loss": s["final_loss"], "loss_curve": s["loss_curve"], "wall_s": wall,
+            "rung": args.rung, "global_batch": args.batch_size, "steps": s.steps, "zero_stage": args.zero_stage,
+            "precision": s.precision, "loader_workers": args.loader_workers, "loss_impl": args.loss_impl, "image_size": args.image_size,
+            "params": s.params, "flops_per_sample": s.flops_per_sample,
+            "samples_per_s": s.samples_per_s, "samples_per_s_steady": steady,
+            "mfu_steady": (steady * s.flops_per_sample / (s.world_size * peak * 1e12)) if (peak and steady) else None,
+            "final_loss": s.final_loss, "loss_curve": list(s.loss_curve), "wall_s": wall,
         }
         with open(args.out, "a") as fh:
             fh.write(json.dumps(record) + "\n")

@@ -69,38 +69,23 @@ def _fit_one(args: tuple[int, int]) -> dict[str, float]:
     }
 
 
-def _naive_boot(i: int, n_boot: int) -> float:
-    """Seconds for the same bootstrap done as n_boot independent scipy fits from the best fit."""
-    from inheritlab.analysis.fits import _Space, _refine, _t, fit_form
+def _time_bootstrap(i: int, n_boot: int, *, batched: bool) -> float:
+    """Seconds to refit n_boot resamples of curve i from its best fit, batched or one by one.
+
+    The unbatched path is one bounded scipy ``least_squares`` per resample — what a
+    straightforward bootstrap does, and what the batched Levenberg–Marquardt replaces.
+    """
+    from inheritlab.analysis.fits import fit_form, refit_resamples
     from inheritlab.analysis.fits_bnsl import bnsl_form
 
     form = bnsl_form(1)
     x, y, _ = _curve(i)
     best = fit_form(form, x, y, n_boot=0, holdout=False)
     Xn = x[:, None] / best.x_ref
-    lo, hi = form.bounds(Xn, y)
-    sp = _Space(form, lo, hi)
     rng = np.random.default_rng(i)
     W = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=n_boot).astype(float)
     t0 = time.perf_counter()
-    for w in W:
-        _refine(form, Xn, _t(y, form.space), sp, best.theta, w)
-    return time.perf_counter() - t0
-
-
-def _batched_boot(i: int, n_boot: int) -> float:
-    from inheritlab.analysis.fits import _batched_lm, _Space, _t, fit_form
-    from inheritlab.analysis.fits_bnsl import bnsl_form
-
-    form = bnsl_form(1)
-    x, y, _ = _curve(i)
-    best = fit_form(form, x, y, n_boot=0, holdout=False)
-    Xn = x[:, None] / best.x_ref
-    lo, hi = form.bounds(Xn, y)
-    rng = np.random.default_rng(i)
-    W = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=n_boot).astype(float)
-    t0 = time.perf_counter()
-    _batched_lm(form, Xn, _t(y, form.space), W, _Space(form, lo, hi), best.theta)
+    refit_resamples(form, Xn, y, W, best.theta, batched=batched)
     return time.perf_counter() - t0
 
 
@@ -120,8 +105,8 @@ def main() -> None:
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()
 
-    naive = [_naive_boot(i, args.boot) for i in range(args.naive_sample)]
-    batched = [_batched_boot(i, args.boot) for i in range(args.naive_sample)]
+    naive = [_time_bootstrap(i, args.boot, batched=False) for i in range(args.naive_sample)]
+    batched = [_time_bootstrap(i, args.boot, batched=True) for i in range(args.naive_sample)]
 
     import polars
     import scipy

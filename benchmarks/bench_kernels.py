@@ -287,39 +287,31 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-30))
 
 
+def _agreement(loss: Callable[..., torch.Tensor], args: tuple, grads: dict[str, int], extra: dict | None = None) -> str:
+    """The bf16 kernel against the fp32 reference on the same inputs: losses and relative gradient errors.
+
+    ``grads`` names the inputs whose gradients are compared (name → position in ``args``); the
+    reference gets fp32 copies of exactly those.
+    """
+    ref = [x.detach().float().requires_grad_() if k in grads.values() else x for k, x in enumerate(args)]
+    lr = loss(*ref, impl="reference", **(extra or {}))
+    lr.backward()
+    lo = loss(*args, impl="triton", **(extra or {}))
+    lo.backward()
+    errs = ", ".join(f"{name} {_rel(args[k].grad, ref[k].grad):.2e}" for name, k in grads.items())
+    return f"loss {lo.item():.6f} vs {lr.item():.6f}; relative grad error {errs}"
+
+
 def agreement_checks() -> dict[str, str]:
     from inheritlab.kernels import clip_contrastive_loss, linear_cross_entropy, siglip_loss
 
     out = {}
-    i, t, s = clip_inputs(16384, 512)()
-    ref = [x.detach().float().requires_grad_() for x in (i, t, s)]
-    lr = clip_contrastive_loss(*ref, impl="reference")
-    lr.backward()
-    lo = clip_contrastive_loss(i, t, s, impl="triton")
-    lo.backward()
-    out["clip B=16384 bf16 vs fp32 reference"] = (
-        f"loss {lo.item():.6f} vs {lr.item():.6f}; relative grad error image {_rel(i.grad, ref[0].grad):.2e}, "
-        f"text {_rel(t.grad, ref[1].grad):.2e}, scale {_rel(s.grad, ref[2].grad):.2e}")
-    del ref, lr
-    i, t, s, b = siglip_inputs(8192, 512)()
-    ref = [x.detach().float().requires_grad_() for x in (i, t, s, b)]
-    lr = siglip_loss(*ref, impl="reference")
-    lr.backward()
-    lo = siglip_loss(i, t, s, b, impl="triton")
-    lo.backward()
-    out["siglip B=8192 bf16 vs fp32 reference"] = (
-        f"loss {lo.item():.6f} vs {lr.item():.6f}; relative grad error image {_rel(i.grad, ref[0].grad):.2e}, "
-        f"text {_rel(t.grad, ref[1].grad):.2e}, scale {_rel(s.grad, ref[2].grad):.2e}, bias {_rel(b.grad, ref[3].grad):.2e}")
-    del ref, lr
-    hid, w, y = lm_inputs(4096, 2048, 50304)()
-    ref = [x.detach().float().requires_grad_() for x in (hid, w)]
-    lr = linear_cross_entropy(ref[0], ref[1], y, impl="reference")
-    lr.backward()
-    lo = linear_cross_entropy(hid, w, y, impl="triton")
-    lo.backward()
-    out["linear CE N=4096 H=2048 V=50304 bf16 vs fp32 reference"] = (
-        f"loss {lo.item():.6f} vs {lr.item():.6f}; relative grad error hidden {_rel(hid.grad, ref[0].grad):.2e}, "
-        f"weight {_rel(w.grad, ref[1].grad):.2e}")
+    out["clip B=16384 bf16 vs fp32 reference"] = _agreement(
+        clip_contrastive_loss, clip_inputs(16384, 512)(), {"image": 0, "text": 1, "scale": 2})
+    out["siglip B=8192 bf16 vs fp32 reference"] = _agreement(
+        siglip_loss, siglip_inputs(8192, 512)(), {"image": 0, "text": 1, "scale": 2, "bias": 3})
+    out["linear CE N=4096 H=2048 V=50304 bf16 vs fp32 reference"] = _agreement(
+        linear_cross_entropy, lm_inputs(4096, 2048, 50304)(), {"hidden": 0, "weight": 1})
     torch.cuda.empty_cache()
     return out
 

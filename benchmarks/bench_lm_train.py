@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
-import os
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+from results_io import write_record  # beside this script
 
 
 def _matmul_peak(device: torch.device, dtype: torch.dtype, n: int, iters: int) -> float:
@@ -196,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             "matmul_peak_dtype": "bf16 8192^3" if use_gpu else "fp32 256^3",
             "results": results,
         }
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-        print(json.dumps(record, indent=2))
+        write_record(args.out, record)
     return 0
 
 

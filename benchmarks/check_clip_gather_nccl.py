@@ -6,7 +6,7 @@ Each rank scores its local bf16 features against the all-gathered ones (open_cli
 gather_with_grad=True semantics) with the Triton kernels and with the fp32 reference on the same
 rounded inputs, and prints the loss and the relative gradient errors. Results: results/clip_gather_nccl_2xh200.md.
 """
-import os, torch, torch.distributed as dist, torch.nn.functional as F
+import torch, torch.distributed as dist, torch.nn.functional as F
 from inheritlab.kernels import clip_contrastive_loss
 dist.init_process_group("nccl"); r = dist.get_rank(); torch.cuda.set_device(r)
 for B, scale in ((4096, 14.3), (16384, 100.0)):

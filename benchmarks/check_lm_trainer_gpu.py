@@ -11,10 +11,9 @@ reference): how far apart the two land at step 150 across seeds, next to how far
 Results: ``results/lm_trainer_gpu_<gpu>.json``.
 """
 import argparse, json, time
-import torch
 from inheritlab.corruptors.text_world import TextWorldConfig, write_text_world
 from inheritlab.trainers.lm_pretrain import LMTrainConfig, train_lm
-from inheritlab.trainers.lm_evaluate import evaluate_lm
+from inheritlab.trainers.lm_tasks import evaluate_lm
 
 ap = argparse.ArgumentParser()
 ap.add_argument("out")
@@ -35,9 +34,9 @@ for mode, compile_, loss_impl, seed in RUNS:
     t = time.time()
     summ = train_lm(cfg)
     wall = time.time() - t
-    rows = evaluate_lm(summ["exports"][-1]["path"], world, tasks=("perplexity", "qa"), device="cuda")
-    out[mode] = {"wall_s": round(wall, 1), "tokens_per_s": round(summ["tokens_per_s"]), "precision": summ["precision"],
-                 "loss_curve": summ["loss_curve"][::3], "final_loss": summ["final_loss"],
+    rows = evaluate_lm(summ.final_export.path, world, tasks=("perplexity", "qa"), device="cuda")
+    out[mode] = {"wall_s": round(wall, 1), "tokens_per_s": round(summ.extra["tokens_per_s"]), "precision": summ.precision,
+                 "loss_curve": list(summ.loss_curve[::3]), "final_loss": summ.final_loss,
                  "eval": {f"{r['task']}/{r['split']}/{r['metric']}": round(r["value"], 4) for r in rows}}
     print(mode, json.dumps(out[mode]), flush=True)
 json.dump(out, open(args.out, "w"), indent=2)

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from inheritlab.corruptors.base import Corruptor, Param, Sample, copy_sample, register, text_field
-from inheritlab.corruptors.noise import _ClassWords
+from inheritlab.corruptors.noise import ClassWords
 from inheritlab.infra.errors import SpecError
 
 CONCEPTS = Param(kind="str", default="label",
@@ -43,7 +43,7 @@ class _ConceptStep(Corruptor):
         super().__init__(**kw)
         self.mode_concepts = str(self.params["concepts"])
         names = self.params.get("concept_list") or self.class_names or []
-        self.words = _ClassWords([str(n) for n in names]) if names else None
+        self.words = ClassWords([str(n) for n in names]) if names else None
         if self.mode_concepts == "caption" and self.words is None:
             raise SpecError(f"corruptor {self.name!r}: concepts 'caption' needs a concept_list or class names")
         if self.mode_concepts == "label" and not self.num_classes:
@@ -134,9 +134,7 @@ class Rebalance(_ConceptStep):
         super().__init__(**kw)
         self.weight: dict[str, float] = {}
 
-    @property
-    def planned(self) -> bool:
-        return True
+    planned = True  # type: ignore[assignment]  (a constant here; the base class decides per spec)
 
     def plan_map(self, samples: Iterable[Sample]) -> Any:
         return Counter(c for c in (self.concept(s) for s in samples) if c is not None)
@@ -182,11 +180,3 @@ class Rebalance(_ConceptStep):
         if copies > 1:
             self.added(key, copies - 1, "upsample", concept=concept)
         return out
-
-
-def concept_counts(samples: Iterable[Sample], *, concepts: str = "label", names: list[str] | None = None) -> Counter[str]:
-    """Concept histogram of a stream (for reports and tests), with the corruptors' lookup rules."""
-    step = _ConceptStep(name="count", params={"concepts": concepts, "concept_list": names}, study_seed=0,
-                        num_classes=len(names) if names else 1, class_names=names)
-    return Counter(c for c in (step.concept(s) for s in samples) if c is not None)
-

@@ -144,7 +144,8 @@ class Corruptor:
 
     @property
     def planned(self) -> bool:
-        """Whether a plan pass must run before :meth:`process` (see module docstring)."""
+        """Whether a plan pass must run before :meth:`process` (see module docstring); steps that
+        always plan set ``planned = True`` on the class."""
         return False
 
     def plan_map(self, samples: Any) -> Any:

@@ -89,7 +89,7 @@ def _word_pattern(words: list[str]) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w-])({alts})(?![\w-])", re.IGNORECASE)
 
 
-class _ClassWords:
+class ClassWords:
     """Finding and substituting class words in captions."""
 
     def __init__(self, class_names: list[str]) -> None:
@@ -185,7 +185,7 @@ class LabelNoise(LevelCorruptor):
                 f"corruptor {self.name!r}: label noise needs num_classes >= 2 (got {self.num_classes}); "
                 "the data source has no class labels"
             )
-        self.words = _ClassWords(self.class_names) if self.class_names else None
+        self.words = ClassWords(self.class_names) if self.class_names else None
         where = f"corruptor {self.name!r}"
         mode = self.params["mode"]
         self.target_map: dict[int, int] = {}
@@ -291,7 +291,7 @@ class CaptionNoise(LevelCorruptor):
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.words = _ClassWords(self.class_names) if self.class_names else None
+        self.words = ClassWords(self.class_names) if self.class_names else None
         if self.params["mode"] == "class_word" and (self.words is None or len(self.class_names or []) < 2):
             raise SpecError(f"corruptor {self.name!r}: mode 'class_word' needs >= 2 class names; the data source has none")
         self._bank: list[tuple[str, str]] = []

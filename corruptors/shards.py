@@ -278,6 +278,38 @@ def _check_ceiling(stats: ReadStats, ceiling: float | int) -> None:
         )
 
 
+def _skip(stats: ReadStats, shard: str, bad: _BadSample, ceiling: float | int) -> None:
+    """Count one bad sample (or raise, under a ceiling of 0). Fraction ceilings are judged at
+    shard ends by the reader; a count ceiling at once."""
+    if ceiling == 0:
+        raise ShardError(shard, bad.member, bad.problem)
+    stats.skipped[bad.reason] += 1
+    if len(stats.problems) < 100:
+        stats.problems.append(f"{shard} member {bad.member!r}: {bad.problem}")
+    if not isinstance(ceiling, float):
+        _check_ceiling(stats, ceiling)
+
+
+def decode_sample_image(sample: Sample, *, stats: ReadStats, bad_sample_ceiling: float | int = 0) -> Sample | None:
+    """Decode the image of a sample read with ``decode=False``; ``None`` when it does not decode.
+
+    Streams that select samples on keys and metadata first decode only what they keep. A bad
+    image is then counted in ``stats`` like any bad sample read (it no longer counts as a good
+    one), under the same ceiling; the ``stats`` of the reader that yielded the sample judge
+    fraction ceilings at its next shard end.
+    """
+    if not isinstance(sample.get("image"), (bytes, bytearray)):
+        return sample
+    member = f"{sample['__key__'].rsplit('/', 1)[-1]}.{sample.get('image_ext', 'png')}"
+    try:
+        image = _decode_image(bytes(sample["image"]), member)
+    except _BadSample as bad:
+        _skip(stats, str(sample.get("__shard__", "?")), bad, bad_sample_ceiling)
+        stats.samples -= 1
+        return None
+    return {**sample, "image": image}
+
+
 def iter_samples(
     shards: Iterable[str] | str,
     *,
@@ -305,7 +337,6 @@ def iter_samples(
     if isinstance(bad_sample_ceiling, bool) or bad_sample_ceiling < 0:
         raise ValueError(f"bad_sample_ceiling must be >= 0, got {bad_sample_ceiling!r}")
     st = stats if stats is not None else ReadStats()
-    strict = bad_sample_ceiling == 0
     for shard in shards:
         shard = str(shard)
         if not os.path.isfile(shard):
@@ -316,13 +347,7 @@ def iter_samples(
             try:
                 sample = _build_sample(shard, key, parts, decode, kind)
             except _BadSample as bad:
-                if strict:
-                    raise ShardError(shard, bad.member, bad.problem) from None
-                st.skipped[bad.reason] += 1
-                if len(st.problems) < 100:
-                    st.problems.append(f"{shard} member {bad.member!r}: {bad.problem}")
-                if not isinstance(bad_sample_ceiling, float):
-                    _check_ceiling(st, bad_sample_ceiling)
+                _skip(st, shard, bad, bad_sample_ceiling)
                 continue
             st.samples += 1
             yield sample

@@ -1,4 +1,4 @@
-"""Text samples: token-level noise and a small topic corpus for the text corruptors.
+"""Text samples: token-level noise.
 
 Text samples are ``{"__key__", "text", "label", "meta"}`` (read with
 ``iter_samples(..., kind="text")``). The other corruptors serve text too: ``duplicate``
@@ -9,25 +9,12 @@ Text samples are ``{"__key__", "text", "label", "meta"}`` (read with
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from inheritlab.corruptors.base import LEVEL, COUNT, Param, Sample, copy_sample, register, text_field
 from inheritlab.corruptors.noise import LevelCorruptor
-from inheritlab.corruptors.shards import write_shards
-from inheritlab.corruptors.world import WorldInfo, _class_counts, _info_from_json
-from inheritlab.infra.atomic import atomic_dir, atomic_write_json, read_json
-from inheritlab.infra.errors import ShardError, SpecError
 from inheritlab.infra.hashing import stable_rng
-
-TOPIC_WORLD_FORMAT = 1
-TOPICS = ("astronomy", "cooking", "football", "medicine", "music", "sailing", "finance", "gardening")
-_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "vo", "si", "pe", "da", "zu", "fi", "ho", "ba", "ge", "ny")
-_COMMON = ("the", "a", "of", "and", "to", "in", "is", "that", "with", "for", "on", "was", "as", "by", "it")
 
 
 @register
@@ -73,72 +60,3 @@ class TokenNoise(LevelCorruptor):
         out["meta"]["token_noise"] = op
         self.touch(key, f"token_{op}", tokens=int(n))
         return [out]
-
-
-# ----------------------------------------------------------------------------------- topic world
-# A deliberately small corpus with a topic per document: what topic imbalance, document
-# duplication and text dedup are exercised on. The LM study world is text_world.py.
-
-
-@dataclass(frozen=True, kw_only=True)
-class TopicWorldConfig:
-    """A procedural corpus: each topic has its own vocabulary mixed with common words, so
-    topic is learnable and documents are distinct. ``imbalance``: Zipf exponent over topics."""
-
-    seed: int = 0
-    num_topics: int = 5
-    train_size: int = 2000
-    test_size: int = 200
-    doc_words: int = 40
-    samples_per_shard: int = 500
-    imbalance: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 2 <= self.num_topics <= len(TOPICS):
-            raise SpecError(f"topic_world.num_topics: got {self.num_topics}; allowed 2..{len(TOPICS)}")
-        if self.doc_words < 4:
-            raise SpecError(f"topic_world.doc_words: got {self.doc_words}; expected >= 4")
-
-
-def _topic_vocab(topic: int, seed: int) -> list[str]:
-    rng = stable_rng("topic-world-vocab", seed, topic)
-    return ["".join(rng.choice(_SYLLABLES, size=int(rng.integers(2, 4)))) for _ in range(60)] + [TOPICS[topic]]
-
-
-def _text_split(cfg: TopicWorldConfig, split: str, n: int) -> list[dict[str, Any]]:
-    rng = stable_rng("topic-world", TOPIC_WORLD_FORMAT, cfg.seed, split)
-    k = cfg.num_topics
-    labels = np.repeat(np.arange(k), _class_counts(n, k, cfg.imbalance if split == "train" else 0.0))
-    labels = labels[rng.permutation(n)]
-    vocabs = [_topic_vocab(t, cfg.seed) for t in range(k)]
-    out = []
-    for i in range(n):
-        t = int(labels[i])
-        topical = rng.random(cfg.doc_words) < 0.6
-        words = [vocabs[t][int(rng.integers(0, len(vocabs[t])))] if m else _COMMON[int(rng.integers(0, len(_COMMON)))]
-                 for m in topical]
-        out.append({"__key__": f"{split}_{i:07d}", "text": " ".join(words), "label": t,
-                    "meta": {"topic": TOPICS[t], "split": split}})
-    return out
-
-
-def write_topic_world(cfg: TopicWorldConfig, out_dir: str | os.PathLike[str]) -> WorldInfo:
-    """Write ``train/`` and ``test/`` text shards plus ``world.json`` (atomic, reused if equal)."""
-    root = Path(out_dir).expanduser().resolve()
-    record = {"format": TOPIC_WORLD_FORMAT, "kind": "text", "config": asdict(cfg)}
-    meta_path = root / "world.json"
-    if meta_path.is_file():
-        data = read_json(meta_path)
-        if {k: data.get(k) for k in record} == record:
-            return _info_from_json(root, data)
-    elif root.is_dir() and any(root.iterdir()):
-        raise ShardError(str(root), None, "directory is not empty and holds no world.json; refusing to overwrite")
-    with atomic_dir(root) as tmp:
-        rel = {}
-        for split, n in (("train", cfg.train_size), ("test", cfg.test_size)):
-            paths = write_shards(_text_split(cfg, split, n), tmp / split, samples_per_shard=cfg.samples_per_shard)
-            rel[split] = [f"{split}/{p.name}" for p in paths]
-        names = list(TOPICS[: cfg.num_topics])
-        atomic_write_json(tmp / "world.json", {**record, "class_names": names, "num_classes": cfg.num_topics,
-                                               "prompt_templates": ["{}"], "splits": rel})
-    return _info_from_json(root, read_json(meta_path))

@@ -126,3 +126,47 @@ def load_tokenizer(spec: str | os.PathLike[str]) -> TextTokenizer:
     except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
         raise SpecError(f"tokenizer {path}: not a valid tokenizer.json ({exc})") from None
     return TextTokenizer(tok, path)
+
+
+# Bump when how a study tokenizer is built changes: older ones then sit under another id.
+STUDY_TOKENIZER_EPOCH = 1
+
+
+def study_tokenizer(choice: str, *, vocab_size: int, train_shards: list[str], train_source: str, root: Path) -> Path:
+    """A study's ``tokenizer.json``: trained on the train split (``choice == "train"``) or copied
+    from the named one, once per study, under ``root/<id>/`` (id: the hash of the choice and
+    its inputs), so every cell and export reads the same file and a re-launch reuses it.
+    Built atomically; ``train_source`` is the user's train path as given (part of the id).
+    """
+    import hashlib
+    from typing import Any
+
+    from inheritlab.corruptors.shards import ReadStats, iter_samples
+    from inheritlab.infra.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
+    from inheritlab.infra.errors import ShardError
+    from inheritlab.infra.hashing import config_id
+
+    if choice == "train":
+        source: dict[str, Any] = {"tokenizer": "train", "vocab_size": vocab_size, "train": train_source}
+    else:
+        path = resolve_tokenizer_path(choice)
+        data = path.read_bytes()
+        source = {"tokenizer": choice, "path": str(path), "sha256": hashlib.sha256(data).hexdigest()}
+    target = root / config_id(source, STUDY_TOKENIZER_EPOCH)
+    if (target / "tokenizer.json").is_file():
+        return target / "tokenizer.json"
+    with atomic_dir(target) as tmp:
+        if choice == "train":
+            stats = ReadStats()
+            # Bad samples are skipped here; the data-condition stage holds them to the ceiling.
+            texts = (s["text"] for s in iter_samples(train_shards, kind="text", bad_sample_ceiling=1.0, stats=stats))
+            train_tokenizer(texts, vocab_size=vocab_size, out_path=tmp / "tokenizer.json")
+            if not stats.samples:
+                raise ShardError(train_source, None, "data.shards.train: no readable text document to train the "
+                                 f"tokenizer on (each sample needs a <key>.txt member); problems: {stats.problems[:3]}")
+            source["train_docs"] = stats.samples
+        else:
+            atomic_write_bytes(tmp / "tokenizer.json", data)
+            load_tokenizer(tmp / "tokenizer.json")  # a foreign tokenizer must at least have an end-of-text token
+        atomic_write_json(tmp / "source.json", source)
+    return target / "tokenizer.json"

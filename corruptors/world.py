@@ -184,7 +184,7 @@ def _articles(text: str) -> str:
     return re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", text)
 
 
-def _class_counts(n: int, num_classes: int, imbalance: float) -> np.ndarray:
+def class_counts(n: int, num_classes: int, imbalance: float) -> np.ndarray:
     """Exact per-class counts for a pool of n (largest remainder over Zipf weights)."""
     w = 1.0 / np.arange(1, num_classes + 1, dtype=np.float64) ** imbalance
     quota = n * w / w.sum()
@@ -200,7 +200,7 @@ def _render_split(cfg: ImageWorldConfig, split: str, n: int, names: list[str]) -
     rng = stable_rng("world", WORLD_FORMAT, cfg.seed, split)
     k = cfg.num_classes
     imbalance = cfg.imbalance if split == "train" else 0.0
-    labels = np.repeat(np.arange(k), _class_counts(n, k, imbalance))
+    labels = np.repeat(np.arange(k), class_counts(n, k, imbalance))
     labels = labels[rng.permutation(n)]
     ood = split == "test_ood"
     colours = OOD_COLOURS if ood else ID_COLOURS
@@ -283,7 +283,8 @@ def _world_record(cfg: ImageWorldConfig) -> dict[str, Any]:
     return {"format": WORLD_FORMAT, "config": asdict(cfg)}
 
 
-def _info_from_json(root: Path, data: dict[str, Any]) -> WorldInfo:
+def world_info_from_json(root: Path, data: dict[str, Any]) -> WorldInfo:
+    """The :class:`WorldInfo` of a world directory from its parsed ``world.json``."""
     splits = {name: [str(root / p) for p in rels] for name, rels in data["splits"].items()}
     return WorldInfo(
         root=root,
@@ -307,7 +308,7 @@ def write_image_world(cfg: ImageWorldConfig, out_dir: str | os.PathLike[str]) ->
     if meta_path.is_file():
         data = read_json(meta_path)
         if {"format": data.get("format"), "config": data.get("config")} == _world_record(cfg):
-            return _info_from_json(root, data)
+            return world_info_from_json(root, data)
     elif root.is_dir() and any(root.iterdir()):
         raise ShardError(str(root), None, "directory is not empty and holds no world.json; refusing to overwrite")
     names = class_names_for(cfg.num_classes)
@@ -330,7 +331,36 @@ def write_image_world(cfg: ImageWorldConfig, out_dir: str | os.PathLike[str]) ->
         }
         # world.json is written last inside the temp dir: its presence marks a whole world.
         atomic_write_json(tmp / "world.json", data)
-    return _info_from_json(root, read_json(meta_path))
+    return world_info_from_json(root, read_json(meta_path))
+
+
+def user_world_json(train: str | os.PathLike[str]) -> Path:
+    """Where the class names of a user's image shards are read from: a ``world.json`` beside
+    the train split (in the parent of the ``data.shards.train`` path)."""
+    return Path(train).expanduser().parent / "world.json"
+
+
+def user_world(shards: dict[str, str]) -> WorldInfo:
+    """The :class:`WorldInfo` of a user's image–caption shards (split name → dir or pattern).
+
+    Class names come from :func:`user_world_json` when it exists — ``class_names`` (a list),
+    optionally ``num_classes`` and ``prompt_templates`` (``{}`` for the class name); the splits
+    are the user's. img2dataset shards carry captions only (no class names, ``num_classes`` 0).
+    """
+    meta = user_world_json(shards["train"])
+    splits = {split: list_shards(p) for split, p in shards.items() if p}
+    if not meta.is_file():
+        return WorldInfo(root=meta.parent, class_names=[], prompt_templates=list(PROMPT_TEMPLATES), splits=splits,
+                         num_classes=0)
+    data = read_json(meta)
+    names = data.get("class_names") if isinstance(data, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ShardError(str(meta), None, "'class_names' must be a non-empty list of class names (strings)")
+    if data.get("num_classes", len(names)) != len(names):
+        raise ShardError(str(meta), None, f"'num_classes' is {data['num_classes']} but 'class_names' lists {len(names)}")
+    return WorldInfo(root=meta.parent, class_names=list(names),
+                     prompt_templates=list(data.get("prompt_templates") or PROMPT_TEMPLATES), splits=splits,
+                     num_classes=len(names), config=dict(data.get("config") or {}))
 
 
 def load_world_info(root: str | os.PathLike[str]) -> WorldInfo:
@@ -346,7 +376,7 @@ def load_world_info(root: str | os.PathLike[str]) -> WorldInfo:
     if not r.is_dir():
         raise ShardError(str(r), None, "expected a directory holding world.json or .tar shards")
     if (r / "world.json").is_file():
-        return _info_from_json(r, read_json(r / "world.json"))
+        return world_info_from_json(r, read_json(r / "world.json"))
     splits: dict[str, list[str]] = {}
     for split in SPLITS:
         if (r / split).is_dir() and any(p.suffix == ".tar" for p in (r / split).iterdir()):

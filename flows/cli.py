@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
 from inheritlab.infra.errors import InheritlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Controlled pre-training studies of bias inheritance.")
@@ -67,6 +66,7 @@ def validate(spec: str = typer.Argument(..., help="Study spec YAML or shipped st
 @app.command()
 def status(run_dir: Path = typer.Argument(..., help="A study's run directory.")) -> None:
     """Which cells are complete, which have checkpoints, which have not started."""
+    from inheritlab.flows.stages import read_cell_config
     from inheritlab.infra.atomic import read_json
     from inheritlab.infra.rundir import RunDir
 
@@ -76,10 +76,7 @@ def status(run_dir: Path = typer.Argument(..., help="A study's run directory."))
     cells = run_.cells()
     done = 0
     for c in cells:
-        label = read_json(c.config)["config"]["model"] if c.config.is_file() else "?"
-        if c.config.is_file():
-            cfg = read_json(c.config)["config"]
-            label = f"{cfg['bias']['type']}={cfg['bias']['level']:g}/{cfg['model']}/n={cfg['samples_seen']}/s{cfg['seed']}"
+        label = read_cell_config(c).label if c.config.is_file() else "?"
         if c.is_complete():
             done += 1
             state = "complete"
@@ -126,6 +123,33 @@ def server(
     cmd += ["server", "start", "--host", host, "--port", str(port)]
     typer.echo(f"dashboard: http://{host}:{port}  —  in other shells: export PREFECT_API_URL=http://{host}:{port}/api")
     raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+
+
+@app.command()
+def materialize(
+    run_dir: Path = typer.Argument(..., help="A study's run directory."),
+    cell_id: str = typer.Argument(..., help="The cell whose conditioned data to write (see `inheritlab status`)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the new shards."),
+    samples_per_shard: int = typer.Option(1000, help="Samples per written shard."),
+) -> None:
+    """Write one cell's conditioned training data (the bias applied) as WebDataset shards."""
+    from inheritlab.flows.stages import materialize_cell
+    from inheritlab.infra.rundir import RunDir
+
+    try:
+        paths = materialize_cell(RunDir.at(run_dir), cell_id, out, samples_per_shard=samples_per_shard)
+    except InheritlabError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"{len(paths)} shards in {out}")
+
+
+@app.command("corruptors")
+def list_corruptors() -> None:
+    """Every bias type a spec can name, with its parameters (markdown)."""
+    from inheritlab.corruptors.chain import corruptor_reference
+
+    typer.echo(corruptor_reference())
 
 
 @app.command("studies")

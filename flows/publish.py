@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-
 from inheritlab.flows.spec import StudySpec
 from inheritlab.infra.rundir import RunDir
 

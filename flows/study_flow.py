@@ -15,17 +15,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
-from inheritlab.flows import stages, stages_lm
-from inheritlab.flows.grid import Cell, expand_grid
+from inheritlab.flows import stages
+from inheritlab.flows.grid import expand_grid
 from inheritlab.flows.publish import publish_results
 from inheritlab.flows.spec import StudySpec
 from inheritlab.infra.atomic import atomic_write_json, read_json
+from inheritlab.infra.cell import Cell
 from inheritlab.infra.errors import InheritlabError
 from inheritlab.infra.raycluster import init_ray
 from inheritlab.infra.rundir import RunDir
+from inheritlab.trainers.modality import DataSources, get_modality
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 
 def _retry_unless_application_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -51,7 +52,7 @@ def _stage_task(fn: Any, name: str, retries: int) -> Any:
     )
 
 
-def run_cell(cell: Cell, run: RunDir, data: stages.DataSources, *, use_gpu: bool, retries: int) -> dict[str, Any]:
+def run_cell(cell: Cell, run: RunDir, data: DataSources, *, use_gpu: bool, retries: int) -> dict[str, Any]:
     """Body of a cell's sub-run: the four stages, timed."""
     log = get_run_logger()
     cdir = run.cell(cell.cell_id)
@@ -65,19 +66,16 @@ def run_cell(cell: Cell, run: RunDir, data: stages.DataSources, *, use_gpu: bool
         log.info("cell %s: %s took %.1f s", cell.label, stage, timings[stage])
         return out
 
-    lm = cell.config["modality"] == "lm"
-    pretrain = stages_lm.stage_pretrain_lm if lm else stages.stage_pretrain
-    evaluate = stages_lm.stage_evaluate_lm if lm else stages.stage_evaluate
-
     counters = timed("condition", stages.stage_condition, cell, cdir, data)
-    train = timed("pretrain", pretrain, cell, cdir, data, use_gpu=use_gpu, storage_path=stages.storage_path_for(run))
-    rows = timed("evaluate", evaluate, cell, cdir, data, train["exports"], use_gpu=use_gpu)
-    df = timed("record", stages.stage_record, cell, cdir, rows, train, counters, timings)
+    summary = timed("pretrain", stages.stage_pretrain, cell, cdir, data, use_gpu=use_gpu,
+                    storage_path=stages.storage_path_for(run))
+    rows = timed("evaluate", stages.stage_evaluate, cell, cdir, data, summary, use_gpu=use_gpu)
+    df = timed("record", stages.stage_record, cell, cdir, rows, summary, counters, timings)
     return {"cell_id": cell.cell_id, "rows": df.height, "timings": timings}
 
 
 @flow(name="inheritlab-cell", persist_result=False, log_prints=True)
-def cell_flow(cell: Cell, run_root: str, data: stages.DataSources, use_gpu: bool, retries: int) -> dict[str, Any]:
+def cell_flow(cell: Cell, run_root: str, data: DataSources, use_gpu: bool, retries: int) -> dict[str, Any]:
     """One grid cell as its own sub-run in the dashboard."""
     return run_cell(cell, RunDir.at(run_root), data, use_gpu=use_gpu, retries=retries)
 
@@ -101,9 +99,9 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
     if todo:
         # Open the data first: a missing shard directory fails here, before any cluster work.
         t0 = time.perf_counter()
-        prepare = stages_lm.prepare_text_data if spec.modality == "lm" else stages.prepare_data
+        prepare = get_modality(spec.modality).prepare_data
         data = task(prepare, name="prepare-data", cache_policy=NO_CACHE, persist_result=False)(
-            cells[0].config["data"], spec.seed, run
+            cells[0].config.data, spec.seed, run.root
         )
         timings["prepare_data"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()

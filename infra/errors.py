@@ -34,3 +34,7 @@ class BadSampleCeilingError(InheritlabError):
 
 class CheckpointError(InheritlabError):
     """A checkpoint is missing, torn or does not match the model it is loaded into."""
+
+
+class DataAccountingError(InheritlabError):
+    """A trainer's data stream does not match what the cell's data-condition stage accounted."""

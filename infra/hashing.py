@@ -52,17 +52,12 @@ def stable_int(*parts: Any) -> int:
     return int.from_bytes(stable_digest(*parts, size=8), "little")
 
 
-def stable_uniform(*parts: Any) -> float:
-    """A uniform float in [0, 1) derived from ``parts`` with 53 bits of resolution.
+def stable_uniform_fn(*prefix: Any) -> Callable[..., float]:
+    """``f(*rest)``: a uniform float in [0, 1) derived from ``(*prefix, *rest)`` with 53 bits of
+    resolution — ``(stable_int(*prefix, *rest) mod 2^53) / 2^53``.
 
     This is ``u = H(seed, corruptor, key)`` of DESIGN.md: a sample is corrupted iff ``u < level``,
     so the set corrupted at level 0.1 is inside the set corrupted at 0.2.
-    """
-    return (stable_int(*parts) & _MASK53) / float(1 << 53)
-
-
-def stable_uniform_fn(*prefix: Any) -> Callable[..., float]:
-    """A fast ``f(*rest) == stable_uniform(*prefix, *rest)`` for hot per-sample loops.
 
     The prefix is hashed once; each call copies the hash state and adds only ``rest`` (a
     stream decides millions of samples under the same (seed, corruptor) prefix).

@@ -59,10 +59,3 @@ def init_ray(
         gpus=float(res.get("GPU", 0.0)),
         nodes=len([n for n in ray.nodes() if n.get("Alive")]),
     )
-
-
-def shutdown_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()

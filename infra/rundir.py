@@ -23,52 +23,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inheritlab.infra.atomic import atomic_write_json, read_json
+from inheritlab.infra.atomic import atomic_write_json
 
 COMPLETE_MARKER = "_COMPLETE.json"
 
 
+class _Below:
+    """A read-only path attribute: ``parts`` below the directory's ``root``."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Path:
+        if obj is None:
+            raise AttributeError(f"<root>/{'/'.join(self.parts)} is a path of an instance")
+        return Path(obj.root).joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class CellDir:
-    """Paths of one cell's artifacts."""
+    """Paths of one cell's artifacts (the layout in the module docstring)."""
 
     root: Path
 
-    @property
-    def config(self) -> Path:
-        return self.root / "cell.json"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "data" / "manifest.parquet"
-
-    @property
-    def counters(self) -> Path:
-        return self.root / "data" / "counters.json"
-
-    @property
-    def ckpt(self) -> Path:
-        return self.root / "ckpt"
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "eval" / "results.parquet"
-
-    @property
-    def timings(self) -> Path:
-        return self.root / "timings.json"
-
-    @property
-    def complete(self) -> Path:
-        return self.root / COMPLETE_MARKER
+    config = _Below("cell.json")
+    data = _Below("data")
+    manifest = _Below("data", "manifest.parquet")
+    counters = _Below("data", "counters.json")
+    ckpt = _Below("ckpt")
+    eval = _Below("eval")
+    results = _Below("eval", "results.parquet")
+    timings = _Below("timings.json")
+    complete = _Below(COMPLETE_MARKER)
 
     def is_complete(self) -> bool:
         return self.complete.is_file()
@@ -76,9 +62,6 @@ class CellDir:
     def mark_complete(self, summary: dict[str, Any]) -> None:
         """Write the completion marker — last, atomically; nothing else means done."""
         atomic_write_json(self.complete, summary)
-
-    def read_complete(self) -> dict[str, Any]:
-        return read_json(self.complete)
 
 
 @dataclass(frozen=True)
@@ -91,17 +74,9 @@ class RunDir:
     def at(cls, path: str | os.PathLike[str]) -> "RunDir":
         return cls(Path(path).expanduser().resolve())
 
-    @property
-    def study(self) -> Path:
-        return self.root / "study.json"
-
-    @property
-    def cells_root(self) -> Path:
-        return self.root / "cells"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results"
+    study = _Below("study.json")
+    cells_root = _Below("cells")
+    results = _Below("results")
 
     def cell(self, cell_id: str) -> CellDir:
         return CellDir(self.cells_root / cell_id)

@@ -5,6 +5,7 @@ the PyTorch references on CPU (see ``inheritlab.kernels.dispatch`` for the ``imp
 This package imports torch and triton only.
 """
 
+from inheritlab.kernels import dispatch
 from inheritlab.kernels.dispatch import (
     IMPLS,
     KernelUnavailableError,
@@ -19,14 +20,10 @@ from inheritlab.kernels.reference import (
     siglip_loss_reference,
 )
 
+# The dispatcher's names, and the references (for with/without comparisons).
 __all__ = [
-    "IMPLS",
-    "clip_contrastive_loss",
-    "siglip_loss",
-    "linear_cross_entropy",
+    *dispatch.__all__,
     "clip_contrastive_loss_reference",
     "siglip_loss_reference",
     "linear_cross_entropy_reference",
-    "KernelUnavailableError",
-    "triton_status",
 ]

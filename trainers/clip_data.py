@@ -54,19 +54,28 @@ def _slot_shards(spec: StreamSpec, worker_id: int, num_workers: int) -> tuple[li
     return sorted(spec.shards), slots, slot
 
 
-def iter_epoch_samples(spec: StreamSpec, worker_id: int, num_workers: int, epoch: int) -> Iterator[dict[str, Any]]:
-    """One pass over the slot's shards: shard order and a shuffle buffer seeded per epoch,
-    then the corruptor chain (its decisions depend on sample keys only, so repeats of a sample
-    are corrupted the same way in every epoch)."""
-    from inheritlab.corruptors.shards import iter_samples
+def iter_epoch_samples(spec: StreamSpec, worker_id: int, num_workers: int, epoch: int, *,
+                       on_pass_end: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+                       ) -> Iterator[dict[str, Any]]:
+    """One pass over the slot's shards: shard order and a shuffle buffer seeded per epoch, the
+    corruptor chain (its decisions depend on sample keys only, so repeats of a sample are
+    corrupted the same way in every epoch), and only then image decoding — samples are chosen
+    on keys and metadata, and a sample dropped by the chain is never decoded.
+
+    ``on_pass_end(chain_counters, read_stats)`` is called once the pass is complete (what the
+    trainer checks against the cell's data-condition stage).
+    """
+    from inheritlab.corruptors.shards import ReadStats, decode_sample_image, iter_samples
 
     shards, stride, offset = _slot_shards(spec, worker_id, num_workers)
     rng = stable_rng(spec.study_seed, "clip-stream", spec.seed, epoch, spec.rank, worker_id, num_workers)
     order = [shards[i] for i in rng.permutation(len(shards))]
-    raw = iter_samples(order, decode=True, bad_sample_ceiling=spec.bad_sample_ceiling)
+    stats = ReadStats()
+    raw = iter_samples(order, decode=False, bad_sample_ceiling=spec.bad_sample_ceiling, stats=stats)
     if stride > 1:
         raw = (s for i, s in enumerate(raw) if i % stride == offset)
     stream: Iterator[dict[str, Any]] = raw
+    chain = None
     if spec.corruptors:
         # Imported only when needed: the chain brings in polars, which a clean-control run on
         # a bare GPU node does not need.
@@ -75,10 +84,20 @@ def iter_epoch_samples(spec: StreamSpec, worker_id: int, num_workers: int, epoch
         chain = build_chain(list(spec.corruptors), study_seed=spec.study_seed, num_classes=spec.num_classes,
                             class_names=list(spec.class_names) or None, plan_dir=spec.plan_dir)
         stream = chain.apply(raw)
+    for sample in _shuffled(stream, rng, spec.shuffle_buffer):
+        decoded = decode_sample_image(sample, stats=stats, bad_sample_ceiling=spec.bad_sample_ceiling)
+        if decoded is not None:
+            yield decoded
+    if on_pass_end is not None:
+        on_pass_end(chain.counters() if chain is not None else {}, stats.to_dict())
+
+
+def _shuffled(stream: Iterator[dict[str, Any]], rng: Any, size: int) -> Iterator[dict[str, Any]]:
+    """A shuffle buffer of ``size`` samples, driven by ``rng`` (same seed, same order)."""
     buf: list[dict[str, Any]] = []
     for sample in stream:
         buf.append(sample)
-        if len(buf) >= spec.shuffle_buffer:
+        if len(buf) >= size:
             j = int(rng.integers(len(buf)))
             buf[j], buf[-1] = buf[-1], buf[j]
             yield buf.pop()
@@ -111,6 +130,8 @@ class ClipBatchStream(IterableDataset):
         self.skip_batches = skip_batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        from inheritlab.trainers.data_check import pass_report
+
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         # Round-robin: this worker's k-th batch is the rank's batch wid + k*nw.
@@ -118,14 +139,24 @@ class ClipBatchStream(IterableDataset):
         produced = 0
         batch: list[dict[str, Any]] = []
         epoch = 0
+        # The first pass's counters ride on the next batch this worker hands out.
+        report: list[dict[str, Any]] = []
+
+        def first_pass_done(counters: dict[str, Any], read: dict[str, Any]) -> None:
+            report.append(pass_report((self.spec.rank, wid), counters, read))
+
         while True:
             seen = 0
-            for sample in iter_epoch_samples(self.spec, wid, nw, epoch):
+            for sample in iter_epoch_samples(self.spec, wid, nw, epoch,
+                                             on_pass_end=first_pass_done if epoch == 0 else None):
                 seen += 1
                 batch.append(sample)
                 if len(batch) == self.spec.batch_size:
                     if produced >= skip:
-                        yield self._collate(batch, epoch)
+                        out = self._collate(batch, epoch)
+                        if report:
+                            out["pass_report"] = report.pop()
+                        yield out
                     produced += 1
                     batch = []
             if seen == 0:

@@ -108,6 +108,7 @@ class EngineConfig:
     grad_clip: float = 1.0
     warmup_steps: int = 0
     total_steps: int = 1
+    min_lr_ratio: float = 0.0        # the cosine decays to lr × this (LM recipes keep 10 %)
     use_gpu: bool = False
 
     def __post_init__(self) -> None:
@@ -121,6 +122,8 @@ class EngineConfig:
             raise SpecError(f"train.batch_size: {self.micro_batch_per_rank} per rank; expected >= 1")
         if self.grad_accum < 1:
             raise SpecError(f"train.grad_accum: got {self.grad_accum}; expected >= 1")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise SpecError(f"min_lr_ratio: got {self.min_lr_ratio}; expected a fraction in [0, 1]")
 
     def ds_config(self) -> dict[str, Any]:
         """The DeepSpeed JSON config. On GPU DeepSpeed builds FusedAdam from the ``optimizer``
@@ -197,7 +200,8 @@ def build_engine(model: torch.nn.Module, cfg: EngineConfig) -> tuple[Any, Any, A
 
     def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps)
+            opt, lambda s: warmup_cosine(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps,
+                                         floor=cfg.min_lr_ratio)
         )
 
     engine, opt, _, sched = deepspeed.initialize(
@@ -208,3 +212,51 @@ def build_engine(model: torch.nn.Module, cfg: EngineConfig) -> tuple[Any, Any, A
         config=cfg.ds_config(),
     )
     return engine, opt, sched
+
+
+# ----------------------------------------------------------------------------------- collectives
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """fp32 CPU copy of the whole model on rank 0 (``None`` elsewhere).
+
+    Under ZeRO-3 each rank holds a shard of every parameter, so the parameters are gathered
+    first — a collective: every rank must call this, whichever of them writes.
+    """
+    import contextlib
+
+    import torch.distributed as dist
+
+    params = list(module.parameters())
+    gather: Any = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    with gather:
+        if not rank0:
+            return None
+        return {k: v.detach().to("cpu", torch.float32).clone() for k, v in module.state_dict().items()}
+
+
+def all_gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (a collective: every rank calls it)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def mean_across_ranks(x: torch.Tensor) -> float:
+    """The mean of a scalar tensor over all ranks (its value on a lone process)."""
+    import torch.distributed as dist
+
+    y = x.detach().float().clone()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(y)
+        y /= dist.get_world_size()
+    return float(y)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inheritlab.infra.errors import SpecError
 from inheritlab.kernels import linear_cross_entropy
 
 IGNORE_INDEX = -100
@@ -121,7 +122,7 @@ RUNGS: dict[str, LMRung] = {
 def get_rung(name: str) -> LMRung:
     """The rung called ``name``; an unknown name lists the known ones."""
     if name not in RUNGS:
-        raise KeyError(f"unknown LM rung {name!r}; known: {', '.join(RUNGS)}")
+        raise SpecError(f"unknown LM rung {name!r}; known: {', '.join(RUNGS)}")
     return RUNGS[name]
 
 

@@ -15,7 +15,7 @@ def test_bf16_zero2_trains_resumes_and_exports(tmp_path: Path, compile_: str) ->
     import open_clip
 
     from inheritlab.corruptors.world import ImageWorldConfig, write_image_world
-    from inheritlab.trainers.clip_pretrain import ClipTrainConfig, train_clip
+    from inheritlab.trainers.clip_pretrain import ClipTrainConfig, export_weights, train_clip
 
     world = write_image_world(ImageWorldConfig(seed=0, train_size=1024, test_id_size=64, test_ood_size=64,
                                                samples_per_shard=256), tmp_path / "world")
@@ -23,13 +23,13 @@ def test_bf16_zero2_trains_resumes_and_exports(tmp_path: Path, compile_: str) ->
                 samples_seen=12 * 128, batch_size=128, ckpt_every=6, log_every=1, zero_stage=2,
                 loss_impl="triton", loader_workers=2, compile=compile_)
     first = train_clip(ClipTrainConfig(**base, stop_after_steps=6))
-    assert first["precision"] == "bf16" and first["steps"] == 6
+    assert first.precision == "bf16" and first.steps == 6
     done = train_clip(ClipTrainConfig(**base))
-    assert done["resumed_from"] == 6 and done["steps"] == 12
-    losses = [v for _, v in done["loss_curve"]]
+    assert done.resumed_from == 6 and done.steps == 12
+    losses = [v for _, v in done.loss_curve]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) < sum(losses[:3])  # it learns
-    model = open_clip.create_model("clip-tiny", pretrained=done["final_export"]["path"]).cuda().eval()
+    model = open_clip.create_model("clip-tiny", pretrained=export_weights(done.final_export)).cuda().eval()
     with torch.no_grad():
         f = model.encode_image(torch.rand(2, 3, 32, 32, device="cuda"), normalize=True)
     assert torch.allclose(f.norm(dim=-1), torch.ones(2, device="cuda"), atol=1e-3)

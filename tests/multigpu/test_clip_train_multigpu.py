@@ -27,4 +27,4 @@ def test_torchrun_two_gpus(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((tmp_path / "cell" / "ckpt" / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 8 and summary["precision"] == "bf16"
-    assert Path(summary["final_export"]["path"]).is_file()
+    assert (Path(summary["exports"][-1]["path"]) / "open_clip_model.pt").is_file()

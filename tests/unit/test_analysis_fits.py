@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inheritlab.analysis.fits import InsufficientData, compare_forms
-from inheritlab.analysis.fits_power import fit_best_power_law, fit_joint_power_law, fit_power_law
+from inheritlab.analysis.fits import InsufficientData, compare_forms, fit_form, refit_resamples
+from inheritlab.analysis.fits_power import POWER_LAW, fit_best_power_law, fit_joint_power_law, fit_power_law
 from inheritlab.analysis.synthetic import noisy, power_law
 
 
@@ -83,3 +83,16 @@ def test_compare_forms_prefers_true_form_on_heldout() -> None:
     y = noisy(power_law(x, 5.0, 0.4, 0.2), 0.005, np.random.default_rng(4))
     ranked = compare_forms([fit_power_law(x, y, irreducible=False, n_boot=0), fit_power_law(x, y, n_boot=0)])
     assert ranked[0]["form"] == "power_law"
+
+
+def test_batched_bootstrap_matches_one_scipy_fit_per_resample() -> None:
+    # The batched Levenberg–Marquardt must land where one bounded least_squares per resample does.
+    x = np.geomspace(1e4, 1e9, 12)
+    y = noisy(power_law(x, 5.0, 0.4, 0.2), 0.01, np.random.default_rng(0))
+    best = fit_form(POWER_LAW, x, y, n_boot=0, holdout=False)
+    Xn = x[:, None] / best.x_ref
+    W = np.random.default_rng(1).multinomial(len(y), np.full(len(y), 1 / len(y)), size=20).astype(float)
+    batched = POWER_LAW.to_units(refit_resamples(POWER_LAW, Xn, y, W, best.theta), best.x_ref)
+    one_by_one = POWER_LAW.to_units(refit_resamples(POWER_LAW, Xn, y, W, best.theta, batched=False), best.x_ref)
+    assert batched.shape == one_by_one.shape == (20, 3)
+    assert np.allclose(batched, one_by_one, rtol=1e-2, atol=0)

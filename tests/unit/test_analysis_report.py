@@ -137,3 +137,29 @@ def test_report_declares_a_break_only_where_there_is_one(tmp_path: Path) -> None
     (brk,) = fits[0.3]["breaks"]
     assert 1e6 / 2 < brk["d"] < 1e6 * 2 and brk["slope_change"] == pytest.approx(0.3, abs=0.05)
     assert "Critical scale" in paths["summary_md"].read_text()
+
+
+def test_model_by_data_grid_gets_a_two_variable_fit() -> None:
+    """A study over model sizes and data scales: the report fits E(N, D) per level and says so."""
+    from inheritlab.analysis.render import render_json, render_markdown
+    from inheritlab.analysis.report_data import compute_report
+    from inheritlab.infra.schema import RESULT_COLUMNS
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in np.geomspace(1e6, 1e9, 4):
+        for d in np.geomspace(1e8, 1e11, 4):
+            err = (0.2 + 300 / n**0.34 + 400 / d**0.28) * float(np.exp(rng.normal(0, 0.01)))
+            rows.append({"study": "s", "cell_id": f"{n:g}-{d:g}", "modality": "clip", "bias_type": "none",
+                         "bias_level": 0.0, "model": f"m{n:g}", "data_scale": float(d), "unique_samples": 10,
+                         "seed": 0, "params": int(n), "checkpoint_step": 1, "samples_seen": int(d),
+                         "flops": 6 * n * d, "task": "zeroshot", "split": "id", "metric": "loss", "value": err})
+    df = pl.DataFrame(rows).select(list(RESULT_COLUMNS))
+    report = compute_report(df, metric="loss", task="zeroshot", split="id", x="data_scale")
+    (two,) = report.two_variable
+    assert two.fit.params["alpha"] == pytest.approx(0.34, abs=0.05)
+    assert two.fit.params["beta"] == pytest.approx(0.28, abs=0.05)
+    assert "Two-variable fits" in render_markdown(report)
+    assert render_json(report)["two_variable"][0]["fit"]["params"]["alpha"] == pytest.approx(two.fit.params["alpha"])
+    # One model size: not a model × data grid, no two-variable fit.
+    assert compute_report(df.filter(pl.col("params") == df["params"].min()), metric="loss").two_variable == ()

@@ -11,7 +11,7 @@ from inheritlab.corruptors.chain import build_chain, condition_data
 from inheritlab.corruptors.dedup import dedup_quality
 from inheritlab.corruptors.duplication import leaked_keys
 from inheritlab.corruptors.shards import iter_samples
-from inheritlab.corruptors.text import TopicWorldConfig, write_topic_world
+from topic_world import TopicWorldConfig, write_topic_world  # a test corpus beside this file
 
 SEED = 2
 

@@ -22,7 +22,7 @@ MICRO_LM = {
         "model": ["lm-tiny"],
         "data_scale": {"values": [64, 128]},
     },
-    "train": {"ckpt_every": 4},
+    "train": {"ckpt_every": 4, "eval_checkpoints": "all"},
     "eval": {"tasks": ["perplexity", "qa", "memorization"], "lm_adaptation": ["prompting", "finetune"],
              "finetune_steps": 20},
     "analysis": {"metric": "loss", "task": "perplexity", "split": "id"},
@@ -45,8 +45,11 @@ def test_micro_lm_study_end_to_end(tmp_path: Path) -> None:
     mem = table.filter((pl.col("task") == "memorization") & (pl.col("bias_level") == 0.2))
     assert {"duplicated", "unique"} <= set(mem["split"].unique().to_list())
     assert (table["flops"] > 0).all() and (table["params"] > 0).all()
-    # QA after both adaptations, on the same three splits
+    # eval_checkpoints: all — every committed export is evaluated (batch 16: 4 and 8 steps, commits every 4)
+    steps = table.filter(pl.col("task") == "perplexity").group_by("data_scale").agg(pl.col("checkpoint_step").unique())
+    assert {r[0]: sorted(r[1]) for r in steps.iter_rows()} == {64.0: [4], 128.0: [4, 8]}
+    # QA after both adaptations, on the same three splits, at each evaluated checkpoint
     for task in ("qa", "qa_finetune"):
         qa = table.filter((pl.col("task") == task) & (pl.col("metric") == "acc"))
         assert set(qa["split"].unique().to_list()) == {"id", "ood_templates", "ood_people"}, task
-        assert qa.height == 3 * 4 and qa["value"].is_between(0.0, 1.0).all()
+        assert qa.height == 3 * 6 and qa["value"].is_between(0.0, 1.0).all()

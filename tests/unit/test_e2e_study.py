@@ -49,7 +49,7 @@ def test_micro_study_end_to_end(tmp_path: Path) -> None:
     assert launches[0]["ran"] == 4 and launches[0]["timings_s"]["total"] > 0
     assert any(p.suffix == ".png" for p in run.results.rglob("*"))
     # label noise is accounted: the noisy cells' manifests record flipped keys
-    noisy = next(c for c in cells if c.bias_level == 0.5)
+    noisy = next(c for c in cells if c.config.bias.level == 0.5)
     manifest = pl.read_parquet(run.cell(noisy.cell_id).manifest)
     assert manifest.height > 0
 

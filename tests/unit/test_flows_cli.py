@@ -68,3 +68,38 @@ def test_corrupt_shard_is_named(tmp_path: Path) -> None:
     res = runner.invoke(app, ["run", str(spec), "--run-dir", str(tmp_path / "run")])
     assert res.exit_code == 2, res.output
     assert "shard-000000.tar" in res.output
+
+
+def test_materialize_writes_a_cells_conditioned_data(tmp_path: Path) -> None:
+    from inheritlab.corruptors.shards import iter_samples
+    from inheritlab.flows.grid import expand_grid
+    from inheritlab.flows.spec import load_spec
+    from inheritlab.flows.stages import stage_condition, write_cell_config
+    from inheritlab.infra.rundir import RunDir
+    from inheritlab.trainers.modality import get_modality
+
+    spec_path = _spec(tmp_path)
+    data = yaml.safe_load(spec_path.read_text())
+    data["grid"]["bias"] = [{"type": "duplicate", "levels": [0.25], "params": {"repeats": 3}}]
+    spec_path.write_text(yaml.safe_dump(data))
+    spec = load_spec(str(spec_path))
+    run = RunDir.at(tmp_path / "run")
+    (cell,) = expand_grid(spec)
+    sources = get_modality("clip").prepare_data(cell.config.data, spec.seed, run.root)
+    res = runner.invoke(app, ["materialize", str(run.root), cell.cell_id, "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and f"no cell {cell.cell_id!r}" in res.output
+    write_cell_config(cell, run.cell(cell.cell_id))
+    res = runner.invoke(app, ["materialize", str(run.root), cell.cell_id, "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "not been conditioned" in res.output
+    counters = stage_condition(cell, run.cell(cell.cell_id), sources)
+    res = runner.invoke(app, ["materialize", str(run.root), cell.cell_id, "--out", str(tmp_path / "out"),
+                              "--samples-per-shard", "40"])
+    assert res.exit_code == 0, res.output
+    written = list(iter_samples(str(tmp_path / "out"), decode=False))
+    assert len(written) == counters["samples_out"] == 64 + counters["corruptors"]["duplicate"]["added"] > 64
+    assert sum(s["__key__"].endswith("_dup2") for s in written) == counters["corruptors"]["duplicate"]["added"] // 2
+
+
+def test_corruptor_reference_at_the_terminal() -> None:
+    res = runner.invoke(app, ["corruptors"])
+    assert res.exit_code == 0 and all(f"## `{t}`" in res.output for t in ("label_noise", "dedup", "contamination"))

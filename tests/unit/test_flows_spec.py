@@ -23,19 +23,34 @@ BASE = {
 }
 
 
-def test_shipped_studies_load_and_expand() -> None:
+def _with_local_shards(data: dict, root: Path) -> dict:
+    """A shipped GPU example whose shard paths (to fill in) point into ``root``, with class names."""
+    shards = data.get("data", {}).get("shards")
+    if shards:
+        for split in ("train", "test_id", "test_ood"):
+            if shards.get(split):
+                (root / split).mkdir(parents=True, exist_ok=True)
+                shards[split] = str(root / split)
+        (root / "world.json").write_text('{"class_names": ["a", "b"], "num_classes": 2}')
+    return data
+
+
+def test_shipped_studies_load_and_expand(tmp_path: Path) -> None:
+    from inheritlab.flows.spec import resolve_spec_path
+
     names = builtin_specs()
     assert "demo" in names
     for name in names:
-        spec = load_spec(name)
+        data = yaml.safe_load(resolve_spec_path(name).read_text())
+        spec = parse_spec(_with_local_shards(data, tmp_path / name), source=name)
         assert expand_grid(spec), name
 
 
 def test_demo_is_a_real_grid() -> None:
     spec = load_spec("demo")
     cells = expand_grid(spec)
-    levels = {c.bias_level for c in cells}
-    scales = {c.config["samples_seen"] for c in cells}
+    levels = {c.config.bias.level for c in cells}
+    scales = {c.config.samples_seen for c in cells}
     assert 0.0 in levels and len(levels) >= 2 and len(scales) >= 2
 
 
@@ -102,7 +117,7 @@ def test_clean_control_shared_across_bias_types() -> None:
     data = copy.deepcopy(BASE)
     data["grid"]["bias"].append({"type": "caption_noise", "levels": [0.0, 0.3], "params": {"mode": "random"}})
     cells = expand_grid(parse_spec(data))
-    clean = [c for c in cells if c.bias_type == "none"]
+    clean = [c for c in cells if c.config.bias.is_clean]
     # one clean cell per (scale, seed), not one per bias type
     assert len(clean) == 4
     assert len(cells) == 4 + 8 + 4
@@ -113,4 +128,57 @@ def test_scaled_unique_pool() -> None:
     data["grid"]["data_scale"] = {"values": [1000, 8000], "unique": "scaled"}
     data["data"] = {"world": {"train_size": 4000}}
     cells = expand_grid(parse_spec(data))
-    assert {c.config["samples_seen"]: c.config["unique_samples"] for c in cells} == {1000: 1000, 8000: 4000}
+    assert {c.config.samples_seen: c.config.unique_samples for c in cells} == {1000: 1000, 8000: 4000}
+
+
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        # Rung names are checked against the modality's registry when the spec loads.
+        (lambda d: d["grid"].update(model=["clip-nonexistent"]), "grid.model: ['clip-nonexistent'] are not clip rungs"),
+        (lambda d: d.update(modality="lm") or d["grid"].update(model=["lm-huge"]), "grid.model: ['lm-huge'] are not lm rungs"),
+        (lambda d: d.update(modality="video"), "modality: Value error, got 'video'"),
+        (lambda d: d.update(eval={"tasks": ["zero_shot"]}), "eval.tasks: ['zero_shot'] are not clip tasks"),
+    ],
+)
+def test_registries_check_the_spec(mutate, needle: str) -> None:
+    data = copy.deepcopy(BASE)
+    mutate(data)
+    with pytest.raises(SpecError) as err:
+        parse_spec(data, source="bad.yaml")
+    assert needle in str(err.value), str(err.value)
+
+
+def _on_user_shards(root: Path, **eval_: object) -> dict:
+    data = copy.deepcopy(BASE)
+    data["grid"]["bias"] = [{"type": "caption_noise", "levels": [0.0, 0.2], "params": {"mode": "random"}}]
+    data["data"] = {"source": "shards", "shards": {"train": str(root / "train"), "test_id": str(root / "val")}}
+    if eval_:
+        data["eval"] = eval_
+    return data
+
+
+def test_classification_tasks_need_class_names(tmp_path: Path) -> None:
+    # Asked for on caption-only shards: refused at load, naming the task and where names go.
+    with pytest.raises(SpecError) as err:
+        parse_spec(_on_user_shards(tmp_path, tasks=["zeroshot", "retrieval"]))
+    msg = str(err.value)
+    assert "eval.tasks: 'zeroshot' needs class names" in msg and str(tmp_path / "world.json") in msg
+    # Left to the defaults: only the tasks the data can serve.
+    assert parse_spec(_on_user_shards(tmp_path)).eval_tasks == ("retrieval",)
+    # With class names beside the train split, zero-shot is back.
+    (tmp_path / "world.json").write_text('{"class_names": ["a", "b"], "num_classes": 2}')
+    assert parse_spec(_on_user_shards(tmp_path)).eval_tasks == ("zeroshot", "linear_probe", "retrieval")
+
+
+def test_cell_config_is_typed_and_round_trips() -> None:
+    from inheritlab.infra.cell import CellConfig
+
+    cell = expand_grid(parse_spec(copy.deepcopy(BASE)))[-1]
+    again = CellConfig.model_validate(cell.config.model_dump(mode="json"))
+    assert again == cell.config and again.cell_id == cell.cell_id
+    assert cell.config.corruptors() == [{"type": "label_noise", "level": 0.4, "mode": "symmetric"}]
+    # Frozen: a cell cannot drift after its id was taken.
+    with pytest.raises(Exception):
+        cell.config.seed = 5  # type: ignore[misc]
+    assert CODE_EPOCH == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from inheritlab.infra.atomic import atomic_dir, atomic_open, atomic_write_json, read_json
-from inheritlab.infra.hashing import canonical_json, config_id, stable_hex, stable_uniform
+from inheritlab.infra.hashing import canonical_json, config_id, stable_hex, stable_int, stable_uniform_fn
 from inheritlab.infra.rundir import RunDir
 from inheritlab.infra.seeds import derive_seed
 
@@ -31,7 +31,9 @@ def test_hash_parts_are_unambiguous() -> None:
 
 
 def test_uniform_is_uniform_and_nested() -> None:
-    us = [stable_uniform(0, "c", f"k{i}") for i in range(20000)]
+    u = stable_uniform_fn(0, "c")
+    us = [u(f"k{i}") for i in range(20000)]
+    assert us[7] == (stable_int(0, "c", "k7") % 2**53) / 2**53  # the definition, with the prefix hashed once
     assert all(0.0 <= u < 1.0 for u in us)
     mean = sum(us) / len(us)
     assert abs(mean - 0.5) < 0.01

@@ -19,7 +19,8 @@ from inheritlab.corruptors.text_world import (
 from inheritlab.corruptors.tokenizer import load_tokenizer
 from inheritlab.infra.errors import SpecError
 from inheritlab.trainers.lm_adapt import finetune_qa, qa_sequences
-from inheritlab.trainers.lm_evaluate import _score, evaluate_lm
+from inheritlab.trainers.lm_eval import accuracy, score_sequences
+from inheritlab.trainers.lm_tasks import evaluate_lm
 from inheritlab.trainers.lm_pretrain import LMTrainConfig, load_exported, train_lm
 
 
@@ -35,7 +36,7 @@ def pretrained(world, tmp_path_factory: pytest.TempPathFactory):
                         cell_dir=str(tmp_path_factory.mktemp("lmadapt") / "cell"), steps=12, batch_size=8,
                         seq_len=64, log_every=4, device="cpu")
     res = train_lm(cfg)
-    model, _ = load_exported(res["exports"][-1]["path"])
+    model, _ = load_exported(res.final_export.path)
     return model
 
 
@@ -44,7 +45,7 @@ def _items(world, split):
 
 
 def _acc(model, tok, items) -> float:
-    return sum(hit for *_, hit in _score(model, qa_sequences(tok, items), batch_size=32)) / len(items)
+    return accuracy(score_sequences(model, qa_sequences(tok, items), batch_size=32))
 
 
 def test_qa_train_other_individuals_train_templates(world):
@@ -136,8 +137,8 @@ def test_spec_lm_adaptation():
     base = {"name": "s", "modality": "lm", "grid": {"bias": [{"type": "duplicate", "levels": [0.0]}],
                                                     "model": ["lm-tiny"], "data_scale": {"values": [8]}}}
     spec = parse_spec({**base, "eval": {"lm_adaptation": ["prompting", "finetune"], "finetune_steps": 50}})
-    assert spec.eval.lm_adaptation == ["prompting", "finetune"] and spec.eval.finetune_steps == 50
-    assert parse_spec(base).eval.lm_adaptation == ["prompting"]
+    assert spec.eval.lm_adaptation == ("prompting", "finetune") and spec.eval.finetune_steps == 50
+    assert parse_spec(base).eval.lm_adaptation == ("prompting",)
     for ev, msg in (({"lm_adaptation": ["finetune", "finetune"]}, "repeats"),
                     ({"lm_adaptation": ["probe"]}, "lm_adaptation"),
                     ({"finetune_lr": 1e-3}, "only used when lm_adaptation includes 'finetune'"),

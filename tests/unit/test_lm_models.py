@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from inheritlab.infra.errors import SpecError
 from inheritlab.trainers.lm_models import (
     RUNGS,
     LMConfig,
@@ -79,7 +80,7 @@ def test_rung_ladder_sizes():
     sizes = [count_params(r.model)["total"] for r in RUNGS.values()]
     assert sizes == sorted(sizes)
     assert flops_per_token(c125) == 6 * count_params(c125)["flops"]
-    with pytest.raises(KeyError, match="lm-tiny"):
+    with pytest.raises(SpecError, match="lm-tiny"):
         get_rung("lm-7b")
     with pytest.raises(ValueError, match="n_heads"):
         LMConfig(dim=30, n_layers=1, n_heads=4, ffn_dim=8)

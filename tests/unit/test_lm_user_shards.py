@@ -15,10 +15,10 @@ from inheritlab.corruptors.text_world import TextWorldInfo
 from inheritlab.corruptors.tokenizer import load_tokenizer, train_tokenizer
 from inheritlab.flows.grid import expand_grid
 from inheritlab.flows.spec import parse_spec
-from inheritlab.flows.stages import DataSources, stage_condition
-from inheritlab.flows.stages_lm import prepare_text_data
+from inheritlab.flows.stages import stage_condition
 from inheritlab.infra.errors import ShardError, SpecError
 from inheritlab.infra.rundir import RunDir
+from inheritlab.trainers.modality import DataSources, get_modality
 
 ANIMALS = ("otter", "heron", "badger", "lynx", "marmot", "ibis", "gecko", "walrus")
 PLACES = ("river", "forest", "harbour", "meadow", "canyon", "glacier")
@@ -78,17 +78,17 @@ def test_spec_accepts_lm_on_user_shards(shards):
     d = copy.deepcopy(_spec(shards))
     del d["eval"], d["data"]["shards"]["vocab_size"]
     default = parse_spec(d)
-    assert default.eval_tasks == ["perplexity", "memorization"]  # no QA splits in user text
+    assert default.eval_tasks == ("perplexity", "memorization")  # no QA splits in user text
     # Defaults are left out of the cell config: explicit and implicit 'train' are one cell.
     d["data"]["shards"].update(tokenizer="train", vocab_size=8192)
     assert [c.cell_id for c in expand_grid(parse_spec(d))] == [c.cell_id for c in expand_grid(default)]
-    assert "tokenizer" not in expand_grid(default)[0].config["data"]["shards"]
+    assert "tokenizer" not in expand_grid(default)[0].config.canonical()["data"]["shards"]
 
 
 def test_spec_refuses_qa_and_bad_tokenizers(shards, tmp_path):
     d = _spec(shards)
     d["eval"] = {"tasks": ["perplexity", "qa"]}
-    with pytest.raises(SpecError, match=r"eval\.tasks: \['qa'\] need the built-in text world's QA"):
+    with pytest.raises(SpecError, match=r"eval\.tasks: 'qa' needs the built-in text world's QA"):
         parse_spec(d)
     missing = tmp_path / "nowhere" / "tokenizer.json"
     with pytest.raises(SpecError, match=r"data\.shards\.tokenizer: .*nowhere/tokenizer\.json"):
@@ -102,7 +102,8 @@ def test_spec_refuses_qa_and_bad_tokenizers(shards, tmp_path):
     with pytest.raises(SpecError, match=r"data\.shards: \['tokenizer'\] apply to LM studies"):
         parse_spec(clip)
     del clip["data"]["shards"]["tokenizer"]
-    assert parse_spec(clip).data.shards.model_dump() == {"train": "/a", "test_id": "/b", "test_ood": None}
+    # LM-only settings left at their defaults stay out of a CLIP cell's id.
+    assert expand_grid(parse_spec(clip))[0].config.canonical()["data"]["shards"] == {"train": "/a", "test_id": "/b"}
 
 
 # ----------------------------------------------------------------------------------- data prep
@@ -110,7 +111,7 @@ def test_spec_refuses_qa_and_bad_tokenizers(shards, tmp_path):
 
 def _prepare(spec_dict: dict, root: Path) -> DataSources:
     spec = parse_spec(spec_dict)
-    return prepare_text_data(expand_grid(spec)[0].config["data"], spec.seed, RunDir.at(root))
+    return get_modality("lm").prepare_data(expand_grid(spec)[0].config.data, spec.seed, RunDir.at(root).root)
 
 
 def test_prepare_trains_tokenizer_once_and_reuses(shards, tmp_path):
@@ -152,7 +153,7 @@ def test_prepare_names_bad_shards(shards, tmp_path):
 
 
 def test_contamination_leaks_user_test_items(shards, tmp_path):
-    from inheritlab.trainers.lm_evaluate import evaluate_lm
+    from inheritlab.trainers.lm_tasks import evaluate_lm
     from inheritlab.trainers.lm_models import build_lm, get_rung
     from inheritlab.corruptors.duplication import leaked_keys
 
@@ -161,7 +162,7 @@ def test_contamination_leaks_user_test_items(shards, tmp_path):
     d["eval"] = {"tasks": ["perplexity", "contamination"]}
     spec = parse_spec(d)
     run = RunDir.at(tmp_path / "run")
-    data = prepare_text_data(expand_grid(spec)[0].config["data"], spec.seed, run)
+    data = get_modality("lm").prepare_data(expand_grid(spec)[0].config.data, spec.seed, run.root)
     (cell,) = expand_grid(spec)
     cdir = run.cell(cell.cell_id)
     counters = stage_condition(cell, cdir, data)
@@ -193,6 +194,8 @@ def test_lm_study_on_user_text_shards_end_to_end(shards, tmp_path):
     table = pl.read_parquet(run.results / "results.parquet")
     assert set(table["modality"].unique().to_list()) == {"lm"}
     assert set(table["bias_level"].unique().to_list()) == {0.0, 0.2}
+    # The unique pool of a user's shards is what the condition stage read: all 300 documents.
+    assert table["unique_samples"].unique().to_list() == [300]
     ppl = table.filter((pl.col("task") == "perplexity") & (pl.col("metric") == "perplexity"))
     assert ppl.height == 4 and ppl["value"].is_finite().all()
     assert set(ppl["split"].unique().to_list()) == {"id", "ood"}

@@ -14,10 +14,8 @@ import os
 import shutil
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from inheritlab.corruptors.chain import condition_data
 from inheritlab.corruptors.shards import ReadStats, iter_samples, list_shards

@@ -13,8 +13,10 @@ from inheritlab.infra.atomic import read_json
 from inheritlab.infra.errors import CheckpointError, SpecError
 from inheritlab.trainers.clip_data import ClipBatchStream, StreamSpec
 from inheritlab.trainers.clip_models import build_clip
-from inheritlab.trainers.clip_pretrain import ClipTrainConfig, train_clip
-from inheritlab.trainers.evaluate import evaluate_clip, retrieval_recall, spectrum_diagnostics, SplitFeatures
+from inheritlab.trainers.checkpoint import TrainSummary
+from inheritlab.trainers.clip_eval import SplitFeatures, retrieval_recall, spectrum_diagnostics
+from inheritlab.trainers.clip_pretrain import ClipTrainConfig, export_weights, train_clip
+from inheritlab.trainers.clip_tasks import evaluate_clip
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +76,8 @@ def _cfg(world: WorldInfo, cell: Path, **kw: Any) -> ClipTrainConfig:
     return ClipTrainConfig(**{**base, **kw})
 
 
-def _weights(summary: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return torch.load(summary["final_export"]["path"], map_location="cpu", weights_only=True)
+def _weights(summary: TrainSummary) -> dict[str, torch.Tensor]:
+    return torch.load(export_weights(summary.final_export), map_location="cpu", weights_only=True)
 
 
 def test_train_commit_resume_export_evaluate(world: WorldInfo, tmp_path: Path) -> None:
@@ -83,29 +85,29 @@ def test_train_commit_resume_export_evaluate(world: WorldInfo, tmp_path: Path) -
 
     # Uninterrupted: 4 steps, checkpoints committed at 2 and 4.
     full = train_clip(_cfg(world, tmp_path / "full"))
-    assert full["steps"] == 4 and full["samples_seen"] == 128 and full["resumed_from"] is None
-    assert [s for s, _ in full["loss_curve"]] == [1, 2, 3, 4]
-    assert all(torch.isfinite(torch.tensor(v)) for _, v in full["loss_curve"])
+    assert full.steps == 4 and full.samples_seen == 128 and full.resumed_from is None
+    assert [s for s, _ in full.loss_curve] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(v)) for _, v in full.loss_curve)
     assert read_json(tmp_path / "full" / "ckpt" / "latest.json")["tag"] == "step_4"
-    assert full["repeats"] == pytest.approx(128 / 384) and full["params"] > 0 and full["flops_per_sample"] > 0
+    assert full.repeats == pytest.approx(128 / 384) and full.params > 0 and full.flops_per_sample > 0
 
     # Interrupted after the first commit, then resumed: same step, same data, same weights.
     part = train_clip(_cfg(world, tmp_path / "part", stop_after_steps=2))
-    assert part["steps"] == 2
+    assert part.steps == 2
     assert not (tmp_path / "part" / "ckpt" / "train_summary.json").exists()
     resumed = train_clip(_cfg(world, tmp_path / "part"))
-    assert resumed["resumed_from"] == 2 and resumed["steps"] == 4
-    assert [s for s, _ in resumed["loss_curve"]] == [1, 2, 3, 4]
-    assert [v for _, v in resumed["loss_curve"]] == pytest.approx([v for _, v in full["loss_curve"]], rel=1e-4)
+    assert resumed.resumed_from == 2 and resumed.steps == 4
+    assert [s for s, _ in resumed.loss_curve] == [1, 2, 3, 4]
+    assert [v for _, v in resumed.loss_curve] == pytest.approx([v for _, v in full.loss_curve], rel=1e-4)
     w_full, w_res = _weights(full), _weights(resumed)
     assert all(torch.allclose(w_full[k], w_res[k], atol=1e-5) for k in w_full)
 
     # A finished cell trains nothing the second time.
     again = train_clip(_cfg(world, tmp_path / "full"))
-    assert again == read_json(tmp_path / "full" / "ckpt" / "train_summary.json")
+    assert again == full == TrainSummary.from_dict(read_json(tmp_path / "full" / "ckpt" / "train_summary.json"))
 
     # The export loads through open_clip by rung name and by directory.
-    path = full["final_export"]["path"]
+    path = export_weights(full.final_export)
     m = open_clip.create_model("clip-tiny", pretrained=path)
     assert torch.equal(m.state_dict()["logit_scale"], w_full["logit_scale"])
     open_clip.create_model(f"local-dir:{Path(path).parent}")
@@ -164,3 +166,48 @@ def test_retrieval_and_spectrum_on_known_features() -> None:
     collapsed = spectrum_diagnostics(torch.ones(8, 8) + 1e-3 * torch.eye(8))
     assert flat["sv_entropy_norm"] == pytest.approx(1.0) and flat["sv_top_ratio"] == pytest.approx(1 / 8)
     assert collapsed["sv_top_ratio"] > 0.9 and collapsed["sv_entropy"] < flat["sv_entropy"]
+
+
+def test_the_stream_is_checked_against_the_condition_stage(world: WorldInfo, tmp_path: Path) -> None:
+    """The trainer's chain counters over one pass must equal what the data-condition stage recorded."""
+    import json
+
+    from inheritlab.corruptors.chain import condition_data
+    from inheritlab.infra.errors import DataAccountingError
+
+    specs = ({"type": "label_noise", "level": 0.3, "mode": "symmetric"},)
+    data = tmp_path / "data"
+    counters = condition_data(world.splits["train"], list(specs), study_seed=0, out_dir=data,
+                              num_classes=world.num_classes, class_names=list(world.class_names))
+    # 13 steps of 32 from a 384-sample pool: one whole pass and then some.
+    kw = dict(corruptors=specs, plan_dir=str(data), class_names=tuple(world.class_names), samples_seen=13 * 32,
+              ckpt_every=100)
+    ok = train_clip(_cfg(world, tmp_path / "ok", **kw))
+    assert ok.data_check["status"] == "matched" and ok.data_check["first_pass_read"]["samples"] == 384
+    # The condition stage recorded another outcome than the stream produces: the run fails, naming it.
+    counters["corruptors"]["label_noise"]["touched"] += 1
+    (data / "counters.json").write_text(json.dumps(counters))
+    with pytest.raises(DataAccountingError, match=r"label_noise\.touched: expected \d+, got \d+"):
+        train_clip(_cfg(world, tmp_path / "bad", **kw))
+    # Shorter than one pass: not checked, and the summary says so.
+    short = train_clip(_cfg(world, tmp_path / "short", **{**kw, "samples_seen": 4 * 32}))
+    assert short.data_check["status"].startswith("not checked: 0 of 1 stream slots")
+
+
+def test_images_are_decoded_after_selection_and_bad_ones_counted(tmp_path: Path) -> None:
+    """The chain decides on keys and metadata; an image that does not decode is skipped and counted."""
+    from inheritlab.corruptors.shards import write_shards
+    from inheritlab.trainers.clip_data import iter_epoch_samples
+
+    good = write_image_world(ImageWorldConfig(seed=3, num_classes=2, train_size=64, test_id_size=16,
+                                              test_ood_size=16, samples_per_shard=64), tmp_path / "w")
+    from inheritlab.corruptors.shards import iter_samples
+
+    samples = list(iter_samples(good.splits["train"], decode=False))
+    samples[5] = {**samples[5], "image": b"\x89PNG not really"}
+    shard = write_shards(samples, tmp_path / "bad", samples_per_shard=64)
+    spec = _spec(good, shards=tuple(str(p) for p in shard), bad_sample_ceiling=2, shuffle_buffer=8)
+    reports = []
+    out = list(iter_epoch_samples(spec, 0, 1, 0, on_pass_end=lambda c, r: reports.append(r)))
+    assert len(out) == 63 and all(hasattr(s["image"], "size") for s in out)
+    assert reports[0]["skipped"] == {"undecodable_image": 1} and reports[0]["samples"] == 63

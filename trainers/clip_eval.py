@@ -1,23 +1,20 @@
-"""Downstream evaluation of one exported CLIP checkpoint: zero-shot, linear probe, retrieval,
-feature diagnostics. Returns tidy rows (``infra.schema.MEASURE_COLUMNS`` minus ``flops``).
+"""The measurements behind the CLIP evaluation tasks: embeddings of a split, zero-shot
+classification, a linear probe, retrieval recall and the feature spectrum.
 
-Labels always come from the clean splits on disk: the bias under study lives only in the
-training stream, so downstream numbers measure what the model inherited from it.
+The tasks themselves (``trainers/clip_tasks.py``) are small functions over these. Labels
+always come from the clean splits on disk: the bias under study lives only in the training
+stream, so downstream numbers measure what the model inherited from it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
-import numpy as np
 import torch
-
 from inheritlab.infra.errors import SpecError
-from inheritlab.infra.seeds import derive_seed32
-
-TASKS = ("zeroshot", "linear_probe", "retrieval", "diagnostics")
+from inheritlab.trainers.eval_tasks import chunks
 
 
 @dataclass
@@ -26,11 +23,6 @@ class SplitFeatures:
     text: torch.Tensor       # [N, d] L2-normalised caption embeddings
     labels: torch.Tensor     # [N] int64 (-1 when the shards carry none)
     captions: list[str]
-
-
-def _batches(items: list[Any], size: int) -> Iterable[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 @torch.no_grad()
@@ -47,7 +39,7 @@ def encode_split(model: Any, transform: Any, tokenizer: Any, shards: list[str], 
     if not samples:
         raise SpecError(f"evaluation split {shards} holds no samples")
     imgs, txts = [], []
-    for chunk in _batches(samples, batch_size):
+    for chunk in chunks(samples, batch_size):
         x = torch.stack([transform(s["image"]) for s in chunk]).to(device)
         imgs.append(model.encode_image(x, normalize=True).float().cpu())
         if with_text:
@@ -76,7 +68,7 @@ def zero_shot_acc(features: SplitFeatures, classes: torch.Tensor) -> float:
     return float((pred == features.labels).float().mean())
 
 
-def linear_probe(train: SplitFeatures, tests: dict[str, SplitFeatures], num_classes: int, *,
+def fit_linear_probe(train: SplitFeatures, tests: dict[str, SplitFeatures], num_classes: int, *,
                  l2: float = 1e-3, max_iter: int = 200) -> dict[str, float]:
     """Multinomial logistic regression on frozen image features, full-batch L-BFGS from zero.
 
@@ -135,75 +127,3 @@ def spectrum_diagnostics(features: torch.Tensor) -> dict[str, float]:
     p = s / s.sum()
     entropy = float(-(p * torch.log(p.clamp_min(1e-300))).sum())
     return {"sv_entropy": entropy, "sv_top_ratio": float(p[0]), "sv_entropy_norm": entropy / math.log(len(s))}
-
-
-def evaluate_clip(
-    weights_path: str,
-    rung: str,
-    world_info: Any,
-    *,
-    tasks: tuple[str, ...] | list[str] = ("zeroshot", "linear_probe", "retrieval"),
-    seed: int = 0,
-    checkpoint_step: int = 0,
-    samples_seen: int = 0,
-    probe_train_size: int = 2000,
-    batch_size: int = 256,
-    device: str | None = None,
-) -> list[dict[str, Any]]:
-    """Evaluate the open_clip weights at ``weights_path`` on the world's splits.
-
-    ``world_info`` is a ``corruptors.world.WorldInfo`` (splits train/test_id/test_ood, class
-    names and prompt templates). Classification tasks need class names; they are skipped for
-    caption-only shards. Rows: checkpoint_step, samples_seen, task, split, metric, value.
-    """
-    from inheritlab.trainers.clip_models import build_clip
-
-    unknown = sorted(set(tasks) - set(TASKS))
-    if unknown:
-        raise SpecError(f"eval.tasks: unknown task(s) {unknown}; allowed {list(TASKS)}")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    built = build_clip(rung, pretrained=weights_path)
-    model = built.model.to(dev).eval()
-    rows: list[dict[str, Any]] = []
-
-    def add(task: str, split: str, metric: str, value: float) -> None:
-        rows.append({"checkpoint_step": int(checkpoint_step), "samples_seen": int(samples_seen), "task": task,
-                     "split": split, "metric": metric, "value": float(value)})
-
-    splits = {"id": world_info.splits.get("test_id") or [], "ood": world_info.splits.get("test_ood") or []}
-    feats = {k: encode_split(model, built.transform, built.tokenizer, v, device=dev, batch_size=batch_size)
-             for k, v in splits.items() if v}
-    classify = world_info.num_classes > 0 and len(world_info.class_names) == world_info.num_classes
-    if "zeroshot" in tasks and classify:
-        classes = class_embeddings(model, built.tokenizer, list(world_info.class_names),
-                                   list(world_info.prompt_templates), dev)
-        for split, f in feats.items():
-            add("zeroshot", split, "acc1", zero_shot_acc(f, classes))
-    if "linear_probe" in tasks and classify:
-        train = _probe_train(model, built, world_info, seed, probe_train_size, dev, batch_size)
-        for split, acc in linear_probe(train, feats, world_info.num_classes).items():
-            add("linear_probe", split, "acc1", acc)
-    if "retrieval" in tasks and "id" in feats:
-        rec = retrieval_recall(feats["id"])
-        for direction, by_k in rec.items():
-            for k, v in by_k.items():
-                add(f"retrieval_{direction}", "id", f"recall@{k}", v)
-    if "diagnostics" in tasks:
-        for split, f in feats.items():
-            for metric, v in spectrum_diagnostics(f.image).items():
-                add("diagnostics", split, metric, v)
-    return rows
-
-
-def _probe_train(model: Any, built: Any, world_info: Any, seed: int, n: int, dev: torch.device,
-                 batch_size: int) -> SplitFeatures:
-    """Image features of a seeded subset of ``n`` clean train samples (the probe's train set),
-    drawn from the first ``4n`` of the train split so a large pool is never read whole."""
-    full = encode_split(model, built.transform, built.tokenizer, list(world_info.splits["train"]), device=dev,
-                        batch_size=batch_size, with_text=False, limit=4 * n)
-    if len(full.labels) > n:
-        rng = np.random.default_rng(derive_seed32(seed, "linear-probe-subset"))
-        idx = torch.from_numpy(np.sort(rng.choice(len(full.labels), size=n, replace=False)))
-        full = SplitFeatures(image=full.image[idx], text=full.text, labels=full.labels[idx],
-                             captions=[full.captions[i] for i in idx.tolist()])
-    return full

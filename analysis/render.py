@@ -1,0 +1,238 @@
+"""How a report is written: markdown summary, LaTeX fit table, JSON fits, CSV tables, plots.
+
+Every renderer takes a computed :class:`~inheritlab.analysis.report_data.Report` and nothing
+else: it formats numbers the report already holds and never fits, so all formats agree and a
+format can be rendered again (or added later) at no cost. Text renderers return the text;
+:func:`build_report <inheritlab.analysis.report.build_report>` writes it atomically.
+:func:`render_plots` draws with :mod:`inheritlab.analysis.plots` and returns the files.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+
+from inheritlab.analysis import plots
+from inheritlab.analysis.fits import FitResult
+from inheritlab.analysis.report_data import Curve, Report
+from inheritlab.analysis.results import curve_label
+
+_NAN_CI = (math.nan, math.nan)
+
+
+def _ci(ci: dict[str, tuple[float, float]], name: str) -> tuple[float, float]:
+    # A parameter without a bootstrap interval (too few points to resample) reads as (nan, nan).
+    return ci.get(name, _NAN_CI)
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+
+
+def _bullets(heading: str, items: Sequence[str]) -> list[str]:
+    """A markdown section: a bold heading and one bullet per item; nothing when there are none."""
+    return ["", heading, ""] + [f"- {item}" for item in items] if items else []
+
+
+# --- markdown -----------------------------------------------------------------------------------
+
+
+def render_markdown(report: Report) -> str:
+    """The summary: fits table, then each inheritance finding, then the notes on what is missing."""
+    r, x = report, report.x
+    out = _fits_table(r)
+    out += _bullets("**Model comparison** (held-out RMSLE, best first):", [
+        f"{c.label}: " + ", ".join(f"{row['form']} {_fmt(row['holdout_rmsle'])}" for row in c.comparison)
+        for c in r.curves if c.comparison])
+    out += _bullets(f"**Critical scale** (break of the broken scaling law, `{x}`):", [
+        f"{c.label}: {b['d']:.4g} [{_fmt(b['d_lo'])}, {_fmt(b['d_hi'])}], slope change {b['slope_change']:+.3g}"
+        for c in r.curves for b in c.breaks])
+    out += _bullets("**Compute frontier** (best result per bin of log FLOPs over all models, E = β·C^α):", [
+        f"{fr.label}: E = {fr.fit.beta:.4g}·C^{fr.fit.alpha:.4f} (α 95 % CI [{_fmt(_ci(fr.fit.ci, 'alpha')[0])}, "
+        f"{_fmt(_ci(fr.fit.ci, 'alpha')[1])}]; {len(fr.fit.frontier_x)} frontier points of {fr.fit.n_points})"
+        for fr in r.frontier])
+    out += _bullets("**Joint fits** (one exponent b shared by all levels, own a and c per level):", [
+        f"{j.label or 'all'}: b = {j.fit.params['b']:.3g} [{_ci(j.fit.ci, 'b')[0]:.3g}, {_ci(j.fit.ci, 'b')[1]:.3g}] "
+        f"over levels {', '.join(f'{v:g}' for v in j.levels)}"
+        for j in r.joint])
+    out += _bullets("**Two-variable fits** (E = E0 + A/N^α + B/D^β over model size N and data D; what a bias "
+                    "costs in capacity, in data and in the floor):", [
+        f"{t.label}: " + "; ".join(f"{n} = {t.fit.params[n]:.3g} [{_fmt(_ci(t.fit.ci, n)[0])}, {_fmt(_ci(t.fit.ci, n)[1])}]"
+                                   for n in ("alpha", "beta", "E0"))
+        for t in r.two_variable])
+    out += _delta_table(r)
+    out += _bullets("**Critical level** (lowest level whose Δ at the largest scale is below −tol and beyond 2 s.e.):", [
+        f"{row.get('bias_type', '')}: " + (f"{row['critical_level']:g}" if row["critical_level"] is not None else "none")
+        + f" (tol {row['tol']:g}, at {x} = {row['scale']:.4g})"
+        for row in r.critical_level.iter_rows(named=True)])
+    out += _bullets("**Effective-data multiplier** (clean scale reaching the biased result ÷ the biased scale; "
+                    "— when outside 1000× either way or below the clean floor):", [
+        f"level {row['bias_level']:g}{', ' + str(row['bias_type']) if 'bias_type' in row else ''} at {row[x]:.4g}: "
+        f"{_fmt(row['multiplier'])}"
+        for row in r.multiplier.iter_rows(named=True)])
+    if not r.id_ood_gap.is_empty():
+        per = r.id_ood_gap.group_by("bias_level").agg(pl.col("gap").mean()).sort("bias_level")
+        out += ["", f"**ID − OOD gap** ({r.metric}, mean over scales): " +
+                ", ".join(f"level {a:g}: {b:+.4f}" for a, b in per.iter_rows())]
+    out += _bullets("**Notes**", r.notes)
+    return "\n".join(out) + "\n"
+
+
+def _fits_table(r: Report) -> list[str]:
+    tgt = f"E = 1 − {r.metric}" if r.hib else f"E = {r.metric}"
+    out = [f"# Scaling report — {r.title}", "", f"Fits of {tgt} against `{r.x}` (final checkpoint of each cell; "
+           "95 % bootstrap intervals; held-out RMSLE = error on the largest scales of a refit on the smaller ones).", ""]
+    out += ["| curve | scales | form | parameters [95 % CI] | held-out RMSLE |", "|---|---|---|---|---|"]
+    for c in r.curves:
+        f = c.fit
+        if f is None:
+            out.append(f"| {c.label} | {len(c.x)} | — | — | — |")
+            continue
+        ho = (f.holdout or {}).get("rmsle", math.nan)
+        out.append(f"| {c.label} | {len(c.x)} | {f.form.name} | {'; '.join(_param_md(f, n) for n in f.form.params)} | {_fmt(ho)} |")
+    return out
+
+
+def _param_md(f: FitResult, name: str) -> str:
+    lo, hi = _ci(f.ci, name)
+    return f"{name} = {f.params[name]:.3g}" + ("" if math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]")
+
+
+def _delta_table(r: Report) -> list[str]:
+    delta, x = r.delta, r.x
+    if delta.is_empty() or not delta.filter(pl.col("bias_level") > 0).height:
+        return []
+    out = ["", f"**Δ {r.metric} vs clean at equal scale**", "", "| curve | " + x + " | Δ | ± s.e. |", "|---|---|---|---|"]
+    keys = [k for k in ("bias_type", "bias_level", "model", "data_scale") if k in delta.columns and k != x]
+    for row in delta.filter(pl.col("bias_level") > 0).iter_rows(named=True):
+        out.append(f"| {curve_label(keys, [row[k] for k in keys])} | {row[x]:.4g} | {row['delta']:+.4f} | {row['delta_se']:.4f} |")
+    return out
+
+
+# --- tables: fit rows (CSV, LaTeX), JSON ----------------------------------------------------------
+
+
+def _fit_rows(curves: Sequence[Curve]) -> list[dict[str, Any]]:
+    """One flat row per curve: key, form, parameters with their interval bounds, held-out errors."""
+    rows = []
+    for c in curves:
+        f = c.fit
+        base = {**c.key, "label": c.label, "n_scales": len(c.x)}
+        if f is None:
+            rows.append({**base, "form": "none", "note": c.note})
+            continue
+        row = {**base, "form": f.form.name, "loss": f.loss, "note": f.note}
+        for n, v in f.params.items():
+            row[n] = v
+            row[f"{n}_lo"], row[f"{n}_hi"] = _ci(f.ci, n)
+        ho = f.holdout or {}
+        row["holdout_rmsle"] = ho.get("rmsle", math.nan)
+        row["holdout_rel_err"] = ho.get("rel_err", math.nan)
+        rows.append(row)
+    return rows
+
+
+def render_fits_csv(report: Report) -> str:
+    """The per-curve fit table as CSV (empty text when there are no curves)."""
+    rows = _fit_rows(report.curves)
+    return pl.DataFrame(rows).write_csv() if rows else ""
+
+
+def render_tables_csv(report: Report) -> dict[str, str]:
+    """CSV text of the inheritance tables the study gives: ``delta``, ``id_ood_gap``, ``multiplier``."""
+    tables = (("delta", report.delta), ("id_ood_gap", report.id_ood_gap), ("multiplier", report.multiplier))
+    return {name: frame.write_csv() for name, frame in tables if not frame.is_empty()}
+
+
+_PARAM_TEX = {"a": "a", "b": "b", "c": "c", "c0": "c_0", "alpha": r"\alpha", "beta": r"\beta", "E0": "E_0"}
+
+
+def render_latex(report: Report) -> str:
+    """A booktabs table: one row per curve, its form, parameters with 95 % intervals."""
+    tgt = f"1-{report.metric}" if report.hib else report.metric
+    forms = {c.fit.form.name: c.fit.form.params for c in report.curves if c.fit is not None}
+    lines = [
+        f"% scaling fits of E = {tgt} against {report.x}; power_law: E = a x^{{-b}} + c;",
+        "% bnsl_n: E = a + b x^{-c_0} prod_i (1 + (x/d_i)^{1/f_i})^{-c_i f_i}",
+        r"\begin{tabular}{llp{0.5\linewidth}rr}",
+        r"\toprule",
+        r"curve & form & parameters [95\% CI] & held-out RMSLE & scales \\",
+        r"\midrule",
+    ]
+    for r in _fit_rows(report.curves):
+        parts = []
+        for n in forms.get(r["form"], ()):
+            sym = _PARAM_TEX.get(n, f"{n[0]}_{{{n[1:]}}}" if len(n) > 1 else n)
+            lo, hi = r.get(f"{n}_lo", math.nan), r.get(f"{n}_hi", math.nan)
+            ci = "" if lo is None or math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]"
+            parts.append(f"${sym}={r[n]:.3g}${ci}")
+        ho = r.get("holdout_rmsle", math.nan)
+        name = r["label"].replace("_", "\\_")
+        form = r["form"].replace("_", "\\_")
+        lines.append(f"{name} & {form} & {'; '.join(parts) or '--'} & "
+                     f"{'--' if ho is None or math.isnan(ho) else f'{ho:.3g}'} & {r['n_scales']} \\\\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def render_json(report: Report) -> dict[str, Any]:
+    """The fits as plain JSON values (NaN and ±inf become null): what other tools read."""
+    r = report
+    return _jsonable({
+        "metric": r.metric, "task": r.task, "split": r.split, "x": r.x, "target": r.target,
+        "curves": [{"label": c.label, **c.key, "fit": c.fit.to_dict() if c.fit else None, "note": c.note,
+                    "comparison": c.comparison, "breaks": c.breaks} for c in r.curves],
+        "joint": [{"label": j.label, "levels": j.levels, "fit": j.fit.to_dict()} for j in r.joint],
+        "frontier": [{"label": f.label, "fit": f.fit.to_dict()} for f in r.frontier],
+        "two_variable": [{"label": t.label, "fit": t.fit.to_dict()} for t in r.two_variable],
+        "critical_level": r.critical_level.to_dicts() if not r.critical_level.is_empty() else [],
+        "effective_data_multiplier": r.multiplier.to_dicts() if not r.multiplier.is_empty() else [],
+        "notes": r.notes,
+    })
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return None if math.isnan(v) or math.isinf(v) else v
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+
+def render_plots(report: Report, out_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
+    """Curves with fits, Δ vs level and ID vs OOD, in each image format; name → path.
+
+    Names are ``curves_<fmt>``, ``delta_<fmt>`` and ``id_ood_<fmt>``; a figure without data
+    (no biased level, no OOD split) is not drawn.
+    """
+    r, paths = report, {}
+    img = [f for f in formats if f in plots.IMAGE_FORMATS]
+    if not img:
+        return paths
+    for p in plots.plot_curves(r.curves, out_dir / f"curves_{r.tag}", x=r.x, metric=r.metric, title=r.title,
+                               formats=img, to_metric=r.to_metric):
+        paths[f"curves_{p.suffix[1:]}"] = p
+    if not r.delta.is_empty() and r.delta.filter(pl.col("bias_level") > 0).height:
+        for p in plots.plot_delta(r.delta, out_dir / f"delta_{r.tag}", x=r.x, metric=r.metric, title=r.title, formats=img):
+            paths[f"delta_{p.suffix[1:]}"] = p
+    if not r.id_ood_gap.is_empty():
+        # One ID-vs-OOD figure per task and metric, whichever split the report is for.
+        stem = out_dir / f"id_ood_{r.task}_{r.metric}".replace("@", "at")
+        for p in plots.plot_id_ood(r.id_ood_gap, stem, metric=r.metric, title=f"{r.task} / {r.metric}", formats=img):
+            paths[f"id_ood_{p.suffix[1:]}"] = p
+    return paths
+
+
+__all__ = ["render_fits_csv", "render_json", "render_latex", "render_markdown", "render_plots", "render_tables_csv"]

@@ -1,0 +1,255 @@
+"""A cell of a study: one typed, frozen config. The cell *is* its config.
+
+The grid of a study spec expands into :class:`CellConfig` objects; everything downstream — the
+data condition, the trainer configs (``from_cell``), the evaluation, the results row — is built
+from one of them, never copied field by field. Its id is the hash of its canonical dump plus
+:data:`CODE_EPOCH`, so a re-launch finds finished cells by id and a changed config can never
+reuse stale results.
+
+How a cell runs (worker count, GPU use, checkpoint cadence, loader workers, retries) is kept
+beside it in :class:`ExecutionConfig`, out of the id: a study started on a laptop keeps its
+finished cells on a cluster.
+
+This module sits in the bottom layer (pydantic only) because flows, trainers and the CLI all
+read cells; which modalities, rungs and tasks exist is checked by the layers that know them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from inheritlab.infra.hashing import config_id
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Bump when a code change makes old cell results incomparable with new ones (the ids change).
+# 2: the typed cell (its canonical dump differs from the epoch-1 dict).
+CODE_EPOCH = 2
+
+
+class Frozen(BaseModel):
+    """Base of every config model: unknown keys are refused, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+class WorldSpec(Frozen):
+    """The built-in procedural image–caption world (generated at data-prep time)."""
+
+    num_classes: Annotated[int, Field(ge=2, le=64)] = 10
+    image_size: Annotated[int, Field(ge=16, le=256)] = 32
+    train_size: Annotated[int, Field(ge=64)] = 4000
+    test_id_size: Annotated[int, Field(ge=16)] = 500
+    test_ood_size: Annotated[int, Field(ge=16)] = 500
+    samples_per_shard: Annotated[int, Field(ge=16)] = 500
+    imbalance: Annotated[float, Field(ge=0.0, le=4.0)] = 0.0
+
+
+class TextWorldSpec(Frozen):
+    """The built-in synthetic-biography world for LM studies (tokenizer trained at data prep)."""
+
+    num_individuals: Annotated[int, Field(ge=10)] = 500
+    num_heldout_individuals: Annotated[int, Field(ge=1)] = 100
+    train_docs: Annotated[int, Field(ge=100)] = 4000
+    zipf: Annotated[float, Field(ge=0.0, le=4.0)] = 1.0
+    test_docs: Annotated[int, Field(ge=10)] = 200
+    qa_individuals: Annotated[int, Field(ge=10)] = 100
+    docs_per_shard: Annotated[int, Field(ge=10)] = 1000
+    vocab_size: Annotated[int, Field(ge=256)] = 1024
+
+
+class ShardsSpec(Frozen):
+    """A user's own shards: a directory or brace pattern of ``.tar`` shards per split.
+
+    CLIP: image–caption shards (img2dataset layout or ours). LM: text shards, one document per
+    sample (``<key>.txt``, optional ``<key>.json`` meta); ``test_id`` is clean held-out text
+    (perplexity split ``id``), ``test_ood`` another held-out set (split ``ood``).
+
+    ``tokenizer`` and ``vocab_size`` apply to LM studies only: ``train`` (the default) trains a
+    byte-level BPE of ``vocab_size`` on the train split at data prep, once per study; otherwise
+    a ``tokenizer.json``, a directory holding one, or the name of a tokenizer already in the
+    local Hugging Face cache (nothing is downloaded).
+    """
+
+    train: str
+    test_id: str
+    test_ood: str | None = None
+    tokenizer: Annotated[str, Field(min_length=1)] = "train"
+    vocab_size: Annotated[int, Field(ge=300, le=1 << 17)] = 8192
+
+    def given(self) -> dict[str, str]:
+        """The splits the user named (``train``, ``test_id`` and ``test_ood`` when set)."""
+        out = {"train": self.train, "test_id": self.test_id}
+        if self.test_ood:
+            out["test_ood"] = self.test_ood
+        return out
+
+
+class DataConfig(Frozen):
+    """Where the data comes from: a built-in world (``world`` for CLIP, ``text_world`` for LM)
+    generated at data prep, or the user's ``shards`` (image–caption or text, by modality).
+
+    In a cell only the parts its modality reads are set away from their defaults, so an LM
+    cell's id never depends on the image world's settings (and vice versa).
+    """
+
+    source: Literal["builtin", "shards"] = "builtin"
+    world: WorldSpec = WorldSpec()
+    text_world: TextWorldSpec = TextWorldSpec()
+    shards: ShardsSpec | None = None
+    # A skipped bad sample is counted; past this fraction of the stream the run fails.
+    bad_sample_ceiling: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+
+    @model_validator(mode="after")
+    def _shards_when_needed(self) -> "DataConfig":
+        if self.source == "shards" and self.shards is None:
+            raise ValueError("data.source is 'shards' but data.shards (train/test_id/...) is missing")
+        return self
+
+
+# ----------------------------------------------------------------------------------- the cell
+
+
+class BiasConfig(Frozen):
+    """The bias a cell is conditioned with: a corruptor type, its level and parameters.
+
+    The clean control is ``type: none`` at level 0, shared by every bias axis of a study.
+    """
+
+    type: str
+    level: Annotated[float, Field(ge=0.0, le=1.0)]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def is_clean(self) -> bool:
+        return self.type == "none"
+
+    def corruptor(self) -> dict[str, Any]:
+        """The corruptor spec the data layer reads (``{"type", "level", **params}``)."""
+        return {"type": self.type, "level": self.level, **self.params}
+
+
+CLEAN = BiasConfig(type="none", level=0.0)
+
+
+class RecipeConfig(Frozen):
+    """Training settings that change results (in the id); ``None`` takes the rung's recipe."""
+
+    batch_size: Annotated[int, Field(ge=1)] | None = None
+    lr: Annotated[float, Field(gt=0)] | None = None
+    warmup_steps: Annotated[int, Field(ge=0)] | None = None
+    zero_stage: Annotated[int, Field(ge=0, le=3)] = 2
+    # Checkpoints evaluated downstream: the final one, or every committed checkpoint.
+    eval_checkpoints: Literal["final", "all"] = "final"
+
+
+class EvalConfig(Frozen):
+    """Downstream evaluation of every chosen checkpoint.
+
+    ``tasks`` are names registered for the modality (``None`` in a spec: the modality's
+    defaults that the data supports). ``lm_adaptation`` (LM studies, task ``qa``): ``prompting``
+    the model as it is (rows ``qa``) and/or ``finetune`` — a copy fine-tuned on the text
+    world's ``qa_train`` split (rows ``qa_finetune``); ``finetune_steps``/``finetune_lr``
+    override that fine-tune's defaults.
+    """
+
+    tasks: Annotated[tuple[str, ...], Field(min_length=1)] | None = None
+    lm_adaptation: Annotated[tuple[Literal["prompting", "finetune"], ...], Field(min_length=1)] = ("prompting",)
+    finetune_steps: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    finetune_lr: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EvalConfig":
+        if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks {list(self.tasks)} repeat a name")
+        if len(set(self.lm_adaptation)) != len(self.lm_adaptation):
+            raise ValueError(f"lm_adaptation {list(self.lm_adaptation)} repeats a value")
+        knobs = [k for k in ("finetune_lr", "finetune_steps") if getattr(self, k) is not None]
+        if knobs and "finetune" not in self.lm_adaptation:
+            raise ValueError(f"{knobs}: only used when lm_adaptation includes 'finetune' (got {list(self.lm_adaptation)})")
+        return self
+
+
+class CellConfig(Frozen):
+    """One grid cell: everything that decides its results, and nothing else.
+
+    ``samples_seen`` is always samples (CLIP pairs, LM packed sequences) seen in training;
+    ``unique_samples`` the size of the unique pool drawn from (``None``: the whole pool of a
+    user's shards, counted at the data-condition stage); ``pool`` the number of unique
+    training samples of a built-in world (``None`` for a user's shards).
+    """
+
+    study: str
+    modality: str
+    study_seed: int
+    seed: int
+    bias: BiasConfig
+    model: str
+    samples_seen: Annotated[int, Field(ge=1)]
+    unique: Literal["fixed", "scaled"] = "fixed"
+    unique_samples: int | None = None
+    pool: int | None = None
+    data: DataConfig
+    train: RecipeConfig = RecipeConfig()
+    eval: EvalConfig
+
+    def canonical(self) -> dict[str, Any]:
+        """The dump the id hashes. Settings at their defaults are left out, so adding a new
+        setting (with a default) never changes the ids of cells that do not use it."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+    @property
+    def cell_id(self) -> str:
+        return config_id(self.canonical(), CODE_EPOCH)
+
+    @property
+    def label(self) -> str:
+        """A short human name for dashboards: ``label_noise=0.2/clip-tiny/n=4096/s0``."""
+        bias = "clean" if self.bias.is_clean else f"{self.bias.type}={self.bias.level:g}"
+        return f"{bias}/{self.model}/n={self.samples_seen}/s{self.seed}"
+
+    @property
+    def eval_tasks(self) -> tuple[str, ...]:
+        if self.eval.tasks is None:
+            raise ValueError(f"cell {self.label}: eval.tasks is unresolved (expand the study's grid first)")
+        return self.eval.tasks
+
+    def corruptors(self) -> list[dict[str, Any]]:
+        """The cell's corruptor chain: the unique-pool selector, then the bias under study."""
+        specs: list[dict[str, Any]] = []
+        if self.unique_samples is not None and self.pool and self.unique_samples < self.pool:
+            specs.append({"type": "subsample", "level": self.unique_samples / self.pool})
+        if not self.bias.is_clean:
+            specs.append(self.bias.corruptor())
+        return specs
+
+
+class ExecutionConfig(Frozen):
+    """How a cell runs — not part of its id (a study moves from a laptop to a cluster)."""
+
+    workers: Annotated[int, Field(ge=1)] = 1
+    cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    ckpt_every: Annotated[int, Field(ge=1)] = 50
+    loader_workers: Annotated[int, Field(ge=0)] = 0
+    # Ray Train restarts crashed workers this many times; training resumes from its last checkpoint.
+    max_failures: Annotated[int, Field(ge=0, le=10)] = 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A cell's config and how it runs, as the flow passes them around."""
+
+    config: CellConfig
+    execution: ExecutionConfig = ExecutionConfig()
+
+    @property
+    def cell_id(self) -> str:
+        return self.config.cell_id
+
+    @property
+    def label(self) -> str:
+        return self.config.label

@@ -1,0 +1,270 @@
+"""One checkpoint manager for every trainer: commit, resume, prune, export, the finished-run shortcut.
+
+A cell's ``ckpt/`` directory::
+
+    step_<N>/              DeepSpeed checkpoint of step N (sharded per rank under ZeRO)
+    latest.json            the commit pointer: a checkpoint counts only once this names it
+    export/step_<N>/       full weights for evaluation, ``export.json`` inside; the directory is
+                           built under a temp name and renamed, so it exists only when whole
+    train_summary.json     written last, when training finished: a relaunch returns it as is
+
+A commit is DeepSpeed's ``save_checkpoint`` on every rank, a barrier, then rank 0 moves the
+pointer and prunes older checkpoints. A resume reads the pointer, checks that this run has the
+same *shape* as the one that wrote it (ranks, batch, parameter layout: ZeRO shards and the
+per-rank data stream only line up again then) and loads it. What an export holds is the
+modality's business (open_clip weights, safetensors); where it lives and how it is committed is
+decided here, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inheritlab.infra.atomic import atomic_dir, atomic_write_json, read_json
+from inheritlab.infra.errors import CheckpointError
+
+LATEST = "latest.json"
+SUMMARY = "train_summary.json"
+EXPORTS = "export"
+EXPORT_RECORD = "export.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Export:
+    """One weight export: its directory and where in training it was taken."""
+
+    step: int
+    samples_seen: int
+    path: str
+    meta: dict[str, Any] = field(default_factory=dict)  # what the modality records (rung, tokenizer...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSummary:
+    """What a training run did; the same type for every modality.
+
+    ``samples_seen`` counts samples (CLIP pairs, LM packed sequences); ``flops_per_sample`` is
+    the training cost of one (forward + backward). ``exports`` lists every export of the cell,
+    earlier attempts' included. ``data_check`` says whether the trainer's corruptor counters
+    matched the cell's data-condition stage (see ``trainers.data_check``). Modality-specific
+    figures (tokens, the LM batch plan) go in ``extra``.
+    """
+
+    rung: str
+    steps: int
+    total_steps: int
+    samples_seen: int
+    global_batch: int
+    world_size: int
+    precision: str
+    zero_stage: int
+    params: int
+    flops_per_sample: float
+    train_seconds: float
+    samples_per_s: float | None
+    samples_per_s_steady: float | None = None
+    final_loss: float | None
+    loss_curve: tuple[tuple[int, float], ...] = ()
+    epochs: int | None = None
+    repeats: float | None = None
+    exports: tuple[Export, ...] = ()
+    resumed_from: int | None = None
+    data_check: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # One form whatever built it (a live run, or JSON): summaries compare equal.
+        object.__setattr__(self, "loss_curve", tuple((int(s), float(v)) for s, v in self.loss_curve))
+        object.__setattr__(self, "exports", tuple(e if isinstance(e, Export) else Export(**e) for e in self.exports))
+        # Rows of the results table carry params and FLOPs: a zero here would be a silent lie.
+        if self.params <= 0 or self.flops_per_sample <= 0:
+            raise CheckpointError(
+                f"train summary of {self.rung}: params={self.params}, flops_per_sample={self.flops_per_sample}; "
+                "both must be positive"
+            )
+
+    @property
+    def finished(self) -> bool:
+        return self.steps >= self.total_steps
+
+    @property
+    def flops(self) -> float:
+        """Training FLOPs up to the last step."""
+        return self.flops_per_sample * self.samples_seen
+
+    @property
+    def final_export(self) -> Export:
+        if not self.exports:
+            raise CheckpointError(f"train summary of {self.rung}: no export was written")
+        return self.exports[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "train summary") -> "TrainSummary":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise CheckpointError(f"{where}: unknown field(s) {unknown}; written by another version of the trainer")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise CheckpointError(f"{where}: {exc}") from None
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+class CheckpointManager:
+    """Commits, resumes, prunes and exports the checkpoints of one cell (every rank holds one).
+
+    ``shape`` is what a resume must match — ``world_size``, ``global_batch``, ``param_layout``
+    and whatever else fixes the per-rank data stream (the LM's micro-batch and sequence
+    length). It is recorded in every commit pointer.
+    """
+
+    def __init__(self, ckpt_dir: str | Path, *, keep: int, shape: Mapping[str, Any]) -> None:
+        if keep < 1:
+            raise CheckpointError(f"keep_checkpoints: got {keep}; expected >= 1")
+        self.dir = Path(ckpt_dir)
+        self.keep = keep
+        self.shape = dict(shape)
+
+    # -- resume ------------------------------------------------------------------------------
+
+    def latest(self) -> dict[str, Any] | None:
+        """The commit pointer, or ``None`` when nothing was committed yet."""
+        return read_latest(self.dir)
+
+    def _check_shape(self, ptr: dict[str, Any]) -> None:
+        tag = ptr["tag"]
+        for key, want in self.shape.items():
+            if key != "param_layout" and key in ptr and ptr[key] != want:
+                raise CheckpointError(
+                    f"{self.dir / LATEST}: checkpoint {tag} was written with {key}={ptr[key]}, this run has "
+                    f"{key}={want}; ZeRO shards and the per-rank data stream only line up again with the same "
+                    "value (resuming would not continue the data stream at the right sample): resume with the "
+                    "same value or start a new cell"
+                )
+        layout = ptr.get("param_layout", 1)  # pointers written before layouts were recorded
+        if "param_layout" in self.shape and layout != self.shape["param_layout"]:
+            raise CheckpointError(
+                f"{self.dir / LATEST}: checkpoint {tag} has parameter layout {layout}, this code uses "
+                f"{self.shape['param_layout']}; its optimizer state would load into the wrong parameters: start a new cell"
+            )
+
+    def resume(self, engine: Any) -> dict[str, Any] | None:
+        """Load the last committed checkpoint into ``engine``; its client state, or ``None``."""
+        ptr = self.latest()
+        if ptr is None:
+            return None
+        self._check_shape(ptr)
+        path, client = engine.load_checkpoint(str(self.dir), tag=ptr["tag"], load_module_strict=True)
+        if path is None or client is None:
+            raise CheckpointError(f"{self.dir / ptr['tag']}: DeepSpeed could not load this committed checkpoint")
+        return dict(client)
+
+    # -- commit ------------------------------------------------------------------------------
+
+    def commit(self, engine: Any, *, step: int, samples_seen: int, state: Mapping[str, Any]) -> None:
+        """Save on every rank, then (rank 0) move the pointer and prune; every rank calls it."""
+        tag = f"step_{step}"
+        client = {"step": step, "samples_seen": samples_seen, **state}
+        engine.save_checkpoint(str(self.dir), tag=tag, client_state=client, save_latest=False)
+        _barrier()
+        if _rank() == 0:
+            atomic_write_json(self.dir / LATEST, {"tag": tag, "step": step, "samples_seen": samples_seen,
+                                                  **self.shape, "committed_at": time.time()})
+            self._prune(current=tag)
+        _barrier()
+
+    def _prune(self, current: str) -> None:
+        tags = sorted((p for p in self.dir.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+        for old in tags[: -self.keep]:
+            if old.name != current:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def checkpoints(self) -> list[str]:
+        """Tags of the DeepSpeed checkpoints on disk, oldest first."""
+        return [p.name for p in sorted(self.dir.glob("step_*"), key=lambda p: int(p.name.split("_")[1])) if p.is_dir()]
+
+    # -- export ------------------------------------------------------------------------------
+
+    def export(self, *, step: int, samples_seen: int, write: Callable[[Path], None],
+               meta: Mapping[str, Any] | None = None) -> Export:
+        """Rank 0 calls ``write(tmp_dir)`` and the directory is renamed into place; every rank
+        calls this (after any collective gather of the weights) and gets the same record."""
+        dest = self.dir / EXPORTS / f"step_{step}"
+        rec = Export(step=step, samples_seen=samples_seen, path=str(dest), meta=dict(meta or {}))
+        if _rank() == 0:
+            with atomic_dir(dest) as tmp:
+                write(tmp)
+                atomic_write_json(tmp / EXPORT_RECORD, rec.to_dict())
+        _barrier()
+        return rec
+
+    def exports(self) -> list[Export]:
+        """Every whole export of the cell, by step (earlier attempts' included)."""
+        out = []
+        for d in (self.dir / EXPORTS).glob("step_*"):
+            if (d / EXPORT_RECORD).is_file():
+                out.append(Export(**{**read_json(d / EXPORT_RECORD), "path": str(d)}))
+        return sorted(out, key=lambda e: e.step)
+
+    # -- finish ------------------------------------------------------------------------------
+
+    def finished(self, total_steps: int) -> TrainSummary | None:
+        """The summary of a run that already trained ``total_steps`` steps (and whose final
+        export is whole), or ``None``: a relaunch of a finished cell trains nothing."""
+        p = self.dir / SUMMARY
+        if not p.is_file():
+            return None
+        s = TrainSummary.from_dict(read_json(p), where=str(p))
+        if s.steps != total_steps or not s.exports or not Path(s.final_export.path).is_dir():
+            return None
+        return s
+
+    def finish(self, summary: TrainSummary) -> None:
+        """Rank 0 writes the summary of a finished run (the finished-run shortcut reads it)."""
+        if _rank() == 0 and summary.finished:
+            atomic_write_json(self.dir / SUMMARY, summary.to_dict())
+        _barrier()
+
+
+def read_latest(ckpt_dir: str | Path) -> dict[str, Any] | None:
+    """The commit pointer of ``ckpt_dir``, or ``None``; a pointer to a missing checkpoint is an error."""
+    p = Path(ckpt_dir) / LATEST
+    if not p.is_file():
+        return None
+    ptr = read_json(p)
+    if not (Path(ckpt_dir) / ptr["tag"]).is_dir():
+        raise CheckpointError(f"{p} names checkpoint {ptr['tag']!r}, but {Path(ckpt_dir) / ptr['tag']} does not exist")
+    return dict(ptr)
+
+
+def read_summary(ckpt_dir: str | Path) -> TrainSummary:
+    """The summary a finished training run left in ``ckpt_dir`` (what a launcher returns)."""
+    p = Path(ckpt_dir) / SUMMARY
+    if not p.is_file():
+        raise CheckpointError(f"{p}: training finished but wrote no summary (is {Path(ckpt_dir).parent} on shared storage?)")
+    return TrainSummary.from_dict(read_json(p), where=str(p))
