@@ -47,20 +47,37 @@ def run(
 
 
 @app.command()
-def validate(spec: str = typer.Argument(..., help="Study spec YAML or shipped study name.")) -> None:
-    """Check a spec and list its cells without running anything."""
+def validate(
+    spec: str = typer.Argument(..., help="Study spec YAML or shipped study name."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Plan against this Ray cluster; default: this machine."),
+) -> None:
+    """Check a spec and print the plan: cells, resources per cell, estimated device-hours."""
     from inheritlab.flows.grid import expand_grid
+    from inheritlab.flows.scheduler import check_fits, plan, resolve
     from inheritlab.flows.spec import load_spec
+    from inheritlab.flows.stages import resolve_use_gpu
+    from inheritlab.infra.raycluster import init_ray, local_machine
 
     try:
         study = load_spec(spec)
         cells = expand_grid(study)
+        cluster = init_ray(ray_address) if ray_address else local_machine()
+        use_gpu = resolve_use_gpu(study.train.use_gpu, cluster.gpus)
+        cells = resolve(cells, cluster, use_gpu=use_gpu)
+        check_fits(cells, cluster, use_gpu=use_gpu)
     except InheritlabError as exc:
         _fail(exc)
         return
-    typer.echo(f"{study.name}: {len(cells)} cells")
-    for c in cells:
-        typer.echo(f"  {c.cell_id}  {c.label}")
+    ex = study.execution
+    rows = plan(cells, use_gpu=use_gpu, gpu_tflops=ex.gpu_tflops, cpu_gflops=ex.cpu_gflops)
+    unit, rate = ("GPU", f"{ex.gpu_tflops:g} TFLOP/s per GPU") if use_gpu else ("CPU", f"{ex.cpu_gflops:g} GFLOP/s per worker")
+    typer.echo(f"{study.name}: {len(cells)} cells on {cluster.address} ({cluster.nodes} node(s), {cluster.cpus:g} CPUs, "
+               f"{cluster.gpus:g} GPUs); admitted largest first as resources free up")
+    for r in rows:
+        typer.echo(f"  {r['cell']}  {r['label']:40s} {r['workers']} x {r['cpus'] / r['workers']:g} CPU"
+                   + (f" + 1 GPU" if use_gpu else "") + f"  {r['flops']:.2e} FLOPs  ~{r['device_hours']:.2f} {unit}-h")
+    total = sum(r["device_hours"] for r in rows)
+    typer.echo(f"total ~{total:.2f} {unit}-hours at an assumed {rate} (execution.gpu_tflops / cpu_gflops)")
 
 
 @app.command()

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from inheritlab.corruptors.chain import validate_corruptor
-from inheritlab.infra.cell import DataConfig, EvalConfig, Frozen, RecipeConfig
+from inheritlab.infra.cell import Auto, DataConfig, EvalConfig, Frozen, RecipeConfig
 from inheritlab.infra.errors import SpecError
 from inheritlab.trainers.modality import get_modality, modality_names
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -64,10 +64,11 @@ class TrainSpec(RecipeConfig):
     cells run (not part of the id: see ``infra.cell.ExecutionConfig``)."""
 
     ckpt_every: Annotated[int, Field(ge=1)] = 50
-    workers: Annotated[int, Field(ge=1)] = 1
-    cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
+    # "auto" fills the hardware it is given (see infra.cell.ExecutionConfig); a number pins it.
+    workers: Annotated[int, Field(ge=1, le=1024)] | Auto = "auto"
+    cpus_per_worker: Annotated[float, Field(gt=0, le=1024)] | Auto = "auto"
     use_gpu: Literal["auto", "yes", "no"] = "auto"
-    loader_workers: Annotated[int, Field(ge=0)] = 0
+    loader_workers: Annotated[int, Field(ge=0, le=256)] | Auto = "auto"
 
 
 class AnalysisSpec(Frozen):
@@ -78,11 +79,23 @@ class AnalysisSpec(Frozen):
 
 
 class ExecutionSpec(Frozen):
+    """How the study runs: retries, admission, the bounds on waiting, and the rates behind the
+    plan's time estimates."""
+
     # Prefect retries a failed cell this many times (crashes, not bad configs or bad data).
     cell_retries: Annotated[int, Field(ge=0, le=10)] = 1
-    # Ray retries tasks whose worker died; training restarts from the last checkpoint.
+    # Training workers are restarted this many times after a crash (from the last checkpoint).
     max_failures: Annotated[int, Field(ge=0, le=10)] = 1
-    max_concurrent_cells: Annotated[int, Field(ge=1)] = 1
+    # None: cells are admitted as the cluster's resources free up, with no other cap.
+    max_concurrent_cells: Annotated[int, Field(ge=1)] | None = None
+    # A cell that cannot get its resources within this long (other tenants, lost nodes) fails.
+    placement_timeout_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 1800.0
+    # A launch that finds a cell leased by another launch waits for it; a lease not renewed
+    # for this long is taken over (its holder died).
+    lease_stale_s: Annotated[float, Field(ge=10, le=86400)] = 120.0
+    # Rates the plan's hour estimates assume (declared, not measured): per GPU, and per CPU worker.
+    gpu_tflops: Annotated[float, Field(gt=0)] = 400.0
+    cpu_gflops: Annotated[float, Field(gt=0)] = 20.0
 
 
 class StudySpec(Frozen):

@@ -16,64 +16,74 @@ import polars as pl
 from inheritlab.infra.atomic import atomic_open, atomic_write_json, read_json
 from inheritlab.infra.cell import Cell, CellConfig
 from inheritlab.infra.errors import SpecError
+from inheritlab.infra.raycluster import get
 from inheritlab.infra.rundir import CellDir, RunDir
 from inheritlab.infra.schema import RESULT_COLUMNS
 from inheritlab.trainers.checkpoint import Export, TrainSummary
 from inheritlab.trainers.modality import DataSources, get_modality
+from inheritlab.trainers.ray_launch import Placement
 
 _POLARS_TYPES = {"str": pl.Utf8, "int": pl.Int64, "float": pl.Float64}
 
 
-def stage_condition(cell: Cell, cdir: CellDir, data: DataSources) -> dict[str, Any]:
+def stage_condition(cell: Cell, cdir: CellDir, data: DataSources, placement: Placement | None = None) -> dict[str, Any]:
     """Stage 1: plan and account the cell's data condition (manifest + counters).
 
-    The splits are passed so that contamination finds the test items it leaks on any data source.
+    With a ``placement`` it runs as a Ray task inside the cell's reservation, its per-shard plan
+    tasks too (they are captured by the placement group): conditioning uses the resources the
+    cell was admitted with, never the driver's; without one, in this process. The splits are
+    passed so that contamination finds the test items it leaks on any data source.
     """
     from inheritlab.corruptors.chain import condition_data
 
     if cdir.counters.is_file():
         return read_json(cdir.counters)
-    return condition_data(
-        data.train,
-        cell.config.corruptors(),
-        study_seed=cell.config.study_seed,
-        out_dir=cdir.data,
-        num_classes=len(data.class_names) or None,
-        class_names=list(data.class_names) or None,
-        bad_sample_ceiling=cell.config.data.bad_sample_ceiling,
-        sources=data.splits,
-        kind=data.kind,
-    )
+    args = (data.train, cell.config.corruptors())
+    kwargs = dict(study_seed=cell.config.study_seed, out_dir=cdir.data, num_classes=len(data.class_names) or None,
+                  class_names=list(data.class_names) or None, bad_sample_ceiling=cell.config.data.bad_sample_ceiling,
+                  sources=data.splits, kind=data.kind)
+    if placement is None:
+        return condition_data(*args, **kwargs)
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=2)(condition_data).options(
+        scheduling_strategy=placement.strategy(0, capture=True))
+    return get(task.remote(*args, **kwargs))
 
 
-def stage_pretrain(cell: Cell, cdir: CellDir, data: DataSources, *, use_gpu: bool, storage_path: str) -> TrainSummary:
-    """Stage 2: pre-train through Ray Train workers; resumes from the last committed checkpoint."""
+def stage_pretrain(cell: Cell, cdir: CellDir, data: DataSources, placement: Placement, *,
+                   use_gpu: bool) -> TrainSummary:
+    """Stage 2: pre-train on one worker per bundle; resumes from the last committed checkpoint."""
     from inheritlab.trainers.ray_launch import launch_training
 
     modality = get_modality(cell.config.modality)
     cfg = modality.train_config(cell, cdir.root, data, device="cuda" if use_gpu else "cpu")
-    ex = cell.execution
-    return launch_training(modality.name, cfg, num_workers=ex.workers, use_gpu=use_gpu,
-                           cpus_per_worker=ex.cpus_per_worker, storage_path=storage_path,
-                           max_failures=ex.max_failures)
+    return launch_training(modality.name, cfg, placement, max_failures=cell.execution.max_failures,
+                           log=cdir.root / "launches.jsonl")
 
 
 def _evaluate_export(cell: CellConfig, cell_dir: str, data: DataSources, export: Export, device: str) -> list[dict[str, Any]]:
     """One export of a cell, every task (runs as a Ray task)."""
+    from inheritlab.trainers.caches import configure_caches
+    from inheritlab.trainers.ray_launch import worker_device
+
+    device = worker_device(device)
+    configure_caches(Path(cell_dir).parent.parent, use_gpu=device == "cuda")
     return get_modality(cell.modality).evaluate(cell, Path(cell_dir), data, export, device=device)
 
 
-def stage_evaluate(cell: Cell, cdir: CellDir, data: DataSources, summary: TrainSummary, *,
+def stage_evaluate(cell: Cell, cdir: CellDir, data: DataSources, summary: TrainSummary, placement: Placement, *,
                    use_gpu: bool) -> list[dict[str, Any]]:
     """Stage 3: the chosen exports (the final one, or all with ``eval_checkpoints: all``) ×
-    every task, fanned out as Ray tasks, one per export."""
+    every task, one Ray task per export, spread over the cell's bundles."""
     import ray
 
     chosen = list(summary.exports) if cell.config.train.eval_checkpoints == "all" else [summary.final_export]
     remote = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0, max_retries=2)(_evaluate_export)
     device = "cuda" if use_gpu else "cpu"
-    futures = [remote.remote(cell.config, str(cdir.root), data, e, device) for e in chosen]
-    return [row for rows in ray.get(futures) for row in rows]
+    futures = [remote.options(scheduling_strategy=placement.strategy(i % placement.workers)).remote(
+        cell.config, str(cdir.root), data, e, device) for i, e in enumerate(chosen)]
+    return [row for rows in get(futures) for row in rows]
 
 
 def stage_record(
@@ -171,8 +181,3 @@ def resolve_use_gpu(setting: str, cluster_gpus: float) -> bool:
     return cluster_gpus >= 1
 
 
-def storage_path_for(run: RunDir) -> str:
-    """Ray Train's storage: the run dir (it must be shared storage on a multi-node cluster)."""
-    p = Path(run.root) / "ray_train"
-    p.mkdir(parents=True, exist_ok=True)
-    return str(p)

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import contextvars
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from inheritlab.flows import stages
 from inheritlab.flows.grid import expand_grid
 from inheritlab.flows.publish import publish_results
+from inheritlab.flows.scheduler import PlacementLog, check_fits, demand_of, resolve, run_admitted
 from inheritlab.flows.spec import StudySpec
 from inheritlab.infra.atomic import atomic_write_json, read_json
 from inheritlab.infra.cell import Cell
 from inheritlab.infra.errors import InheritlabError
-from inheritlab.infra.raycluster import init_ray
+from inheritlab.infra.lease import CellLease, Heartbeat, launch_id
+from inheritlab.infra.raycluster import check_shared_dir, init_ray, release, wait_for_resources
 from inheritlab.infra.rundir import RunDir
 from inheritlab.trainers.modality import DataSources, get_modality
+from inheritlab.trainers.ray_launch import Placement
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -52,8 +54,9 @@ def _stage_task(fn: Any, name: str, retries: int) -> Any:
     )
 
 
-def run_cell(cell: Cell, run: RunDir, data: DataSources, *, use_gpu: bool, retries: int) -> dict[str, Any]:
-    """Body of a cell's sub-run: the four stages, timed."""
+def run_cell(cell: Cell, run: RunDir, data: DataSources, *, use_gpu: bool, retries: int,
+             placement_timeout_s: float) -> dict[str, Any]:
+    """Body of a cell's sub-run: reserve its resources, the four stages (timed), release."""
     log = get_run_logger()
     cdir = run.cell(cell.cell_id)
     stages.write_cell_config(cell, cdir)
@@ -66,18 +69,27 @@ def run_cell(cell: Cell, run: RunDir, data: DataSources, *, use_gpu: bool, retri
         log.info("cell %s: %s took %.1f s", cell.label, stage, timings[stage])
         return out
 
-    counters = timed("condition", stages.stage_condition, cell, cdir, data)
-    summary = timed("pretrain", stages.stage_pretrain, cell, cdir, data, use_gpu=use_gpu,
-                    storage_path=stages.storage_path_for(run))
-    rows = timed("evaluate", stages.stage_evaluate, cell, cdir, data, summary, use_gpu=use_gpu)
-    df = timed("record", stages.stage_record, cell, cdir, rows, summary, counters, timings)
+    demand = demand_of(cell, use_gpu)
+    t0 = time.perf_counter()
+    group = wait_for_resources(demand.bundles, timeout_s=placement_timeout_s, what=f"cell {cell.label}")
+    timings["placement"] = round(time.perf_counter() - t0, 3)
+    placement = Placement(group=group, bundles=tuple(demand.bundles), wait_s=placement_timeout_s)
+    try:
+        counters = timed("condition", stages.stage_condition, cell, cdir, data, placement)
+        summary = timed("pretrain", stages.stage_pretrain, cell, cdir, data, placement, use_gpu=use_gpu)
+        rows = timed("evaluate", stages.stage_evaluate, cell, cdir, data, summary, placement, use_gpu=use_gpu)
+        df = timed("record", stages.stage_record, cell, cdir, rows, summary, counters, timings)
+    finally:
+        release(group)  # however the cell ends
     return {"cell_id": cell.cell_id, "rows": df.height, "timings": timings}
 
 
 @flow(name="inheritlab-cell", persist_result=False, log_prints=True)
-def cell_flow(cell: Cell, run_root: str, data: DataSources, use_gpu: bool, retries: int) -> dict[str, Any]:
+def cell_flow(cell: Cell, run_root: str, data: DataSources, use_gpu: bool, retries: int,
+              placement_timeout_s: float = 1800.0) -> dict[str, Any]:
     """One grid cell as its own sub-run in the dashboard."""
-    return run_cell(cell, RunDir.at(run_root), data, use_gpu=use_gpu, retries=retries)
+    return run_cell(cell, RunDir.at(run_root), data, use_gpu=use_gpu, retries=retries,
+                    placement_timeout_s=placement_timeout_s)
 
 
 @flow(name="inheritlab-study", persist_result=False, log_prints=True)
@@ -94,8 +106,7 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
     log.info("study %s: %d cells, %d already complete, %d to run", spec.name, len(cells), len(cells) - len(todo), len(todo))
 
     timings: dict[str, float] = {}
-    summaries: list[dict[str, Any]] = []
-    failures: list[str] = []
+    outcome: dict[str, Any] = {"ran": [], "elsewhere": [], "failed": []}
     if todo:
         # Open the data first: a missing shard directory fails here, before any cluster work.
         t0 = time.perf_counter()
@@ -106,38 +117,83 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
         timings["prepare_data"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         cluster = init_ray(ray_address)
+        check_shared_dir(run.root)
         timings["ray_init"] = round(time.perf_counter() - t0, 3)
         log.info("ray: %s cpus=%s gpus=%s nodes=%s", cluster.address, cluster.cpus, cluster.gpus, cluster.nodes)
         use_gpu = stages.resolve_use_gpu(spec.train.use_gpu, cluster.gpus)
-        def one(cell: Cell) -> tuple[Cell, Any]:
-            return cell, cell_flow.with_options(flow_run_name=f"cell {cell.label}")(
-                cell, str(run.root), data, use_gpu, spec.execution.cell_retries, return_state=True
-            )
-
-        # Cells run side by side up to max_concurrent_cells (each holds its own Ray workers);
-        # contextvars are copied so every cell's sub-run nests under this study's flow run.
-        width = min(spec.execution.max_concurrent_cells, len(todo))
-        with ThreadPoolExecutor(max_workers=width) as pool:
-            futures = [pool.submit(contextvars.copy_context().run, one, cell) for cell in todo]
-            for fut in futures:
-                cell, state = fut.result()
-                # A failed cell does not stop the others; the study fails at the end, naming it.
-                if state.is_completed():
-                    summaries.append(state.result())
-                    continue
-                try:
-                    state.result()
-                    failures.append(f"{cell.label} ({cell.cell_id}): {state.message}")
-                except Exception as exc:  # the cell's own error, e.g. a bad shard
-                    failures.append(f"{cell.label} ({cell.cell_id}): {exc}")
+        todo = resolve(todo, cluster, use_gpu=use_gpu)
+        check_fits(todo, cluster, use_gpu=use_gpu)
+        outcome = _run_cells(spec, run, data, todo, cluster, use_gpu)
     t0 = time.perf_counter()
     report = task(publish_results, name="analyse-and-publish", cache_policy=NO_CACHE, persist_result=False)(spec, run)
     timings["analyse"] = round(time.perf_counter() - t0, 3)
     timings["total"] = round(time.perf_counter() - t_start, 3)
-    _record_launch(run, {"timings_s": timings, "cells": summaries, "failed": failures, "ran": len(todo)})
+    failures = outcome["failed"]
+    _record_launch(run, {"timings_s": timings, "cells": outcome["summaries"] if "summaries" in outcome else [],
+                         "failed": failures, "ran": len(outcome["ran"]), "elsewhere": len(outcome["elsewhere"])})
     if failures:
         raise InheritlabError(f"{len(failures)} of {len(todo)} cells failed:\n  " + "\n  ".join(failures))
-    return {"run_dir": str(run.root), "cells": len(cells), "ran": len(todo), "timings": timings, "report": {k: str(v) for k, v in report.items()}}
+    return {"run_dir": str(run.root), "cells": len(cells), "ran": len(outcome["ran"]),
+            "elsewhere": len(outcome["elsewhere"]), "timings": timings,
+            "report": {k: str(v) for k, v in report.items()}}
+
+
+def _run_cells(spec: StudySpec, run: RunDir, data: DataSources, todo: list[Cell], cluster: Any,
+               use_gpu: bool) -> dict[str, Any]:
+    """Admit the cells as resources free up (largest first), each under its lease; gather outcomes."""
+    owner = launch_id()
+    stale = spec.execution.lease_stale_s
+    heartbeat = Heartbeat(every_s=max(1.0, stale / 4))
+    leases: dict[str, CellLease] = {}
+
+    def claim(cell: Cell) -> str:
+        cdir = run.cell(cell.cell_id)
+        if cdir.is_complete():
+            return "done"
+        lease = leases.setdefault(cell.cell_id, CellLease(cdir.root, owner, stale_s=stale))
+        if not lease.acquire():
+            return "busy"
+        if cdir.is_complete():  # finished by another launch just before we took the lease
+            lease.release()
+            return "done"
+        heartbeat.add(lease)
+        return "mine"
+
+    def one(cell: Cell) -> Any:
+        try:
+            return cell_flow.with_options(flow_run_name=f"cell {cell.label}")(
+                cell, str(run.root), data, use_gpu, spec.execution.cell_retries, spec.execution.placement_timeout_s,
+                return_state=True)
+        finally:
+            heartbeat.remove(leases[cell.cell_id])
+            leases[cell.cell_id].release()
+
+    # contextvars are copied so every cell's sub-run nests under this study's flow run.
+    context = contextvars.copy_context()
+    try:
+        results = run_admitted(todo, cluster, lambda c: context.copy().run(one, c), use_gpu=use_gpu,
+                               log=PlacementLog(run.root / "placement.jsonl"), claim=claim,
+                               max_concurrent=spec.execution.max_concurrent_cells)
+    finally:
+        heartbeat.stop()
+    outcome: dict[str, Any] = {"ran": [], "elsewhere": [], "failed": [], "summaries": []}
+    for cell, state, error in results:
+        if state == "elsewhere":
+            outcome["elsewhere"].append(cell.cell_id)
+            continue
+        outcome["ran"].append(cell.cell_id)
+        # A failed cell does not stop the others; the study fails at the end, naming it.
+        if error is not None:
+            outcome["failed"].append(f"{cell.label} ({cell.cell_id}): {error}")
+        elif state.is_completed():
+            outcome["summaries"].append(state.result())
+        else:
+            try:
+                state.result()
+                outcome["failed"].append(f"{cell.label} ({cell.cell_id}): {state.message}")
+            except Exception as exc:  # the cell's own error, e.g. a bad shard
+                outcome["failed"].append(f"{cell.label} ({cell.cell_id}): {exc}")
+    return outcome
 
 
 def _record_launch(run: RunDir, launch: dict[str, Any]) -> None:

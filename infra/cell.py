@@ -227,15 +227,23 @@ class CellConfig(Frozen):
         return specs
 
 
-class ExecutionConfig(Frozen):
-    """How a cell runs — not part of its id (a study moves from a laptop to a cluster)."""
+Auto = Literal["auto"]
 
-    workers: Annotated[int, Field(ge=1)] = 1
-    cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
+
+class ExecutionConfig(Frozen):
+    """How a cell runs — not part of its id (a study moves from a laptop to a cluster).
+
+    ``auto`` settings are resolved against the cluster when the study starts (see
+    ``flows/scheduler.py``): one GPU per cell, or several when the grid has fewer cells than
+    the cluster has GPUs; the CPUs of a GPU node shared out per GPU; loader workers from those.
+    """
+
+    workers: Annotated[int, Field(ge=1, le=1024)] | Auto = "auto"
+    cpus_per_worker: Annotated[float, Field(gt=0, le=1024)] | Auto = "auto"
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     ckpt_every: Annotated[int, Field(ge=1)] = 50
-    loader_workers: Annotated[int, Field(ge=0)] = 0
-    # Ray Train restarts crashed workers this many times; training resumes from its last checkpoint.
+    loader_workers: Annotated[int, Field(ge=0, le=256)] | Auto = "auto"
+    # Workers are restarted this many times after a crash; training resumes from its last checkpoint.
     max_failures: Annotated[int, Field(ge=0, le=10)] = 1
 
 

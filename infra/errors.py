@@ -27,6 +27,10 @@ class ShardError(InheritlabError):
         where = f"{shard}" + (f" member {member!r}" if member else "")
         super().__init__(f"bad shard {where}: {problem}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str | None, str]]:
+        # Rebuilt from its parts: the error crosses process boundaries (Ray tasks, workers).
+        return (type(self), (self.shard, self.member, self.problem))
+
 
 class BadSampleCeilingError(InheritlabError):
     """Too many samples were skipped as bad; the configured ceiling fails the run."""
@@ -38,3 +42,12 @@ class CheckpointError(InheritlabError):
 
 class DataAccountingError(InheritlabError):
     """A trainer's data stream does not match what the cell's data-condition stage accounted."""
+
+
+class ResourceError(InheritlabError):
+    """A cell asks for more than the cluster has, or could not get it within the stated bound."""
+
+
+class WorkerCrash(Exception):
+    """Training workers died (a killed process, a lost node) more often than the retry budget
+    allows. Not an application error: the orchestration layer may retry the cell."""

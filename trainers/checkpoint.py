@@ -138,17 +138,19 @@ def _barrier() -> None:
 class CheckpointManager:
     """Commits, resumes, prunes and exports the checkpoints of one cell (every rank holds one).
 
-    ``shape`` is what a resume must match — ``world_size``, ``global_batch``, ``param_layout``
-    and whatever else fixes the per-rank data stream (the LM's micro-batch and sequence
-    length). It is recorded in every commit pointer.
+    ``shape`` is what a resume must match — ``global_batch``, ``param_layout`` and whatever
+    else fixes the data stream (the number of data slots, the LM's sequence length). The
+    number of ranks (``world_size``) may differ: ZeRO-1/2 optimizer state is re-split. Both are
+    recorded in every commit pointer.
     """
 
-    def __init__(self, ckpt_dir: str | Path, *, keep: int, shape: Mapping[str, Any]) -> None:
+    def __init__(self, ckpt_dir: str | Path, *, keep: int, shape: Mapping[str, Any], world_size: int = 1) -> None:
         if keep < 1:
             raise CheckpointError(f"keep_checkpoints: got {keep}; expected >= 1")
         self.dir = Path(ckpt_dir)
         self.keep = keep
         self.shape = dict(shape)
+        self.world_size = world_size
 
     # -- resume ------------------------------------------------------------------------------
 
@@ -174,12 +176,31 @@ class CheckpointManager:
             )
 
     def resume(self, engine: Any) -> dict[str, Any] | None:
-        """Load the last committed checkpoint into ``engine``; its client state, or ``None``."""
+        """Load the last committed checkpoint into ``engine``; its client state, or ``None``.
+
+        The checkpoint may have been written by another number of ranks (ZeRO stages 0–2): the
+        optimizer's partitions of every old rank are merged and re-split for this run's ranks.
+        """
         ptr = self.latest()
         if ptr is None:
             return None
         self._check_shape(ptr)
-        path, client = engine.load_checkpoint(str(self.dir), tag=ptr["tag"], load_module_strict=True)
+        saved_world = int(ptr.get("world_size", self.world_size))
+        stage = int(engine.zero_optimization_stage())
+        if stage not in (1, 2):
+            if stage == 3 and saved_world != self.world_size:
+                raise CheckpointError(
+                    f"{self.dir / ptr['tag']}: a ZeRO-3 checkpoint of {saved_world} ranks cannot resume on "
+                    f"{self.world_size}: resume with {saved_world} workers, or use zero_stage 1 or 2"
+                )
+            path, client = engine.load_checkpoint(str(self.dir), tag=ptr["tag"], load_module_strict=True)
+        else:
+            # Module and LR schedule from DeepSpeed; the optimizer's partitions through its elastic
+            # path, which merges every saved rank's partition and takes this rank's share.
+            path, client = engine.load_checkpoint(str(self.dir), tag=ptr["tag"], load_module_strict=True,
+                                                  load_optimizer_states=False)
+            if path is not None:
+                _load_zero_partitions(engine, self.dir / ptr["tag"], saved_world)
         if path is None or client is None:
             raise CheckpointError(f"{self.dir / ptr['tag']}: DeepSpeed could not load this committed checkpoint")
         return dict(client)
@@ -194,7 +215,8 @@ class CheckpointManager:
         _barrier()
         if _rank() == 0:
             atomic_write_json(self.dir / LATEST, {"tag": tag, "step": step, "samples_seen": samples_seen,
-                                                  **self.shape, "committed_at": time.time()})
+                                                  **self.shape, "world_size": self.world_size,
+                                                  "committed_at": time.time()})
             self._prune(current=tag)
         _barrier()
 
@@ -249,6 +271,55 @@ class CheckpointManager:
         if _rank() == 0 and summary.finished:
             atomic_write_json(self.dir / SUMMARY, summary.to_dict())
         _barrier()
+
+
+def _load_zero_partitions(engine: Any, tag_dir: Path, saved_world: int) -> None:
+    """Load the ZeRO-1/2 optimizer partitions of ``saved_world`` ranks into this run's engine.
+
+    DeepSpeed's engine refuses a checkpoint of another data-parallel size outright, though its
+    ZeRO optimizer can merge and re-split "elastic" checkpoints (the format our engine config
+    asks for). Two gaps are filled here: a torch optimizer keeps its step per parameter, not in
+    the param group where the elastic path looks for it (the per-parameter step is restored all
+    the same); and the elastic path restores moments but not the param groups' learning rate,
+    which is set from the restored schedule before the next step uses it.
+    """
+    import torch
+
+    files = [tag_dir / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(saved_world)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"{tag_dir}: written by {saved_world} ranks but missing {missing[:3]}")
+    states = []
+    for f in files:
+        sd = torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        sd.setdefault("base_optimizer_state_step", 0)
+        states.append(sd)
+    # The elastic path merges the saved partitions in order and cuts this run's share, but reads
+    # "its own" saved entry by rank: more ranks than were saved get empty partitions to find
+    # (the merge is unchanged by them).
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    states += [_empty_partition(states[0]) for _ in range(world - len(states))]
+    engine.optimizer.load_state_dict(state_dict_list=states, load_optimizer_states=True, load_from_fp32_weights=True)
+    groups = engine.optimizer.optimizer.param_groups
+    for group, lr in zip(groups, engine.lr_scheduler.get_last_lr()):
+        group["lr"] = lr
+
+
+def _empty_partition(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved ZeRO partition entry holding no elements (same global state, empty tensors)."""
+    import torch
+
+    out = dict(saved)
+    fp32 = saved["single_partition_of_fp32_groups"]
+    out["single_partition_of_fp32_groups"] = [t.new_empty(0) for t in fp32]
+    groups = []
+    for part, group in zip(fp32, saved["base_optimizer_state"]):
+        groups.append({k: v.new_empty(0) if torch.is_tensor(v) and v.shape == part.shape else v
+                       for k, v in group.items()})
+    out["base_optimizer_state"] = groups
+    return out
 
 
 def read_latest(ckpt_dir: str | Path) -> dict[str, Any] | None:

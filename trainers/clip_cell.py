@@ -44,6 +44,16 @@ class ClipModality(Modality):
 
         return sorted(RUNGS)
 
+    def global_batch(self, cell: CellConfig) -> int:
+        from inheritlab.trainers.clip_models import get_rung
+
+        return cell.train.batch_size or get_rung(cell.model).batch_size
+
+    def flops_per_sample(self, cell: CellConfig) -> float:
+        from inheritlab.trainers.clip_models import flops_per_sample
+
+        return flops_per_sample(cell.model)
+
     def pool_size(self, data: DataConfig) -> int | None:
         return data.world.train_size if data.source == "builtin" else None
 

@@ -1,26 +1,33 @@
-"""The CLIP training stream: shards → corruptor chain → shuffle → fixed-size batches, forever.
+"""The CLIP training stream: per data slot, shards → corruptor chain → shuffle → decode, forever.
 
-Samples seen, not epochs, is the unit of a study (DataComp's convention), so the stream repeats
-the rank's shards as often as the step budget needs and counts the repeats. Everything is a
-function of (seed, epoch, rank, loader worker): replaying the stream gives the same batches,
-which is how a resumed run skips what it already trained on.
+Samples seen, not epochs, is the unit of a study (DataComp's convention), so each slot repeats
+its shards as often as the step budget needs and counts the repeats. Everything is a function of
+(seed, slot, epoch) — see :mod:`inheritlab.trainers.slots` — so a global batch holds the same
+samples in the same order whatever the number of ranks and loader workers, and replaying a
+slot's stream is how a resumed run skips what it already trained on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from inheritlab.infra.errors import SpecError
 from inheritlab.infra.hashing import stable_rng
+from inheritlab.trainers.slots import SharedEpochs, slot_shards, worker_slots
 
 
 @dataclass(frozen=True, kw_only=True)
 class StreamSpec:
-    """Everything a loader worker needs to rebuild its part of the stream (picklable)."""
+    """Everything a loader worker needs to rebuild its slots' streams (picklable).
+
+    ``slots`` are the slots this rank reads (a block of the run's ``num_slots``); each gives
+    ``chunk`` samples to every step's batch.
+    """
 
     shards: tuple[str, ...]
     corruptors: tuple[dict[str, Any], ...]
@@ -29,51 +36,29 @@ class StreamSpec:
     plan_dir: str | None
     num_classes: int | None
     class_names: tuple[str, ...]
-    rank: int
-    world_size: int
-    batch_size: int            # per rank
+    slots: tuple[int, ...]
+    num_slots: int
+    chunk: int
     shuffle_buffer: int = 256
     bad_sample_ceiling: float | int = 0
 
 
-def _slot_shards(spec: StreamSpec, worker_id: int, num_workers: int) -> tuple[list[str], int, int]:
-    """(shards to read, sample stride, sample offset) of one (rank, worker) slot.
-
-    With at least as many shards as slots each slot reads its own shards; with fewer (tiny
-    worlds, many ranks) every slot reads all shards and keeps every ``slots``-th sample, so no
-    rank is ever starved.
-    """
-    from inheritlab.corruptors.shards import split_shards
-
-    slots = spec.world_size * num_workers
-    slot = spec.rank * num_workers + worker_id
-    if len(spec.shards) >= slots:
-        mine = split_shards(spec.shards, rank=spec.rank, world_size=spec.world_size,
-                            worker_id=worker_id, num_workers=num_workers)
-        return mine, 1, 0
-    return sorted(spec.shards), slots, slot
-
-
-def iter_epoch_samples(spec: StreamSpec, worker_id: int, num_workers: int, epoch: int, *,
+def iter_epoch_samples(spec: StreamSpec, slot: int, epoch: int, *, shared: SharedEpochs | None = None,
                        on_pass_end: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
                        ) -> Iterator[dict[str, Any]]:
-    """One pass over the slot's shards: shard order and a shuffle buffer seeded per epoch, the
+    """One pass over a slot's shards: shard order and a shuffle buffer seeded per epoch, the
     corruptor chain (its decisions depend on sample keys only, so repeats of a sample are
     corrupted the same way in every epoch), and only then image decoding — samples are chosen
     on keys and metadata, and a sample dropped by the chain is never decoded.
 
+    ``shared`` reads striding slots' shards once for all of them (see :class:`SharedEpochs`).
     ``on_pass_end(chain_counters, read_stats)`` is called once the pass is complete (what the
     trainer checks against the cell's data-condition stage).
     """
-    from inheritlab.corruptors.shards import ReadStats, decode_sample_image, iter_samples
+    from inheritlab.corruptors.shards import ReadStats, decode_sample_image
 
-    shards, stride, offset = _slot_shards(spec, worker_id, num_workers)
-    rng = stable_rng(spec.study_seed, "clip-stream", spec.seed, epoch, spec.rank, worker_id, num_workers)
-    order = [shards[i] for i in rng.permutation(len(shards))]
     stats = ReadStats()
-    raw = iter_samples(order, decode=False, bad_sample_ceiling=spec.bad_sample_ceiling, stats=stats)
-    if stride > 1:
-        raw = (s for i, s in enumerate(raw) if i % stride == offset)
+    raw = _raw_samples(spec, slot, epoch, stats, shared)
     stream: Iterator[dict[str, Any]] = raw
     chain = None
     if spec.corruptors:
@@ -84,12 +69,50 @@ def iter_epoch_samples(spec: StreamSpec, worker_id: int, num_workers: int, epoch
         chain = build_chain(list(spec.corruptors), study_seed=spec.study_seed, num_classes=spec.num_classes,
                             class_names=list(spec.class_names) or None, plan_dir=spec.plan_dir)
         stream = chain.apply(raw)
+    rng = stable_rng(spec.study_seed, "clip-stream", spec.seed, epoch, slot, spec.num_slots)
     for sample in _shuffled(stream, rng, spec.shuffle_buffer):
         decoded = decode_sample_image(sample, stats=stats, bad_sample_ceiling=spec.bad_sample_ceiling)
         if decoded is not None:
             yield decoded
     if on_pass_end is not None:
         on_pass_end(chain.counters() if chain is not None else {}, stats.to_dict())
+
+
+def shared_reader(spec: StreamSpec, slots: list[int]) -> SharedEpochs | None:
+    """One reader for ``slots`` when they stride over shared shards (``None`` when each slot
+    reads shards of its own)."""
+    from inheritlab.corruptors.shards import ReadStats, iter_samples
+
+    shards, stride, _ = slot_shards(spec.shards, 0, spec.num_slots)
+    if stride == 1:
+        return None
+
+    def read(epoch: int, stats: Any) -> Iterator[dict[str, Any]]:
+        # All striding slots read the shards in one order per epoch, or the stride would not
+        # partition the samples.
+        rng = stable_rng(spec.study_seed, "clip-shards", spec.seed, epoch, "all", spec.num_slots)
+        order = [shards[i] for i in rng.permutation(len(shards))]
+        return iter_samples(order, decode=False, bad_sample_ceiling=spec.bad_sample_ceiling, stats=stats)
+
+    return SharedEpochs(read, slots, spec.num_slots, ReadStats)
+
+
+def _raw_samples(spec: StreamSpec, slot: int, epoch: int, stats: Any,
+                 shared: SharedEpochs | None) -> Iterator[dict[str, Any]]:
+    """The slot's undecoded samples of one epoch, counted in ``stats``."""
+    from inheritlab.corruptors.shards import iter_samples
+
+    shards, stride, _ = slot_shards(spec.shards, slot, spec.num_slots)
+    if stride == 1:
+        rng = stable_rng(spec.study_seed, "clip-shards", spec.seed, epoch, slot, spec.num_slots)
+        order = [shards[i] for i in rng.permutation(len(shards))]
+        return iter_samples(order, decode=False, bad_sample_ceiling=spec.bad_sample_ceiling, stats=stats)
+    shared = shared or shared_reader(spec, [slot])
+    assert shared is not None
+    samples = shared.samples(slot, epoch)
+    stats.samples += len(samples)
+    stats.skipped.update(shared.skipped(epoch))
+    return iter(samples)
 
 
 def _shuffled(stream: Iterator[dict[str, Any]], rng: Any, size: int) -> Iterator[dict[str, Any]]:
@@ -107,12 +130,47 @@ def _shuffled(stream: Iterator[dict[str, Any]], rng: Any, size: int) -> Iterator
         yield buf.pop()
 
 
-class ClipBatchStream(IterableDataset):
-    """Endless collated batches ``{"images", "texts", "epoch"}`` of one rank.
+class SlotStream:
+    """One slot's endless sample stream (epochs back to back) and what it has read so far."""
 
-    With ``n`` loader workers, worker ``w`` builds batches ``w, w+n, ...`` of the rank (the
-    DataLoader hands them out round-robin, so the order is fixed for a fixed ``n``). The first
-    ``skip_batches`` batches of the rank are replayed without transforms and dropped.
+    def __init__(self, spec: StreamSpec, slot: int, shared: SharedEpochs | None = None) -> None:
+        from inheritlab.trainers.data_check import pass_report
+
+        self.spec, self.slot, self.epoch, self.shared = spec, slot, 0, shared
+        self.first_pass: dict[str, Any] | None = None
+        self._report = pass_report
+        self._it = self._samples()
+
+    def _samples(self) -> Iterator[dict[str, Any]]:
+        while True:
+            seen = 0
+
+            def done(counters: dict[str, Any], read: dict[str, Any]) -> None:
+                self.first_pass = self._report((self.slot,), counters, read)
+
+            for sample in iter_epoch_samples(self.spec, self.slot, self.epoch, shared=self.shared,
+                                             on_pass_end=done if self.epoch == 0 else None):
+                seen += 1
+                yield sample
+            if seen == 0:
+                raise SpecError(
+                    f"training stream of data slot {self.slot} is empty: {len(self.spec.shards)} shard(s) yielded "
+                    "no samples after the corruptor chain"
+                )
+            self.epoch += 1
+
+    def take(self, n: int) -> list[dict[str, Any]]:
+        return [next(self._it) for _ in range(n)]
+
+
+class ClipBatchStream(IterableDataset):
+    """Endless per-step parts of one rank's batches.
+
+    Each loader worker (or the main process, without workers) reads its share of the rank's
+    slots and yields, for every step in order, one part: its slots' chunks collated as
+    ``{"images", "texts", "slots", "sizes", "epoch", "pass_reports"}``. :func:`rank_batches`
+    joins the parts of a step in slot order. The first ``skip_batches`` steps are replayed
+    (decoded, so bad images are skipped exactly as before) and dropped: an exact resume.
     """
 
     def __init__(
@@ -130,43 +188,45 @@ class ClipBatchStream(IterableDataset):
         self.skip_batches = skip_batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from inheritlab.trainers.data_check import pass_report
-
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        # Round-robin: this worker's k-th batch is the rank's batch wid + k*nw.
-        skip = len(range(wid, self.skip_batches, nw))
-        produced = 0
-        batch: list[dict[str, Any]] = []
-        epoch = 0
-        # The first pass's counters ride on the next batch this worker hands out.
-        report: list[dict[str, Any]] = []
-
-        def first_pass_done(counters: dict[str, Any], read: dict[str, Any]) -> None:
-            report.append(pass_report((self.spec.rank, wid), counters, read))
-
+        mine = worker_slots(list(self.spec.slots), wid, nw)
+        shared = shared_reader(self.spec, mine)
+        streams = [SlotStream(self.spec, v, shared) for v in mine]
+        for stream in streams:
+            stream.take(self.skip_batches * self.spec.chunk)
+        reported: set[int] = set()
         while True:
-            seen = 0
-            for sample in iter_epoch_samples(self.spec, wid, nw, epoch,
-                                             on_pass_end=first_pass_done if epoch == 0 else None):
-                seen += 1
-                batch.append(sample)
-                if len(batch) == self.spec.batch_size:
-                    if produced >= skip:
-                        out = self._collate(batch, epoch)
-                        if report:
-                            out["pass_report"] = report.pop()
-                        yield out
-                    produced += 1
-                    batch = []
-            if seen == 0:
-                raise SpecError(
-                    f"training stream of rank {self.spec.rank} (loader worker {wid}) is empty: "
-                    f"{len(self.spec.shards)} shard(s) yielded no samples after the corruptor chain"
-                )
-            epoch += 1
+            chunks = [stream.take(self.spec.chunk) for stream in streams]
+            reports = [s.first_pass for s in streams if s.first_pass is not None and s.slot not in reported]
+            reported |= {r["slot"][0] for r in reports}
+            yield self._collate(chunks, streams, reports)
 
-    def _collate(self, batch: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
-        images = torch.stack([self.transform(s["image"]) for s in batch])
-        texts = self.tokenizer([s["caption"] for s in batch])
-        return {"images": images, "texts": texts, "epoch": epoch}
+    def _collate(self, chunks: list[list[dict[str, Any]]], streams: list[SlotStream],
+                 reports: list[dict[str, Any]]) -> dict[str, Any]:
+        flat = [s for chunk in chunks for s in chunk]
+        images = torch.stack([self.transform(s["image"]) for s in flat])
+        texts = self.tokenizer([s["caption"] for s in flat])
+        return {"images": images, "texts": texts, "slots": [s.slot for s in streams], "sizes": [len(c) for c in chunks],
+                "keys": [s["__key__"] for s in flat], "epoch": max(s.epoch for s in streams), "pass_reports": reports}
+
+
+def rank_batches(parts: Iterator[dict[str, Any]], num_parts: int) -> Iterator[dict[str, Any]]:
+    """Join each step's ``num_parts`` parts (one per loader worker, in the DataLoader's round-robin
+    order) into the rank's batch, its samples sorted by slot: the same batch whatever the
+    number of loader workers."""
+    while True:
+        pieces: list[tuple[int, torch.Tensor, torch.Tensor, list[str]]] = []
+        epoch, reports = 0, []
+        for _ in range(num_parts):
+            part = next(parts)
+            epoch = max(epoch, int(part["epoch"]))
+            reports += part["pass_reports"]
+            start = 0
+            for slot, n in zip(part["slots"], part["sizes"]):
+                end = start + n
+                pieces.append((slot, part["images"][start:end], part["texts"][start:end], part["keys"][start:end]))
+                start = end
+        pieces.sort(key=lambda p: p[0])
+        yield {"images": torch.cat([p[1] for p in pieces]), "texts": torch.cat([p[2] for p in pieces]),
+               "keys": [k for p in pieces for k in p[3]], "epoch": epoch, "pass_reports": reports}

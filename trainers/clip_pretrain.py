@@ -77,6 +77,7 @@ class _Plan:
     rung: "ClipRung"
     global_batch: int
     per_rank: int
+    slots: int          # data slots (trainers.slots): fixed by the global batch, not by the ranks
     total_steps: int
     lr: float
     warmup: int
@@ -86,13 +87,15 @@ class _Plan:
 def _plan(cfg: ClipTrainConfig, world: int, use_gpu: bool) -> _Plan:
     from inheritlab.trainers.clip_models import get_rung
 
+    from inheritlab.trainers.slots import data_slots, rank_slots
+
     rung = get_rung(cfg.rung)
     global_batch = cfg.batch_size or rung.batch_size
-    if global_batch % world:
-        raise SpecError(f"batch_size {global_batch} is not divisible by the {world} training ranks")
+    slots = data_slots(global_batch)
+    rank_slots(0, world, slots)  # the ranks must divide the slots (an error naming the choices)
     total = math.ceil(int(cfg.samples_seen or 0) / global_batch)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else rung.warmup_steps
-    return _Plan(rung=rung, global_batch=global_batch, per_rank=global_batch // world, total_steps=total,
+    return _Plan(rung=rung, global_batch=global_batch, per_rank=global_batch // world, slots=slots, total_steps=total,
                  lr=cfg.lr if cfg.lr is not None else rung.lr, warmup=min(warmup, max(0, total - 1)),
                  precision=cfg.precision_for(use_gpu))
 
@@ -116,19 +119,25 @@ def _build(cfg: ClipTrainConfig, plan: _Plan, world: int, use_gpu: bool) -> tupl
     return built, engine
 
 
-def _loader(cfg: ClipTrainConfig, plan: _Plan, built: "BuiltClip", *, rank: int, world: int, use_gpu: bool,
-            skip: int) -> torch.utils.data.DataLoader:
-    from inheritlab.trainers.clip_data import ClipBatchStream, StreamSpec
+def _batches(cfg: ClipTrainConfig, plan: _Plan, built: "BuiltClip", *, rank: int, world: int, use_gpu: bool,
+             skip: int) -> Iterator[dict[str, Any]]:
+    """This rank's batches from step ``skip`` on: its block of data slots, read by up to
+    ``loader_workers`` worker processes (never more than it has slots)."""
+    from inheritlab.trainers.clip_data import ClipBatchStream, StreamSpec, rank_batches
+    from inheritlab.trainers.slots import rank_slots
 
+    mine = rank_slots(rank, world, plan.slots)
     spec = StreamSpec(
         shards=tuple(cfg.train_shards), corruptors=tuple(cfg.corruptors), study_seed=cfg.study_seed,
         seed=cfg.seed, plan_dir=cfg.plan_dir, num_classes=cfg.num_classes, class_names=tuple(cfg.class_names),
-        rank=rank, world_size=world, batch_size=plan.per_rank, shuffle_buffer=cfg.shuffle_buffer,
-        bad_sample_ceiling=cfg.bad_sample_ceiling,
+        slots=tuple(mine), num_slots=plan.slots, chunk=plan.global_batch // plan.slots,
+        shuffle_buffer=cfg.shuffle_buffer, bad_sample_ceiling=cfg.bad_sample_ceiling,
     )
+    workers = min(cfg.loader_workers, len(mine))
     stream = ClipBatchStream(spec, transform=built.transform, tokenizer=built.tokenizer, skip_batches=skip)
-    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.loader_workers,
-                                       pin_memory=use_gpu, persistent_workers=False)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=use_gpu,
+                                         persistent_workers=False)
+    return rank_batches(iter(loader), max(1, workers))
 
 
 def export_open_clip(ckpt: CheckpointManager, engine: Any, built: "BuiltClip", *, step: int,
@@ -170,8 +179,9 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     use_gpu = cfg.use_gpu
     rank, world, _ = init_distributed(use_gpu=use_gpu)
     plan = _plan(cfg, world, use_gpu)
-    ckpt = CheckpointManager(Path(cfg.cell_dir) / "ckpt", keep=cfg.keep_checkpoints,
-                             shape={"world_size": world, "global_batch": plan.global_batch, "param_layout": PARAM_LAYOUT})
+    ckpt = CheckpointManager(Path(cfg.cell_dir) / "ckpt", keep=cfg.keep_checkpoints, world_size=world,
+                             shape={"global_batch": plan.global_batch, "data_slots": plan.slots,
+                                    "param_layout": PARAM_LAYOUT})
     done = ckpt.finished(plan.total_steps)
     if done is not None:
         return done
@@ -179,19 +189,21 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     resumed = ckpt.resume(engine)
     step = int(resumed["step"]) if resumed else 0
     losses = LossLog(cfg.log_every, resumed["loss_curve"] if resumed else ())
-    loader = _loader(cfg, plan, built, rank=rank, world=world, use_gpu=use_gpu, skip=step)
-    checker = StreamChecker(plan_dir=cfg.plan_dir, slots=world * max(1, cfg.loader_workers))
+    batches = _batches(cfg, plan, built, rank=rank, world=world, use_gpu=use_gpu, skip=step)
+    checker = StreamChecker(plan_dir=cfg.plan_dir, slots=plan.slots)
     device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision, torch.float32)
     commits, exports = cfg.commit_at(plan.total_steps), cfg.export_at(plan.total_steps)
-    last_step = min(plan.total_steps, cfg.stop_after_steps or plan.total_steps)
+    last_step = cfg.last_step(plan.total_steps, step)
     clock = StepClock(sync=use_gpu, warm_steps=min(5, max(0, (last_step - step) // 4)))
     first_step, epoch = step, 0
-    batches: Iterator[dict[str, Any]] = iter(loader)
     while step < last_step:
         batch = next(batches)
         epoch = batch["epoch"]
-        checker.collect(batch.get("pass_report"))
+        for report in batch["pass_reports"]:
+            checker.collect(report)
+        if cfg.trace_data:
+            _trace(cfg, rank, step + 1, batch["keys"])
         images = batch["images"].to(device, dtype=dtype, non_blocking=True)
         texts = batch["texts"].to(device, non_blocking=True)
         # open_clip returns L2-normalised features and exp(logit_scale).
@@ -211,6 +223,14 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
                     ckpt.commit(engine, step=step, samples_seen=seen, state={"loss_curve": losses.curve})
     return _finish(cfg, plan, ckpt, built, step=step, trained=step - first_step, epoch=epoch, world=world,
                    losses=losses, clock=clock, resumed_from=first_step if resumed else None, checker=checker)
+
+
+def _trace(cfg: ClipTrainConfig, rank: int, step: int, keys: list[str]) -> None:
+    """Append the sample keys this rank trains on at ``step`` (``trace_data``: tests, debugging)."""
+    path = Path(cfg.cell_dir) / "data" / f"trace-rank{rank}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"step": step, "keys": keys}) + "\n")
 
 
 def _finish(cfg: ClipTrainConfig, plan: _Plan, ckpt: CheckpointManager, built: "BuiltClip", *, step: int,

@@ -47,7 +47,7 @@ def check_stream(plan_dir: str | None, reports: list[dict[str, Any]], *, slots: 
     if path is None or not path.is_file():
         return {**record, "status": "not checked: the cell has no data-condition counters"}
     if len(by_slot) < slots:
-        return {**record, "status": f"not checked: {len(by_slot)} of {slots} stream slots completed a first pass"}
+        return {**record, "status": f"not checked: {len(by_slot)} of {slots} data slots completed a first pass"}
     expected = read_json(path)
     got = sum_counters(r["counters"] for r in by_slot.values())
     problems = counter_mismatches(expected["corruptors"], got)

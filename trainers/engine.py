@@ -78,6 +78,10 @@ def init_distributed(*, use_gpu: bool) -> tuple[int, int, int]:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         if use_gpu:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        else:
+            from inheritlab.trainers.caches import skip_cpu_shm_op
+
+            skip_cpu_shm_op()
         deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False)
     return int(dist.get_rank()), int(dist.get_world_size()), int(os.environ.get("LOCAL_RANK", 0))
 
@@ -133,7 +137,8 @@ class EngineConfig:
             "train_batch_size": self.micro_batch_per_rank * self.world_size * self.grad_accum,
             "gradient_accumulation_steps": self.grad_accum,
             "gradient_clipping": self.grad_clip,
-            "zero_optimization": {"stage": self.zero_stage},
+            # Elastic ZeRO-1/2 checkpoints merge and re-split across another number of ranks.
+            "zero_optimization": {"stage": self.zero_stage, "elastic_checkpoint": self.zero_stage in (1, 2)},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 1 << 30,
             "wall_clock_breakdown": False,

@@ -37,6 +37,18 @@ class LMModality(Modality):
 
         return list(RUNGS)
 
+    def global_batch(self, cell: CellConfig) -> int:
+        from inheritlab.trainers.lm_models import get_rung
+
+        return cell.train.batch_size or get_rung(cell.model).recipe.batch_size
+
+    def flops_per_sample(self, cell: CellConfig) -> float:
+        # At the rung's own vocabulary (a study's tokenizer is only known at data prep).
+        from inheritlab.trainers.lm_models import flops_per_token, get_rung
+
+        rung = get_rung(cell.model)
+        return flops_per_token(rung.model) * rung.recipe.seq_len
+
     def pool_size(self, data: DataConfig) -> int | None:
         return data.text_world.train_docs if data.source == "builtin" else None
 

@@ -32,7 +32,6 @@ from inheritlab.corruptors.shards import (
     ReadStats,
     iter_samples,
     list_shards,
-    split_shards,
 )
 from inheritlab.corruptors.tokenizer import TextTokenizer, load_tokenizer
 from inheritlab.infra.atomic import atomic_write_json, read_json
@@ -45,6 +44,7 @@ from inheritlab.trainers.data_check import StreamChecker, pass_report
 from inheritlab.trainers.engine import PARAM_LAYOUT
 from inheritlab.trainers.lm_models import LlamaLM, LMConfig, LMRung, get_rung
 from inheritlab.trainers.loop import LossLog, StepClock
+from inheritlab.trainers.slots import SharedEpochs, rank_slots, slot_shards
 from inheritlab.trainers.train_config import BaseTrainConfig
 
 if TYPE_CHECKING:
@@ -91,8 +91,9 @@ class LMTrainConfig(BaseTrainConfig):
 
 @dataclass
 class StreamState:
-    """What the data stream has done so far on this rank (logged, and checked on resume)."""
+    """What one data slot's stream has done so far (logged in the summary)."""
 
+    slot: int = 0
     docs: int = 0
     epochs: int = 0
     sequences: int = 0
@@ -100,24 +101,31 @@ class StreamState:
     first_pass: dict[str, Any] | None = None  # chain and read counters at the end of the first pass
 
 
-def packed_sequences(cfg: LMTrainConfig, tok: TextTokenizer, seq_len: int, *, rank: int, world_size: int,
-                     state: StreamState) -> Iterator[list[int]]:
-    """Endless ``seq_len + 1``-token windows of this rank's corrupted, tokenised text stream.
+def packed_sequences(cfg: LMTrainConfig, tok: TextTokenizer, seq_len: int, *, slot: int, num_slots: int,
+                     state: StreamState, shared: SharedEpochs | None = None) -> Iterator[list[int]]:
+    """Endless ``seq_len + 1``-token windows of one data slot's corrupted, tokenised text stream
+    (the slot's shards, or every ``num_slots``-th document: :mod:`inheritlab.trainers.slots`;
+    ``shared`` reads striding slots' shards once for all of them).
 
     Consecutive windows overlap by one token, so every token is a target exactly once.
     """
-    shards = list_shards(cfg.train_shards) if isinstance(cfg.train_shards, str) else [str(s) for s in cfg.train_shards]
-    by_shard = len(shards) >= world_size
-    mine = split_shards(shards, rank=rank, world_size=world_size) if by_shard else sorted(shards)
-    chain = build_chain(cfg.corruptors, study_seed=cfg.study_seed, num_classes=None, class_names=None,
+    shards = _shard_list(cfg)
+    mine, stride, _ = slot_shards(shards, slot, num_slots)
+    if stride > 1 and shared is None:
+        shared = shared_text_reader(cfg, [slot], num_slots)
+    chain = build_chain(list(cfg.corruptors), study_seed=cfg.study_seed, num_classes=None, class_names=None,
                         plan_dir=cfg.plan_dir)
     buf: list[int] = []
     while True:
-        rng = stable_rng("lm-stream", cfg.study_seed, cfg.seed, rank, state.epochs)
-        order = [mine[i] for i in rng.permutation(len(mine))]
-        stream = iter_samples(order, kind="text", bad_sample_ceiling=cfg.bad_sample_ceiling, stats=state.read)
-        if not by_shard:
-            stream = (s for i, s in enumerate(stream) if i % world_size == rank)
+        if shared is not None:
+            docs = shared.samples(slot, state.epochs)
+            state.read.samples += len(docs)
+            state.read.skipped.update(shared.skipped(state.epochs))
+            stream: Iterator[dict[str, Any]] = iter(docs)
+        else:  # a slot with its own shards shuffles their order per epoch
+            rng = stable_rng("lm-stream", cfg.study_seed, cfg.seed, slot, num_slots, state.epochs)
+            order = [mine[i] for i in rng.permutation(len(mine))]
+            stream = iter_samples(order, kind="text", bad_sample_ceiling=cfg.bad_sample_ceiling, stats=state.read)
         docs_before = state.docs
         for sample in chain.apply(stream):
             buf.extend(tok.encode(sample["text"]))
@@ -129,15 +137,45 @@ def packed_sequences(cfg: LMTrainConfig, tok: TextTokenizer, seq_len: int, *, ra
                 del buf[:seq_len]
         state.epochs += 1
         if state.first_pass is None:
-            state.first_pass = pass_report((rank, 0), chain.counters(), state.read.to_dict())
+            state.first_pass = pass_report((slot,), chain.counters(), state.read.to_dict())
         if state.docs == docs_before:
-            raise SpecError(f"rank {rank}: the training stream is empty after the corruptor chain (shards {mine[:3]}...)")
+            raise SpecError(f"data slot {slot}: the training stream is empty after the corruptor chain "
+                            f"(shards {mine[:3]}...)")
 
 
-def micro_batches(seqs: Iterator[list[int]], micro_batch: int) -> Iterator[torch.Tensor]:
-    """[micro_batch, seq_len + 1] int64 tensors from the window stream."""
+def _shard_list(cfg: LMTrainConfig) -> list[str]:
+    return list_shards(cfg.train_shards) if isinstance(cfg.train_shards, str) else [str(s) for s in cfg.train_shards]
+
+
+def shared_text_reader(cfg: LMTrainConfig, slots: list[int], num_slots: int) -> SharedEpochs | None:
+    """One reader for ``slots`` when they stride over shared shards (``None`` otherwise)."""
+    shards = sorted(_shard_list(cfg))
+    if len(shards) >= num_slots:
+        return None
+
+    def read(epoch: int, stats: ReadStats) -> Iterator[dict[str, Any]]:
+        # One document order per epoch for all striding slots: the stride partitions it.
+        rng = stable_rng("lm-stream", cfg.study_seed, cfg.seed, "all", num_slots, epoch)
+        order = [shards[i] for i in rng.permutation(len(shards))]
+        return iter_samples(order, kind="text", bad_sample_ceiling=cfg.bad_sample_ceiling, stats=stats)
+
+    return SharedEpochs(read, slots, num_slots, ReadStats)
+
+
+def micro_batches(cfg: LMTrainConfig, tok: TextTokenizer, plan: "RunPlan", *, rank: int, world: int,
+                  states: list[StreamState]) -> Iterator[torch.Tensor]:
+    """[micro, seq_len + 1] int64 tensors of this rank: every step, ``chunk`` windows of each of
+    its slots in slot order (``B / world`` sequences), cut into ``accum`` micro-batches."""
+    chunk = plan.batch // plan.slots
+    mine = rank_slots(rank, world, plan.slots)
+    states.extend(StreamState(slot=v) for v in mine)
+    shared = shared_text_reader(cfg, mine, plan.slots)
+    streams = [packed_sequences(cfg, tok, plan.seq_len, slot=st.slot, num_slots=plan.slots, state=st, shared=shared)
+               for st in states]
     while True:
-        yield torch.tensor([next(seqs) for _ in range(micro_batch)], dtype=torch.long)
+        step = [w for stream in streams for w in (next(stream) for _ in range(chunk))]
+        for i in range(0, len(step), plan.micro):
+            yield torch.tensor(step[i : i + plan.micro], dtype=torch.long)
 
 
 # ----------------------------------------------------------------------------------- engine glue
@@ -201,21 +239,27 @@ class RunPlan:
     batch: int
     micro: int
     accum: int
+    slots: int          # data slots (trainers.slots): fixed by the global batch, not by the ranks
     steps: int
     lr: float
     warmup: int
 
     @property
     def shape(self) -> dict[str, int]:
-        """What a resume must match for the replayed data stream to land on the right sample."""
-        return {"global_batch": self.batch, "micro": self.micro, "seq_len": self.seq_len}
+        """What a resume must match for the replayed data stream to land on the right sample
+        (not the ranks or the micro-batch: step k's sequences are the same for any of them)."""
+        return {"global_batch": self.batch, "data_slots": self.slots, "seq_len": self.seq_len}
 
 
 def plan_run(cfg: LMTrainConfig, world_size: int) -> RunPlan:
     """The run's shape on ``world_size`` ranks: the rung's recipe where the config says ``None``."""
+    from inheritlab.trainers.slots import data_slots, rank_slots
+
     rung = get_rung(cfg.rung)
     seq = cfg.seq_len or rung.recipe.seq_len
     batch = cfg.batch_size or rung.recipe.batch_size
+    slots = data_slots(batch)
+    rank_slots(0, world_size, slots)  # the ranks must divide the slots (an error naming the choices)
     micro = cfg.micro_batch_size or max(1, batch // world_size)
     if batch % (micro * world_size):
         raise SpecError(
@@ -228,7 +272,8 @@ def plan_run(cfg: LMTrainConfig, world_size: int) -> RunPlan:
     else:
         steps = math.ceil(int(cfg.tokens or 0) / (batch * seq))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(rung.recipe.warmup_steps, max(1, steps // 10))
-    return RunPlan(rung=rung, seq_len=seq, batch=batch, micro=micro, accum=batch // (micro * world_size), steps=steps,
+    return RunPlan(rung=rung, seq_len=seq, batch=batch, micro=micro, accum=batch // (micro * world_size), slots=slots,
+                   steps=steps,
                  lr=cfg.lr or rung.recipe.lr, warmup=warmup)
 
 
@@ -267,8 +312,8 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
     rank, world, local_rank = init_distributed(use_gpu=use_gpu)
     device = torch.device("cuda", local_rank) if use_gpu else torch.device("cpu")
     plan = plan_run(cfg, world)
-    ckpt = CheckpointManager(Path(cfg.cell_dir) / "ckpt", keep=cfg.keep_checkpoints,
-                             shape={"world_size": world, **plan.shape, "param_layout": PARAM_LAYOUT})
+    ckpt = CheckpointManager(Path(cfg.cell_dir) / "ckpt", keep=cfg.keep_checkpoints, world_size=world,
+                             shape={**plan.shape, "param_layout": PARAM_LAYOUT})
     done = ckpt.finished(plan.steps)
     if done is not None:
         return done
@@ -277,13 +322,12 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
     resumed = ckpt.resume(engine)
     step = int(resumed["step"]) if resumed else 0
     losses = LossLog(cfg.log_every, resumed.get("loss_curve", ()) if resumed else ())
-    state = StreamState()
-    batches = micro_batches(packed_sequences(cfg, tok, plan.seq_len, rank=rank, world_size=world, state=state),
-                            plan.micro)
+    states: list[StreamState] = []
+    batches = micro_batches(cfg, tok, plan, rank=rank, world=world, states=states)
     for _ in range(step * plan.accum):  # skip what the committed checkpoint already consumed: exact data position
         next(batches)
     commits, exports = cfg.commit_at(plan.steps), cfg.export_at(plan.steps)
-    last_step = min(plan.steps, cfg.stop_after_steps or plan.steps)
+    last_step = cfg.last_step(plan.steps, step)
     clock = StepClock(sync=use_gpu, warm_steps=min(5, max(0, (last_step - step) // 4)))
     first_step = step
     engine.train()
@@ -306,15 +350,16 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
                               rung=cfg.rung, tokenizer=str(tok.path))
                 if step in commits:
                     ckpt.commit(engine, step=step, samples_seen=seen, state={"loss_curve": losses.curve})
-    checker = StreamChecker(plan_dir=cfg.plan_dir, slots=world)
-    checker.collect(state.first_pass)
+    checker = StreamChecker(plan_dir=cfg.plan_dir, slots=plan.slots)
+    for st in states:
+        checker.collect(st.first_pass)
     return _finish(cfg, plan, ckpt, model, step=step, trained=step - first_step, world=world, losses=losses,
-                   clock=clock, resumed_from=first_step if resumed else None, checker=checker, state=state)
+                   clock=clock, resumed_from=first_step if resumed else None, checker=checker, states=states)
 
 
 def _finish(cfg: LMTrainConfig, plan: RunPlan, ckpt: CheckpointManager, model: LlamaLM, *, step: int, trained: int,
             world: int, losses: LossLog, clock: StepClock, resumed_from: int | None, checker: StreamChecker,
-            state: StreamState) -> TrainSummary:
+            states: list[StreamState]) -> TrainSummary:
     """Check the data stream, write the summary of a finished run, return it."""
     from inheritlab.trainers.lm_models import count_params, flops_per_token
 
@@ -325,11 +370,12 @@ def _finish(cfg: LMTrainConfig, plan: RunPlan, ckpt: CheckpointManager, model: L
         world_size=world, precision=cfg.precision_for(cfg.use_gpu), zero_stage=cfg.zero_stage,
         params=count_params(model.cfg)["total"], flops_per_sample=flops_per_token(model.cfg) * plan.seq_len,
         train_seconds=train_time, samples_per_s=rate, samples_per_s_steady=steady, final_loss=losses.final,
-        loss_curve=losses.curve, epochs=state.epochs + 1 if trained else None, exports=tuple(ckpt.exports()),
+        loss_curve=losses.curve, epochs=max(st.epochs for st in states) + 1 if trained else None,
+        exports=tuple(ckpt.exports()),
         resumed_from=resumed_from, data_check=checker.finish(),
         extra={"tokens_seen": step * plan.batch * plan.seq_len, "seq_len": plan.seq_len,
                "tokens_per_s": rate * plan.seq_len if rate else None, "micro_batch": plan.micro,
-               "grad_accum": plan.accum, "docs_read_rank0": state.docs, "read_rank0": state.read.to_dict()},
+               "grad_accum": plan.accum, "data_slots": plan.slots, "docs_read_rank0": sum(st.docs for st in states)},
     )
     ckpt.finish(summary)
     return summary

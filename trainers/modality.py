@@ -57,6 +57,14 @@ class Modality(ABC):
         """Names of the model rungs of this modality."""
 
     @abstractmethod
+    def global_batch(self, cell: CellConfig) -> int:
+        """The cell's global batch (its recipe's, or the spec's override)."""
+
+    @abstractmethod
+    def flops_per_sample(self, cell: CellConfig) -> float:
+        """Training FLOPs of one sample of the cell's rung (forward and backward), for estimates."""
+
+    @abstractmethod
     def pool_size(self, data: DataConfig) -> int | None:
         """Unique training samples of a built-in world (``None`` for a user's shards)."""
 

@@ -58,6 +58,7 @@ class BaseTrainConfig:
     bad_sample_ceiling: float | int = 0
     log_every: int = 10
     stop_after_steps: int | None = None    # end this process early (tests, benchmarks); not a budget
+    trace_data: bool = False               # write the sample keys of every step (data/trace-rank<r>.jsonl)
 
     def __post_init__(self) -> None:
         from inheritlab.kernels import IMPLS
@@ -92,6 +93,10 @@ class BaseTrainConfig:
         """The steps whose weights are exported (the last one always)."""
         commits = set(range(self.ckpt_every, total_steps + 1, self.ckpt_every)) if self.export_every_ckpt else set()
         return {s for s in self.export_steps if s <= total_steps} | commits | {total_steps}
+
+    def last_step(self, total_steps: int, start: int) -> int:
+        """Where this process stops: the end, or ``stop_after_steps`` steps after ``start``."""
+        return total_steps if self.stop_after_steps is None else min(total_steps, start + self.stop_after_steps)
 
     def commit_at(self, total_steps: int) -> set[int]:
         return set(range(self.ckpt_every, total_steps + 1, self.ckpt_every)) | {total_steps}

@@ -28,19 +28,21 @@ def _cfg(world, cell, **kw) -> LMTrainConfig:
 def test_packing_covers_every_token_once(world):
     tok = load_tokenizer(world.tokenizer)
     cfg = _cfg(world, "unused")
-    stream = packed_sequences(cfg, tok, 16, rank=0, world_size=1, state=StreamState())
+    stream = packed_sequences(cfg, tok, 16, slot=0, num_slots=1, state=StreamState())
     windows = [next(stream) for _ in range(40)]
     for a, b in zip(windows, windows[1:]):
         assert a[-1] == b[0]  # one-token overlap: every token is a target exactly once
     assert all(len(w) == 17 for w in windows)
-    # Two ranks over three shards split the documents between them without overlap.
+    # Two data slots over three shards split the documents between them without overlap.
     seen = []
-    for rank in (0, 1):
-        st = StreamState()
-        s = packed_sequences(cfg, tok, 16, rank=rank, world_size=2, state=st)
-        next(s)
+    for slot in (0, 1):
+        st = StreamState(slot=slot)
+        s = packed_sequences(cfg, tok, 16, slot=slot, num_slots=2, state=st)
+        while st.first_pass is None:
+            next(s)
         seen.append(st)
     assert all(st.docs > 0 for st in seen)
+    assert sum(st.first_pass["read"]["samples"] for st in seen) == 150  # the world's 150 documents, once
 
 
 def test_train_loss_goes_down_resume_is_exact_and_evaluation_runs(world, tmp_path):

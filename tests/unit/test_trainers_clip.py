@@ -11,7 +11,7 @@ import torch
 from inheritlab.corruptors.world import ImageWorldConfig, WorldInfo, write_image_world
 from inheritlab.infra.atomic import read_json
 from inheritlab.infra.errors import CheckpointError, SpecError
-from inheritlab.trainers.clip_data import ClipBatchStream, StreamSpec
+from inheritlab.trainers.clip_data import ClipBatchStream, StreamSpec, rank_batches
 from inheritlab.trainers.clip_models import build_clip
 from inheritlab.trainers.checkpoint import TrainSummary
 from inheritlab.trainers.clip_eval import SplitFeatures, retrieval_recall, spectrum_diagnostics
@@ -27,15 +27,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> WorldInfo:
 
 
 def _spec(world: WorldInfo, **kw: Any) -> StreamSpec:
+    # Batch 32 → 32 data slots of 1 sample each; this rank (of one) reads all of them.
     base = dict(shards=tuple(world.splits["train"]), corruptors=(), study_seed=0, seed=0, plan_dir=None,
-                num_classes=world.num_classes, class_names=tuple(world.class_names), rank=0, world_size=1,
-                batch_size=32, shuffle_buffer=64)
+                num_classes=world.num_classes, class_names=tuple(world.class_names), slots=tuple(range(32)),
+                num_slots=32, chunk=1, shuffle_buffer=64)
     return StreamSpec(**{**base, **kw})
 
 
-def _take(spec: StreamSpec, n: int, skip: int = 0) -> list[dict[str, Any]]:
+def _take(spec: StreamSpec, n: int, skip: int = 0, workers: int = 0) -> list[dict[str, Any]]:
     built = build_clip("clip-tiny", seed=0)
-    it = iter(ClipBatchStream(spec, transform=built.transform, tokenizer=built.tokenizer, skip_batches=skip))
+    stream = ClipBatchStream(spec, transform=built.transform, tokenizer=built.tokenizer, skip_batches=skip)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
+    it = rank_batches(iter(loader), max(1, workers))
     return [next(it) for _ in range(n)]
 
 
@@ -52,21 +55,21 @@ def test_stream_is_deterministic_repeats_and_skips(world: WorldInfo) -> None:
     assert all(torch.equal(x["images"], y["images"]) for x, y in zip(c, a[11:14]))
     # Another seed, another order.
     assert not torch.equal(_take(_spec(world, seed=1), 1)[0]["images"], a[0]["images"])
+    # Loader worker processes change who reads which slots, not the batches.
+    d = _take(_spec(world), 13, workers=2)
+    assert all(torch.equal(x["images"], y["images"]) and torch.equal(x["texts"], y["texts"]) for x, y in zip(d, a))
 
 
-def test_ranks_see_disjoint_samples(world: WorldInfo) -> None:
+def test_slots_see_disjoint_samples(world: WorldInfo) -> None:
     from inheritlab.trainers.clip_data import iter_epoch_samples
 
-    seen = []
-    for rank in (0, 1):
-        keys = [s["__key__"] for s in iter_epoch_samples(_spec(world, rank=rank, world_size=2), 0, 1, 0)]
-        seen.append(set(keys))
-        assert len(keys) == len(set(keys))
-    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 384
-    # Fewer shards than ranks × workers: every rank reads all shards and strides over samples.
-    few = [s["__key__"] for s in iter_epoch_samples(_spec(world, shards=tuple(world.splits["train"][:1]), rank=1,
-                                                             world_size=2), 0, 1, 0)]
-    assert len(few) == 48
+    # Fewer shards (4) than slots (32): every slot strides over all shards.
+    keys = [[s["__key__"] for s in iter_epoch_samples(_spec(world), v, 0)] for v in range(32)]
+    assert sum(len(k) for k in keys) == len({k for ks in keys for k in ks}) == 384
+    # As many shards as slots or more: each slot reads shards of its own.
+    keys = [[s["__key__"] for s in iter_epoch_samples(_spec(world, num_slots=4, slots=(0, 1, 2, 3)), v, 0)]
+            for v in range(4)]
+    assert [len(k) for k in keys] == [96] * 4 and len({k for ks in keys for k in ks}) == 384
 
 
 def _cfg(world: WorldInfo, cell: Path, **kw: Any) -> ClipTrainConfig:
@@ -130,11 +133,12 @@ def test_a_dangling_pointer_is_a_checkpoint_error(world: WorldInfo, tmp_path: Pa
     atomic_write_json(tmp_path / "cell" / "ckpt" / "latest.json", {"tag": "step_2", "step": 2})
     with pytest.raises(CheckpointError, match="step_2"):
         train_clip(_cfg(world, tmp_path / "cell"))
-    # A checkpoint of another rank count cannot be resumed (ZeRO shards, per-rank data split).
+    # A checkpoint of another global batch cannot continue the same data stream: refused. (Another
+    # number of ranks can: see test_resume_on_another_number_of_workers.)
     (tmp_path / "cell" / "ckpt" / "step_2").mkdir()
     atomic_write_json(tmp_path / "cell" / "ckpt" / "latest.json",
-                      {"tag": "step_2", "step": 2, "world_size": 4, "global_batch": 32})
-    with pytest.raises(CheckpointError, match="world_size=4"):
+                      {"tag": "step_2", "step": 2, "world_size": 4, "global_batch": 64})
+    with pytest.raises(CheckpointError, match="global_batch=64"):
         train_clip(_cfg(world, tmp_path / "cell"))
     # One written before parameter layouts were recorded: its flat optimizer state would land on
     # the wrong parameters, so it is refused rather than loaded.
@@ -191,7 +195,7 @@ def test_the_stream_is_checked_against_the_condition_stage(world: WorldInfo, tmp
         train_clip(_cfg(world, tmp_path / "bad", **kw))
     # Shorter than one pass: not checked, and the summary says so.
     short = train_clip(_cfg(world, tmp_path / "short", **{**kw, "samples_seen": 4 * 32}))
-    assert short.data_check["status"].startswith("not checked: 0 of 1 stream slots")
+    assert short.data_check["status"].startswith("not checked: 0 of 32 data slots")
 
 
 def test_images_are_decoded_after_selection_and_bad_ones_counted(tmp_path: Path) -> None:
@@ -206,8 +210,9 @@ def test_images_are_decoded_after_selection_and_bad_ones_counted(tmp_path: Path)
     samples = list(iter_samples(good.splits["train"], decode=False))
     samples[5] = {**samples[5], "image": b"\x89PNG not really"}
     shard = write_shards(samples, tmp_path / "bad", samples_per_shard=64)
-    spec = _spec(good, shards=tuple(str(p) for p in shard), bad_sample_ceiling=2, shuffle_buffer=8)
+    spec = _spec(good, shards=tuple(str(p) for p in shard), bad_sample_ceiling=2, shuffle_buffer=8, slots=(0,),
+                 num_slots=1)
     reports = []
-    out = list(iter_epoch_samples(spec, 0, 1, 0, on_pass_end=lambda c, r: reports.append(r)))
+    out = list(iter_epoch_samples(spec, 0, 0, on_pass_end=lambda c, r: reports.append(r)))
     assert len(out) == 63 and all(hasattr(s["image"], "size") for s in out)
     assert reports[0]["skipped"] == {"undecodable_image": 1} and reports[0]["samples"] == 63

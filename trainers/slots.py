@@ -1,0 +1,102 @@
+"""Data slots: the training stream as a fixed number of sub-streams, whatever runs it.
+
+A cell's training data is split into ``V`` *slots*, a number fixed by the global batch alone
+(:func:`data_slots`). Each slot is an endless, seeded stream of its own: its share of the
+shards (or, with fewer shards than slots, every ``V``-th sample), the corruptor chain, a
+shuffle buffer. Step ``k`` trains on samples ``[k·c, (k+1)·c)`` of every slot, ``c = B / V``.
+
+Ranks and loader workers only decide *who* reads which slots: rank ``r`` of ``W`` reads a
+contiguous block of ``V / W`` slots, and its loader workers split that block. So the samples of
+every global batch — and the sample order within it, sorted by slot — are the same on 1, 2 or
+8 workers with any number of loader processes, and a run resumed at step ``s`` on another number
+of workers continues at sample ``s·c`` of each slot: every sample is still seen once. The
+only constraint is that ``W`` divides ``V``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from inheritlab.infra.errors import SpecError
+
+# Enough slots for 64 ranks; more would only shrink each slot's chunk of a batch.
+MAX_SLOTS = 64
+
+
+def data_slots(global_batch: int) -> int:
+    """The number of slots of a run with this global batch: the largest power of two that
+    divides it, at most :data:`MAX_SLOTS` (1 for an odd batch)."""
+    if global_batch < 1:
+        raise SpecError(f"batch_size: got {global_batch}; expected >= 1")
+    slots = 1
+    while slots < MAX_SLOTS and global_batch % (slots * 2) == 0:
+        slots *= 2
+    return slots
+
+
+def rank_slots(rank: int, world: int, slots: int) -> list[int]:
+    """The block of slots rank ``rank`` of ``world`` reads; ``world`` must divide ``slots``."""
+    if slots % world:
+        allowed = [w for w in range(1, slots + 1) if slots % w == 0]
+        raise SpecError(
+            f"train.workers: {world} training ranks do not divide the run's {slots} data slots "
+            f"(the largest power of two dividing the global batch, at most {MAX_SLOTS}); use one of {allowed}"
+        )
+    per = slots // world
+    return list(range(rank * per, (rank + 1) * per))
+
+
+def worker_slots(mine: list[int], worker: int, workers: int) -> list[int]:
+    """The slots loader worker ``worker`` of ``workers`` reads out of its rank's ``mine``."""
+    return mine[worker::workers]
+
+
+def slot_shards(shards: list[str] | tuple[str, ...], slot: int, slots: int) -> tuple[list[str], int, int]:
+    """(shards to read, sample stride, sample offset) of one slot.
+
+    With at least as many shards as slots, slot ``v`` reads shards ``v, v + V, ...`` of the
+    sorted list, whole. With fewer (tiny worlds, few large shards), every slot reads all shards
+    in sorted order and keeps every ``V``-th sample from offset ``v``: no slot is ever starved,
+    at the price of reading the shards once per slot.
+    """
+    ordered = sorted(str(s) for s in shards)
+    if len(ordered) >= slots:
+        return ordered[slot::slots], 1, 0
+    return ordered, slots, slot
+
+
+class SharedEpochs:
+    """One read of the shards per epoch for several slots that stride over the same shards.
+
+    With fewer shards than slots (tiny worlds, a few large shards), every slot would otherwise
+    read every shard. This reads each epoch once, in the one order all slots share, and hands
+    each slot its samples (index ``i`` goes to slot ``i mod V``). It holds one epoch of the
+    slots' raw samples at most per epoch in flight: fine for the data sizes this mode is for.
+    ``read(epoch)`` yields the epoch's samples and fills ``stats(epoch)``'s counters.
+    """
+
+    def __init__(self, read: Callable[[int, Any], Iterator[Any]], slots: list[int], num_slots: int,
+                 new_stats: Callable[[], Any]) -> None:
+        self._read, self.slots, self.num_slots, self._new_stats = read, list(slots), num_slots, new_stats
+        self._epochs: dict[int, dict[int, list[Any]]] = {}
+        self._stats: dict[int, Any] = {}
+
+    def samples(self, slot: int, epoch: int) -> list[Any]:
+        """Slot ``slot``'s raw samples of ``epoch`` (each slot takes each epoch once)."""
+        if epoch not in self._epochs:
+            per: dict[int, list[Any]] = {v: [] for v in self.slots}
+            stats = self._new_stats()
+            for i, sample in enumerate(self._read(epoch, stats)):
+                if i % self.num_slots in per:
+                    per[i % self.num_slots].append(sample)
+            self._epochs[epoch], self._stats[epoch] = per, stats
+        out = self._epochs[epoch].pop(slot)
+        if not self._epochs[epoch]:
+            del self._epochs[epoch]
+        return out
+
+    def skipped(self, epoch: int) -> dict[str, int]:
+        """Bad samples skipped while reading ``epoch`` (reported by one slot only: slot 0's reader)."""
+        stats = self._stats.get(epoch)
+        return dict(stats.skipped) if stats is not None and 0 in self.slots else {}
