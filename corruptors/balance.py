@@ -47,7 +47,13 @@ class _ConceptStep(Corruptor):
         if self.mode_concepts == "caption" and self.words is None:
             raise SpecError(f"corruptor {self.name!r}: concepts 'caption' needs a concept_list or class names")
         if self.mode_concepts == "label" and not self.num_classes:
-            raise SpecError(f"corruptor {self.name!r}: concepts 'label' needs labelled data (num_classes is {self.num_classes})")
+            raise SpecError(f"corruptor {self.name!r}: concepts 'label' needs labelled data (no class names found): a "
+                            "classnames.txt beside the train split (or data.shards.classnames) and a label per "
+                            "sample (.cls, or data.shards.label_key); docs/data.md")
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.mode_concepts == "label"
 
     def concept(self, sample: Sample) -> str | None:
         if self.mode_concepts == "label":

@@ -140,6 +140,11 @@ class Corruptor:
         """A per-sample integer in [0, n), independent of :meth:`u` (different tag)."""
         return min(int(self._u(key, "pick", *tag) * n), n - 1)
 
+    @property
+    def needs_labels(self) -> bool:
+        """Whether the step reads sample labels (a check before training asks every shard)."""
+        return False
+
     # -- planning ----------------------------------------------------------------------------
 
     @property

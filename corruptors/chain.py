@@ -219,11 +219,12 @@ def _plan_shard(
     decode: bool,
     kind: str = "image",
     sources: dict[str, list[str]] | None = None,
+    label_key: str | None = None,
 ) -> Any:
     """Map of step ``index``'s plan over one shard (runs in a Ray task or in-process)."""
     chain = build_chain(specs, study_seed=study_seed, num_classes=num_classes, class_names=class_names, sources=sources)
     chain.load_plans(plan_dir, upto=index)
-    stream = iter_samples([shard], decode=decode, bad_sample_ceiling=_PLAN_PASS_CEILING, kind=kind)
+    stream = iter_samples([shard], decode=decode, bad_sample_ceiling=_PLAN_PASS_CEILING, kind=kind, label_key=label_key)
     return chain.steps[index].plan_map(chain.apply_prefix(stream, index))
 
 
@@ -270,6 +271,7 @@ def condition_data(
     bad_sample_ceiling: float | int = 0,
     sources: dict[str, list[str]] | None = None,
     kind: str = "image",
+    label_key: str | None = None,
 ) -> dict[str, Any]:
     """The data-condition stage of one cell: plans, then one pass writing manifest and counters.
 
@@ -294,7 +296,7 @@ def condition_data(
     for index, step in enumerate(chain.steps):
         if not step.planned:
             continue
-        args = (specs, study_seed, num_classes, class_names, str(out), index, decode, kind, sources)
+        args = (specs, study_seed, num_classes, class_names, str(out), index, decode, kind, sources, label_key)
         partials = _map_shards(shard_list, args)
         plan = step.plan_reduce(partials)
         _write_parquet(plan, plan_path(out, step.name))
@@ -302,7 +304,8 @@ def condition_data(
     stats = ReadStats()
     labels: Counter[int] = Counter()
     n_out = 0
-    for sample in chain.apply(iter_samples(shard_list, decode=decode, bad_sample_ceiling=bad_sample_ceiling, stats=stats, kind=kind)):
+    for sample in chain.apply(iter_samples(shard_list, decode=decode, bad_sample_ceiling=bad_sample_ceiling, stats=stats,
+                                           kind=kind, label_key=label_key)):
         n_out += 1
         labels[int(sample.get("label", -1))] += 1
     counters = {

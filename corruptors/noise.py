@@ -177,13 +177,18 @@ class LabelNoise(LevelCorruptor):
         ):
             raise SpecError(f"{where}.transition: got {rows!r}; expected a K x K list of non-negative weights")
 
+    @property
+    def needs_labels(self) -> bool:
+        return True
+
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         k = int(self.num_classes or 0)
         if k < 2:
             raise SpecError(
-                f"corruptor {self.name!r}: label noise needs num_classes >= 2 (got {self.num_classes}); "
-                "the data source has no class labels"
+                f"corruptor {self.name!r}: label noise needs labelled data with >= 2 classes (got "
+                f"{self.num_classes or 0} class names): a classnames.txt beside the train split (or "
+                "data.shards.classnames) and a label per sample (.cls, or data.shards.label_key); docs/data.md"
             )
         self.words = ClassWords(self.class_names) if self.class_names else None
         where = f"corruptor {self.name!r}"

@@ -157,19 +157,33 @@ def _split_name(name: str) -> tuple[str, str]:
     return key, ext
 
 
-def _decode_image(data: bytes, member: str) -> Any:
+def _decode_image(data: bytes, member: str, min_size: int | None = None) -> Any:
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if min_size is not None and im.format == "JPEG":
+                # JPEG decodes at 1/2, 1/4 or 1/8 scale for a fraction of the work (DCT scaling);
+                # draft keeps both sides >= min_size, so the shortest side still covers the target.
+                im.draft("RGB", (min_size, min_size))
             im.load()
             return im.convert("RGB")
     except Exception as exc:  # PIL raises many types for bad bytes
-        raise _BadSample("undecodable_image", member, f"image does not decode ({type(exc).__name__}: {exc})") from None
+        # PIL names the in-memory buffer by its address: dropped, so a message is the same on every read.
+        text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
+        raise _BadSample("undecodable_image", member, f"image does not decode ({type(exc).__name__}: {text})") from None
 
 
-def _build_sample(shard: str, key: str, parts: dict[str, tuple[str, bytes]], decode: bool, kind: str) -> Sample:
-    """Turn the members of one key into a sample, or raise :class:`_BadSample`."""
+KINDS = ("image", "labeled", "picture", "text", "any")
+
+
+def _build_sample(shard: str, key: str, parts: dict[str, tuple[str, bytes]], decode: bool, kind: str,
+                  label_key: str | None = None) -> Sample:
+    """Turn the members of one key into a sample, or raise :class:`_BadSample`.
+
+    ``parts`` is keyed by the lower-cased extension (``.JPG`` is a JPEG); members keep their
+    own names in every message.
+    """
     for ext, (member, data) in parts.items():
         if "." in ext and ext.rsplit(".", 1)[-1] in KNOWN_EXTS:
             raise _BadSample(
@@ -177,6 +191,7 @@ def _build_sample(shard: str, key: str, parts: dict[str, tuple[str, bytes]], dec
             )
         if len(data) == 0:
             raise _BadSample("empty_member", member, "zero-byte member")
+    names = ", ".join(repr(m) for m, _ in parts.values())
     img_ext = next((e for e in IMAGE_EXTS if e in parts), None)
     meta: dict[str, Any] = {}
     if "json" in parts:
@@ -188,31 +203,48 @@ def _build_sample(shard: str, key: str, parts: dict[str, tuple[str, bytes]], dec
         if not isinstance(meta, dict):
             raise _BadSample("bad_json", member, f"metadata must be a JSON object, got {type(meta).__name__}")
     text_key = "text" if kind == "text" else "caption"
+    caption: str | None = None
     if "txt" in parts:
         member, data = parts["txt"]
         try:
             caption = data.decode("utf-8").strip()
         except UnicodeDecodeError:
             raise _BadSample(f"bad_{text_key}", member, f"{text_key} is not UTF-8") from None
-    else:
-        names = ", ".join(repr(m) for m, _ in parts.values())
+    elif kind in ("image", "text"):
         raise _BadSample(f"missing_{text_key}", f"{key}.txt", f"sample has no .txt {text_key} (members: {names})")
-    if kind == "image" and img_ext is None:
-        names = ", ".join(repr(m) for m, _ in parts.values())
-        raise _BadSample("missing_image", f"{key}.png", f"sample has no image member (members: {names})")
-    label = -1
-    if "cls" in parts:
-        member, data = parts["cls"]
-        try:
-            label = int(data.decode("ascii").strip())
-        except (UnicodeDecodeError, ValueError):
-            raise _BadSample("bad_label", member, f"label is not an integer: {data[:20]!r}") from None
-    sample: Sample = {"__key__": key, "__shard__": shard, text_key: caption, "label": label, "meta": meta}
+    if kind in ("image", "labeled", "picture") and img_ext is None:
+        raise _BadSample("missing_image", next(iter(parts.values()))[0],
+                         f"sample {key!r} has no image (.jpg, .jpeg, .png, .webp; members: {names})")
+    label = _label(parts, meta, label_key)
+    if kind == "labeled" and label < 0:
+        where = f".cls or the .json key {label_key!r}" if label_key else ".cls"
+        raise _BadSample("missing_label", next(iter(parts.values()))[0],
+                         f"sample {key!r} has no label ({where}; members: {names})")
+    sample: Sample = {"__key__": key, "__shard__": shard, text_key: caption if caption is not None else "",
+                      "label": label, "meta": meta}
     if img_ext is not None and kind != "text":
         member, data = parts[img_ext]
         sample["image"] = _decode_image(data, member) if decode else data
         sample["image_ext"] = img_ext
+        sample["image_member"] = member
     return sample
+
+
+def _label(parts: dict[str, tuple[str, bytes]], meta: dict[str, Any], label_key: str | None) -> int:
+    """The sample's integer class: its ``.cls`` member, else ``meta[label_key]``, else -1."""
+    if "cls" in parts:
+        member, data = parts["cls"]
+        try:
+            return int(data.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            raise _BadSample("bad_label", member, f"label is not an integer: {data[:20]!r}") from None
+    if label_key and label_key in meta:
+        value = meta[label_key]
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
+            raise _BadSample("bad_label", f"{meta.get('key', '?')}.json",
+                             f"label {label_key!r} is not an integer: {value!r}")
+        return int(value)
+    return -1
 
 
 def _iter_tar_groups(shard: str) -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
@@ -228,6 +260,7 @@ def _iter_tar_groups(shard: str) -> Iterator[tuple[str, dict[str, tuple[str, byt
                     continue
                 last_member = info.name
                 k, ext = _split_name(info.name)
+                ext = ext.lower()  # .JPG, .Png: the same formats
                 fh = tar.extractfile(info)
                 data = fh.read() if fh is not None else b""
                 if k != key:
@@ -258,7 +291,9 @@ def _check_end_marker(shard: str, end: int, last_member: str | None) -> None:
         raise ShardError(shard, last_member, f"truncated or corrupt tar: {what} after member {last_member!r}")
 
 
-def _check_ceiling(stats: ReadStats, ceiling: float | int) -> None:
+def check_ceiling(stats: ReadStats, ceiling: float | int) -> None:
+    """Raise :class:`BadSampleCeilingError` when ``stats`` skipped more than ``ceiling`` allows
+    (a fraction of everything read, or a count)."""
     n_bad = stats.skipped_total
     if n_bad == 0:
         return
@@ -287,11 +322,14 @@ def _skip(stats: ReadStats, shard: str, bad: _BadSample, ceiling: float | int) -
     if len(stats.problems) < 100:
         stats.problems.append(f"{shard} member {bad.member!r}: {bad.problem}")
     if not isinstance(ceiling, float):
-        _check_ceiling(stats, ceiling)
+        check_ceiling(stats, ceiling)
 
 
-def decode_sample_image(sample: Sample, *, stats: ReadStats, bad_sample_ceiling: float | int = 0) -> Sample | None:
+def decode_sample_image(sample: Sample, *, stats: ReadStats, bad_sample_ceiling: float | int = 0,
+                        min_size: int | None = None) -> Sample | None:
     """Decode the image of a sample read with ``decode=False``; ``None`` when it does not decode.
+    ``min_size``: the image will be used at this size; a large JPEG may then decode reduced
+    (never below ``min_size`` on either side).
 
     Streams that select samples on keys and metadata first decode only what they keep. A bad
     image is then counted in ``stats`` like any bad sample read (it no longer counts as a good
@@ -300,9 +338,9 @@ def decode_sample_image(sample: Sample, *, stats: ReadStats, bad_sample_ceiling:
     """
     if not isinstance(sample.get("image"), (bytes, bytearray)):
         return sample
-    member = f"{sample['__key__'].rsplit('/', 1)[-1]}.{sample.get('image_ext', 'png')}"
+    member = sample.get("image_member") or f"{sample['__key__'].rsplit('/', 1)[-1]}.{sample.get('image_ext', 'png')}"
     try:
-        image = _decode_image(bytes(sample["image"]), member)
+        image = _decode_image(bytes(sample["image"]), member, min_size)
     except _BadSample as bad:
         _skip(stats, str(sample.get("__shard__", "?")), bad, bad_sample_ceiling)
         stats.samples -= 1
@@ -317,21 +355,28 @@ def iter_samples(
     bad_sample_ceiling: float | int = 0,
     stats: ReadStats | None = None,
     kind: str = "image",
+    label_key: str | None = None,
 ) -> Iterator[Sample]:
     """Stream samples from shards in the given order.
 
     ``decode=False`` leaves images as raw bytes (the data-condition stage never needs pixels).
     ``bad_sample_ceiling``: ``0`` raises :class:`ShardError` at the first bad sample; an int
-    ``n >= 1`` skips and counts up to ``n`` bad samples; a float in ``(0, 1]`` allows that
-    fraction of the stream (checked after each shard; ``1.0`` never fails). A truncated or unreadable tar always
-    raises: how many samples it lost is unknowable. Skips are counted in ``stats``.
+    ``n >= 1`` skips and counts up to ``n`` bad samples (failing at the ``n+1``-th); a float in
+    ``(0, 1]`` allows that fraction of the whole read, judged when the read is complete (so bad
+    samples clustered in one shard do not fail a split whose overall fraction is under it;
+    ``1.0`` never fails). A truncated or unreadable tar always raises: how many samples it lost
+    is unknowable. Skips are counted by reason in ``stats``.
 
     ``kind``: ``"image"`` (image–caption pairs; a sample without image or caption is bad),
-    ``"text"`` (text samples ``{"__key__", "text", "label", "meta"}`` from ``.txt``; images
-    ignored) or ``"any"`` (the image is optional: e.g. contamination sources).
+    ``"labeled"`` (an image and a label, the caption optional: classification sets in the
+    CLIP_benchmark/DataComp layout), ``"picture"`` (an image; caption and label optional: an
+    evaluation split whose tasks say what they need), ``"text"`` (``{"__key__", "text", "label", "meta"}`` from
+    ``.txt``; images ignored) or ``"any"`` (the image is optional: e.g. contamination sources).
+    Labels come from a ``.cls`` member, else from the ``.json`` member's ``label_key`` field.
+    Member extensions match case-insensitively.
     """
-    if kind not in ("image", "text", "any"):
-        raise ValueError(f"kind must be 'image', 'text' or 'any', got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if isinstance(shards, (str, os.PathLike)):
         shards = list_shards(shards)
     if isinstance(bad_sample_ceiling, bool) or bad_sample_ceiling < 0:
@@ -345,15 +390,32 @@ def iter_samples(
             raise ShardError(shard, None, "zero-byte shard file")
         for key, parts in _iter_tar_groups(shard):
             try:
-                sample = _build_sample(shard, key, parts, decode, kind)
+                sample = _build_sample(shard, key, parts, decode, kind, label_key)
             except _BadSample as bad:
                 _skip(st, shard, bad, bad_sample_ceiling)
                 continue
             st.samples += 1
             yield sample
         st.shards += 1
-        _check_ceiling(st, bad_sample_ceiling)
-    _check_ceiling(st, bad_sample_ceiling)
+    check_ceiling(st, bad_sample_ceiling)
+
+
+def first_samples(shards: Iterable[str] | str, *, kind: str = "image", label_key: str | None = None,
+                  decode: bool = True) -> Iterator[Sample]:
+    """The first sample of every shard, read strictly: what a quick check before training looks
+    at (every file opens, members have the expected form, labels and images decode)."""
+    if isinstance(shards, (str, os.PathLike)):
+        shards = list_shards(shards)
+    for shard in shards:
+        shard = str(shard)
+        if not os.path.isfile(shard):
+            raise ShardError(shard, None, "shard file does not exist")
+        for key, parts in _iter_tar_groups(shard):
+            try:
+                yield _build_sample(shard, key, parts, decode, kind, label_key)
+            except _BadSample as bad:
+                raise ShardError(shard, bad.member, bad.problem) from None
+            break
 
 
 # ----------------------------------------------------------------------------------- writing
@@ -399,7 +461,7 @@ def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
     img = _image_bytes(sample)
     if img is not None:
         out.append((f"{key}.{img[0]}", img[1]))
-    if "caption" in sample:
+    if sample.get("caption"):  # a captionless (classification) sample stays captionless
         out.append((f"{key}.txt", str(sample["caption"]).encode("utf-8")))
     if "text" in sample:
         out.append((f"{key}.txt", str(sample["text"]).encode("utf-8")))

@@ -7,17 +7,23 @@ out-of-distribution split keeps the classes but shifts the domain: colours and b
 training pool never shows. Classes differ by shape alone, so a tiny CLIP on 32×32 images can
 learn them in a few hundred CPU steps, and the OOD gap measures reliance on colour/background.
 
+The world is drawn at the size the models train at (32 px for the CPU rungs, 224 px for the
+DataComp ones), so no rung is fed upscaled images. Small images are stored as PNG (lossless and
+tiny); large ones as JPEG at quality 95 with 4:2:0 chroma subsampling, what img2dataset writes,
+so a GPU rung sees the same kind of bytes as on real shards.
+
 Everything is a pure function of the config: the same seed gives the same shard bytes.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -59,6 +65,24 @@ CAPTION_TEMPLATES = (
 )
 PROMPT_TEMPLATES = ["a photo of a {}.", "a {} shape.", "an image showing a {}.", "a drawing of a {}."]
 
+ImageFormat = Literal["png", "jpeg"]
+IMAGE_FORMATS: tuple[ImageFormat, ...] = ("png", "jpeg")
+# The tar member extension of each format (img2dataset names its JPEGs ``.jpg``).
+IMAGE_EXTS: dict[str, str] = {"png": "png", "jpeg": "jpg"}
+# Up to this size a world is PNG: a 32-px PNG is a couple of kB and lossless; above it PNGs of
+# noisy pixels grow past 100 kB at 224 px, where a JPEG at quality 95 is several times smaller.
+PNG_MAX_SIZE = 64
+JPEG_QUALITY = 95
+JPEG_SUBSAMPLING = 2  # 4:2:0, PIL's default at this quality
+# Supersampled pixels rendered at once: bounds memory (a few float64 arrays of this many
+# values) whatever the image size; the bytes do not depend on it.
+_CHUNK_PIXELS = 1 << 22
+
+
+def image_format_for(image_size: int) -> ImageFormat:
+    """The format a world of ``image_size`` px is stored in when the study does not say."""
+    return "png" if image_size <= PNG_MAX_SIZE else "jpeg"
+
 
 @dataclass(frozen=True, kw_only=True)
 class ImageWorldConfig:
@@ -68,6 +92,7 @@ class ImageWorldConfig:
     seed: int = 0
     num_classes: int = 10
     image_size: int = 32
+    image_format: ImageFormat = "png"
     train_size: int = 4000
     test_id_size: int = 500
     test_ood_size: int = 500
@@ -78,8 +103,10 @@ class ImageWorldConfig:
         limit = len(SHAPES) * len(PATTERNS)
         if not 2 <= self.num_classes <= limit:
             raise SpecError(f"world.num_classes: got {self.num_classes}; allowed 2..{limit}")
-        if not 8 <= self.image_size <= 512:
-            raise SpecError(f"world.image_size: got {self.image_size}; allowed 8..512")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or not 8 <= self.image_size <= 512:
+            raise SpecError(f"world.image_size: got {self.image_size!r}; allowed an int in 8..512")
+        if self.image_format not in IMAGE_FORMATS:
+            raise SpecError(f"world.image_format: got {self.image_format!r}; allowed {list(IMAGE_FORMATS)}")
         for name in ("train_size", "test_id_size", "test_ood_size", "samples_per_shard"):
             if getattr(self, name) < 1:
                 raise SpecError(f"world.{name}: got {getattr(self, name)}; expected >= 1")
@@ -117,33 +144,45 @@ def class_names_for(num_classes: int) -> list[str]:
 # ----------------------------------------------------------------------------------- rendering
 
 
+def _radius(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.sqrt(u * u + v * v)
+
+
+def _box(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.maximum(np.abs(u), np.abs(v))
+
+
 def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Boolean mask of a shape in normalised coordinates (u, v in about [-1, 1]); (n, H, W)."""
-    r = np.sqrt(u * u + v * v)
-    m = np.maximum(np.abs(u), np.abs(v))
+    """Boolean mask of a shape in normalised coordinates (u, v in about [-1, 1]); (n, H, W).
+
+    The radial and box distances are computed only for the shapes that use them: at 224 px
+    every whole-image array costs more than the rest of a sample's rendering.
+    """
     if shape == "circle":
-        return r < 0.95
+        return _radius(u, v) < 0.95
     if shape == "square":
-        return m < 0.8
+        return _box(u, v) < 0.8
     if shape == "triangle":
         return (v < 0.75) & (np.abs(u) < (v + 0.9) * 0.55)
     if shape == "cross":
-        return ((np.abs(u) < 0.28) | (np.abs(v) < 0.28)) & (m < 0.95)
+        return ((np.abs(u) < 0.28) | (np.abs(v) < 0.28)) & (_box(u, v) < 0.95)
     if shape == "ring":
+        r = _radius(u, v)
         return (r < 0.95) & (r > 0.55)
     if shape == "diamond":
         return np.abs(u) + np.abs(v) < 1.0
     if shape == "saltire":
-        return ((np.abs(u - v) < 0.35) | (np.abs(u + v) < 0.35)) & (m < 0.9)
+        return ((np.abs(u - v) < 0.35) | (np.abs(u + v) < 0.35)) & (_box(u, v) < 0.9)
     if shape == "stripes":
-        return (np.sin(v * np.pi * 2.5) > 0) & (m < 0.9)
+        return (np.sin(v * np.pi * 2.5) > 0) & (_box(u, v) < 0.9)
     if shape == "checkerboard":
-        return ((np.floor(u * 2.0 + 2) + np.floor(v * 2.0 + 2)) % 2 == 0) & (m < 0.95)
+        return ((np.floor(u * 2.0 + 2) + np.floor(v * 2.0 + 2)) % 2 == 0) & (_box(u, v) < 0.95)
     if shape == "crescent":
-        return (r < 0.95) & (np.sqrt((u - 0.45) ** 2 + v * v) > 0.75)
+        return (_radius(u, v) < 0.95) & (np.sqrt((u - 0.45) ** 2 + v * v) > 0.75)
     if shape == "hourglass":
         return (np.abs(u) < np.abs(v) * 0.9) & (np.abs(v) < 0.95)
     if shape == "frame":
+        m = _box(u, v)
         return (m < 0.95) & (m > 0.6)
     if shape == "bar":
         return (np.abs(u) < 0.3) & (np.abs(v) < 0.95)
@@ -151,9 +190,9 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (v > -0.75) & (np.abs(u) < (0.9 - v) * 0.55)
     if shape == "dots":
         gu, gv = np.round(u / 0.65) * 0.65, np.round(v / 0.65) * 0.65
-        return (np.sqrt((u - gu) ** 2 + (v - gv) ** 2) < 0.24) & (m < 1.0)
+        return (np.sqrt((u - gu) ** 2 + (v - gv) ** 2) < 0.24) & (_box(u, v) < 1.0)
     if shape == "semicircle":
-        return (r < 0.95) & (v > 0.0)
+        return (_radius(u, v) < 0.95) & (v > 0.0)
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -195,48 +234,37 @@ def class_counts(n: int, num_classes: int, imbalance: float) -> np.ndarray:
     return counts
 
 
-def _render_split(cfg: ImageWorldConfig, split: str, n: int, names: list[str]) -> list[dict[str, Any]]:
-    """All samples of one split as dicts ready for :func:`write_shards` (PNG bytes)."""
-    rng = stable_rng("world", WORLD_FORMAT, cfg.seed, split)
-    k = cfg.num_classes
-    imbalance = cfg.imbalance if split == "train" else 0.0
-    labels = np.repeat(np.arange(k), class_counts(n, k, imbalance))
-    labels = labels[rng.permutation(n)]
-    ood = split == "test_ood"
-    colours = OOD_COLOURS if ood else ID_COLOURS
-    backgrounds = OOD_BACKGROUNDS if ood else ID_BACKGROUNDS
-    colour_names = list(colours)
-    colour_idx = rng.integers(0, len(colour_names), n)
-    bg_idx = rng.integers(0, len(backgrounds), n)
-    S = cfg.image_size
+def _coverage(labels: np.ndarray, scale: np.ndarray, cx: np.ndarray, cy: np.ndarray, theta: np.ndarray,
+              size: int) -> np.ndarray:
+    """Fraction of each pixel the class's shape covers, (n, S, S, 1) in [0, 1]."""
+    n = labels.size
     # Supersample 2x then box-filter down: smooth edges make shapes legible at 32 px.
     ss = 2
-    H = S * ss
-    scale = rng.uniform(0.45, 0.75, n)  # half-extent of the shape as a fraction of the image
-    cx = rng.uniform(-1, 1, n) * (1 - scale) * 0.9
-    cy = rng.uniform(-1, 1, n) * (1 - scale) * 0.9
-    theta = rng.uniform(-0.35, 0.35, n)  # small rotations keep shapes recognisable
+    H = size * ss
     grid = (np.arange(H) + 0.5) / H * 2 - 1
     gx, gy = grid[None, None, :], grid[None, :, None]
-    dx, dy = gx - cx[:, None, None], gy - cy[:, None, None]
-    c, s_ = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
-    u = (c * dx + s_ * dy) / scale[:, None, None]
-    v = (-s_ * dx + c * dy) / scale[:, None, None]
-    mask = np.zeros((n, H, H), dtype=bool)
-    for cls in range(k):
+    mask = np.empty((n, H, H), dtype=bool)
+    for cls in np.unique(labels):
+        # Shape coordinates of this class's samples only: no whole-chunk arrays to index into.
         idx = np.nonzero(labels == cls)[0]
-        if idx.size == 0:
-            continue
+        dx, dy = gx - cx[idx, None, None], gy - cy[idx, None, None]
+        c, s_ = np.cos(theta[idx])[:, None, None], np.sin(theta[idx])[:, None, None]
+        u = (c * dx + s_ * dy) / scale[idx, None, None]
+        v = (-s_ * dx + c * dy) / scale[idx, None, None]
         pattern, shape = PATTERNS[cls // len(SHAPES)], SHAPES[cls % len(SHAPES)]
-        base = _shape_mask(shape, u[idx], v[idx])
-        mask[idx] = _pattern_mask(pattern, u[idx], v[idx], base)
-    mask_f = mask.reshape(n, S, ss, S, ss).mean(axis=(2, 4))[..., None]  # (n, S, S, 1)
+        mask[idx] = _pattern_mask(pattern, u, v, _shape_mask(shape, u, v))
+    # The box filter as a count of covered sub-pixels: exact, like the mean, and much cheaper.
+    hits = mask.reshape(n, size, ss, size, ss).sum(axis=(2, 4), dtype=np.uint8)
+    return (hits / (ss * ss))[..., None]
 
-    # Backgrounds (n, S, S, 3).
+
+def _backgrounds(names: tuple[str, ...], bg_idx: np.ndarray, base_tone: np.ndarray, size: int,
+                 noise_rng: np.random.Generator) -> np.ndarray:
+    """The background of each sample, (n, S, S, 3); ``noise_rng`` supplies the noisy ones' pixels."""
+    n, S = bg_idx.size, size
     g = (np.arange(S) + 0.5) / S
     bg = np.empty((n, S, S, 3))
-    base_tone = rng.uniform(0.0, 1.0, (n, 3))
-    for b, name in enumerate(backgrounds):
+    for b, name in enumerate(names):
         idx = np.nonzero(bg_idx == b)[0]
         if idx.size == 0:
             continue
@@ -249,29 +277,84 @@ def _render_split(cfg: ImageWorldConfig, split: str, n: int, names: list[str]) -
             ramp = g[None, :, None, None] * np.ones((m, 1, S, 1))
             bg[idx] = 0.15 + 0.6 * ramp * base_tone[idx][:, None, None, :]
         elif name == "noisy":
-            bg[idx] = 0.35 + 0.3 * rng.uniform(0, 1, (m, S, S, 3))
+            bg[idx] = 0.35 + 0.3 * noise_rng.uniform(0, 1, (m, S, S, 3))
         elif name == "diagonal-striped":
             stripe = ((np.arange(S)[:, None] + np.arange(S)[None, :]) // 3 % 2).astype(float)
             bg[idx] = 0.25 + 0.45 * stripe[None, :, :, None] * base_tone[idx][:, None, None, :]
+    return bg
+
+
+def _skip_uniform(rng: np.random.Generator, count: int, step: int = _CHUNK_PIXELS) -> None:
+    """Move ``rng`` past ``count`` uniform draws without holding them all in memory."""
+    for start in range(0, count, step):
+        rng.uniform(0, 1, min(step, count - start))
+
+
+def _encode(pixels: np.ndarray, image_format: str) -> bytes:
+    buf = io.BytesIO()
+    image = Image.fromarray(pixels, "RGB")
+    if image_format == "png":
+        image.save(buf, format="PNG", compress_level=6)
+    else:
+        image.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=JPEG_SUBSAMPLING)
+    return buf.getvalue()
+
+
+def _render_split(cfg: ImageWorldConfig, split: str, n: int, names: list[str]) -> list[dict[str, Any]]:
+    """All samples of one split as dicts ready for :func:`write_shards` (encoded image bytes).
+
+    Pixels are rendered a chunk of samples at a time, so memory stays bounded at 224 px and
+    beyond. The random stream is read in the same order as if the split were drawn at once,
+    which keeps every byte independent of the chunk size (and a 32-px world what it always was).
+    """
+    rng = stable_rng("world", WORLD_FORMAT, cfg.seed, split)
+    k = cfg.num_classes
+    imbalance = cfg.imbalance if split == "train" else 0.0
+    labels = np.repeat(np.arange(k), class_counts(n, k, imbalance))
+    labels = labels[rng.permutation(n)]
+    ood = split == "test_ood"
+    colours = OOD_COLOURS if ood else ID_COLOURS
+    backgrounds = OOD_BACKGROUNDS if ood else ID_BACKGROUNDS
+    colour_names = list(colours)
+    colour_idx = rng.integers(0, len(colour_names), n)
+    bg_idx = rng.integers(0, len(backgrounds), n)
+    S = cfg.image_size
+    scale = rng.uniform(0.45, 0.75, n)  # half-extent of the shape as a fraction of the image
+    cx = rng.uniform(-1, 1, n) * (1 - scale) * 0.9
+    cy = rng.uniform(-1, 1, n) * (1 - scale) * 0.9
+    theta = rng.uniform(-0.35, 0.35, n)  # small rotations keep shapes recognisable
+    base_tone = rng.uniform(0.0, 1.0, (n, 3))
+    # Next in the stream come the pixels of every noisy background, in sample order: a copy of
+    # the generator hands them out chunk by chunk while the generator itself moves past them.
+    noise_rng = copy.deepcopy(rng)
+    if "noisy" in backgrounds:
+        _skip_uniform(rng, int(np.sum(bg_idx == backgrounds.index("noisy"))) * S * S * 3)
     palette = np.array([colours[c] for c in colour_names])
     fg = palette[colour_idx] + rng.normal(0, 0.06, (n, 3))  # colour jitter
-    img = bg * (1 - mask_f) + fg[:, None, None, :] * mask_f
-    img += rng.normal(0, 0.03, img.shape)  # pixel noise
-    pix = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+
+    images: list[bytes] = []
+    chunk = max(1, _CHUNK_PIXELS // (4 * S * S))
+    for lo in range(0, n, chunk):
+        sl = slice(lo, min(n, lo + chunk))
+        cover = _coverage(labels[sl], scale[sl], cx[sl], cy[sl], theta[sl], S)
+        bg = _backgrounds(backgrounds, bg_idx[sl], base_tone[sl], S, noise_rng)
+        img = bg * (1 - cover) + fg[sl, None, None, :] * cover
+        img += rng.normal(0, 0.03, img.shape)  # pixel noise
+        pix = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+        images.extend(_encode(p, cfg.image_format) for p in pix)
 
     sizes = np.where(scale < 0.55, "small", np.where(scale < 0.65, "medium", "large"))
     tmpl_idx = rng.integers(0, len(CAPTION_TEMPLATES), n)
     domain = "ood" if ood else "id"
+    ext = IMAGE_EXTS[cfg.image_format]
     out = []
     for i in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(pix[i], "RGB").save(buf, format="PNG", compress_level=6)
         cls = int(labels[i])
         attrs = {"colour": colour_names[colour_idx[i]], "bg": backgrounds[bg_idx[i]], "size": str(sizes[i])}
         caption = _articles(CAPTION_TEMPLATES[tmpl_idx[i]].format(cls=names[cls], **attrs))
         key = f"{split}_{i:07d}"
         meta = {"label": cls, "class_name": names[cls], "domain": domain, "split": split, **attrs}
-        out.append({"__key__": key, "image": buf.getvalue(), "image_ext": "png", "caption": caption,
+        out.append({"__key__": key, "image": images[i], "image_ext": ext, "caption": caption,
                     "label": cls, "meta": meta})
     return out
 
@@ -332,35 +415,6 @@ def write_image_world(cfg: ImageWorldConfig, out_dir: str | os.PathLike[str]) ->
         # world.json is written last inside the temp dir: its presence marks a whole world.
         atomic_write_json(tmp / "world.json", data)
     return world_info_from_json(root, read_json(meta_path))
-
-
-def user_world_json(train: str | os.PathLike[str]) -> Path:
-    """Where the class names of a user's image shards are read from: a ``world.json`` beside
-    the train split (in the parent of the ``data.shards.train`` path)."""
-    return Path(train).expanduser().parent / "world.json"
-
-
-def user_world(shards: dict[str, str]) -> WorldInfo:
-    """The :class:`WorldInfo` of a user's image–caption shards (split name → dir or pattern).
-
-    Class names come from :func:`user_world_json` when it exists — ``class_names`` (a list),
-    optionally ``num_classes`` and ``prompt_templates`` (``{}`` for the class name); the splits
-    are the user's. img2dataset shards carry captions only (no class names, ``num_classes`` 0).
-    """
-    meta = user_world_json(shards["train"])
-    splits = {split: list_shards(p) for split, p in shards.items() if p}
-    if not meta.is_file():
-        return WorldInfo(root=meta.parent, class_names=[], prompt_templates=list(PROMPT_TEMPLATES), splits=splits,
-                         num_classes=0)
-    data = read_json(meta)
-    names = data.get("class_names") if isinstance(data, dict) else None
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-        raise ShardError(str(meta), None, "'class_names' must be a non-empty list of class names (strings)")
-    if data.get("num_classes", len(names)) != len(names):
-        raise ShardError(str(meta), None, f"'num_classes' is {data['num_classes']} but 'class_names' lists {len(names)}")
-    return WorldInfo(root=meta.parent, class_names=list(names),
-                     prompt_templates=list(data.get("prompt_templates") or PROMPT_TEMPLATES), splits=splits,
-                     num_classes=len(names), config=dict(data.get("config") or {}))
 
 
 def load_world_info(root: str | os.PathLike[str]) -> WorldInfo:

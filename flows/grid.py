@@ -9,7 +9,7 @@ moving a study from a laptop to a cluster keeps its finished cells.
 
 from __future__ import annotations
 
-from inheritlab.flows.spec import StudySpec
+from inheritlab.flows.spec import StudySpec, axis_names
 from inheritlab.infra.cell import (
     CLEAN,
     CODE_EPOCH,
@@ -51,9 +51,10 @@ def expand_grid(spec: StudySpec) -> list[Cell]:
     evaluation = spec.eval.model_copy(update={"tasks": spec.eval_tasks})
     execution = execution_of(spec)
     cells: dict[str, Cell] = {}
-    for axis in spec.grid.bias:
+    for axis, name in zip(spec.grid.bias, axis_names(spec.grid.bias)):
         for level in axis.levels:
-            bias = CLEAN if level == 0 else BiasConfig(type=axis.type, level=float(level), params=axis.params)
+            bias = CLEAN if level == 0 else BiasConfig(type=axis.type, level=float(level), params=axis.params,
+                                                      axis=name)
             for model in spec.grid.model:
                 for samples_seen in spec.grid.data_scale.values:
                     for seed in spec.grid.seeds:

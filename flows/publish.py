@@ -12,6 +12,7 @@ from typing import Any
 
 import polars as pl
 from inheritlab.flows.spec import StudySpec
+from inheritlab.infra.atomic import atomic_open, atomic_write_text, read_json
 from inheritlab.infra.rundir import RunDir
 
 
@@ -30,9 +31,65 @@ def analyse(run: RunDir, spec: StudySpec, formats: tuple[str, ...] = ("png", "cs
     if df.is_empty():
         return {}
     a = spec.analysis
-    return build_report(
+    paths = build_report(
         df, run.results, metric=a.metric, task=a.task, split=a.split, x=a.x, formats=formats
     )
+    bad = bad_sample_table(run)
+    if "csv" in formats:
+        paths["bad_samples_csv"] = run.results / "bad_samples.csv"
+        with atomic_open(paths["bad_samples_csv"], "wb") as fh:
+            bad.write_csv(fh)
+    if "summary_md" in paths:
+        md = Path(paths["summary_md"])
+        tail = render_conventions(spec.modality, df["task"].unique().to_list()) + "\n" + render_bad_samples(bad)
+        atomic_write_text(md, md.read_text(encoding="utf-8") + "\n" + tail)
+    return paths
+
+
+def render_conventions(modality: str, tasks: list[str]) -> str:
+    """The summary's section saying how each task in the results was measured (the task's own
+    docstring), so a number read from the table is never mistaken for another convention's."""
+    from inheritlab.trainers.modality import get_modality
+
+    registry = get_modality(modality).tasks()
+    out = ["## How each task is measured", ""]
+    for name in sorted({t.split("/")[0] for t in tasks}):
+        # Result tasks are registry names, a registered name's variants (retrieval_i2t) or a suite task (suite/<x>).
+        key = "suites" if name == "suite" else next((k for k in registry if name == k or name.startswith(k + "_")), None)
+        if key is not None:
+            out.append(f"- **{name}**: {' '.join(registry[key].doc.split())}")
+    return "\n".join(out + [""])
+
+
+def bad_sample_table(run: RunDir) -> pl.DataFrame:
+    """One row per (cell, stage, split, reason) with a skipped sample, and the samples that
+    stage read: from each completed cell's record (``flows.stages.bad_samples``)."""
+    rows = []
+    for c in run.completed_cells():
+        record = read_json(c.complete)
+        stages = record.get("bad_samples") or {}
+        parts = [("condition", "train", stages.get("condition")), ("train", "train", stages.get("train"))]
+        parts += [("evaluation", split, p) for split, p in (stages.get("evaluation") or {}).items()]
+        for stage, split, part in parts:
+            for reason, n in ((part or {}).get("skipped") or {}).items():
+                rows.append({"cell_id": c.root.name, "label": record.get("label", ""), "stage": stage, "split": split,
+                             "reason": reason, "skipped": int(n), "read": int(part.get("read", 0))})
+    schema = {"cell_id": pl.Utf8, "label": pl.Utf8, "stage": pl.Utf8, "split": pl.Utf8, "reason": pl.Utf8,
+              "skipped": pl.Int64, "read": pl.Int64}
+    return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+
+
+def render_bad_samples(bad: pl.DataFrame) -> str:
+    """The summary's section on skipped samples: totals by stage, split and reason."""
+    out = ["## Bad samples skipped", ""]
+    if bad.is_empty():
+        return "\n".join(out + ["None: every sample of every split read by every stage was good.", ""])
+    totals = bad.group_by("stage", "split", "reason").agg(pl.col("skipped").sum(), pl.col("cell_id").n_unique().alias("cells"))
+    out += ["| stage | split | reason | skipped | cells |", "|---|---|---|---|---|"]
+    for r in totals.sort("stage", "split", "reason").iter_rows(named=True):
+        out.append(f"| {r['stage']} | {r['split']} | {r['reason']} | {r['skipped']} | {r['cells']} |")
+    return "\n".join(out + ["", "Per cell: `bad_samples.csv`; the first problems of each stage, naming shard and "
+                             "member, are in the cell's `_COMPLETE.json` (`bad_samples`).", ""])
 
 
 def _attach(paths: dict[str, Path], spec: StudySpec) -> None:

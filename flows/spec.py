@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from inheritlab.corruptors.chain import validate_corruptor
-from inheritlab.infra.cell import Auto, DataConfig, EvalConfig, Frozen, RecipeConfig
+from inheritlab.corruptors.world import image_format_for
+from inheritlab.infra.cell import Auto, DataConfig, EvalConfig, Frozen, RecipeConfig, WorldSpec
 from inheritlab.infra.errors import SpecError
 from inheritlab.trainers.modality import get_modality, modality_names
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -28,13 +29,39 @@ def _sorted_unique(v: list[Any], what: str) -> list[Any]:
 
 
 class BiasAxis(Frozen):
-    """One bias type and the levels it is studied at (level 0 is the clean control)."""
+    """One bias type and the levels it is studied at (level 0 is the clean control).
+
+    ``name`` labels the axis in cell labels and results (``bias_type``). It is needed only
+    when two axes share a type, and even then is derived from the parameters that differ
+    (``dedup[method=minhash]``) unless given.
+    """
 
     type: str
     levels: Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=1)]
     params: dict[str, Any] = Field(default_factory=dict)
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=,\[\]-]*$", max_length=80)] | None = None
 
     _levels = field_validator("levels")(lambda v: _sorted_unique(v, "levels"))
+
+
+def _short(v: Any) -> str:
+    return yaml.safe_dump(v, default_flow_style=True, width=1 << 20).strip().replace(" ", "") if isinstance(
+        v, (list, dict)) else str(v)
+
+
+def axis_names(axes: list[BiasAxis]) -> list[str | None]:
+    """Each axis's label: its ``name``, else ``None`` (its type) when no other axis has its
+    type, else the type and the parameters that differ between the axes of that type."""
+    out: list[str | None] = []
+    for axis in axes:
+        twins = [a for a in axes if a.type == axis.type]
+        if axis.name or len(twins) == 1:
+            out.append(axis.name)
+            continue
+        keys = sorted({k for a in twins for k in a.params if any(b.params.get(k) != a.params.get(k) for b in twins)})
+        shown = ",".join(f"{k}={_short(axis.params[k])}" for k in keys if k in axis.params)
+        out.append(f"{axis.type}[{shown or 'defaults'}]")
+    return out
 
 
 class DataScaleAxis(Frozen):
@@ -57,6 +84,22 @@ class GridSpec(Frozen):
     model: Annotated[list[str], Field(min_length=1)]
     data_scale: DataScaleAxis
     seeds: Annotated[list[int], Field(min_length=1)] = [0]
+
+    @model_validator(mode="after")
+    def _distinct_axes(self) -> "GridSpec":
+        # Two axes with one label would share cell labels and be pooled as replicates.
+        labels = [n or a.type for n, a in zip(axis_names(self.bias), self.bias)]
+        for i, label in enumerate(labels):
+            if labels.index(label) != i:
+                j = labels.index(label)
+                raise ValueError(f"bias[{j}] and bias[{i}] are both labelled {label!r}: give them different "
+                                 "params, or distinct 'name's")
+        return self
+
+    @property
+    def bias_types(self) -> frozenset[str]:
+        """The corruptor types the grid studies (what some tasks need: duplicates, leaks)."""
+        return frozenset(a.type for a in self.bias if any(lvl > 0 for lvl in a.levels))
 
 
 class TrainSpec(RecipeConfig):
@@ -120,13 +163,13 @@ class StudySpec(Frozen):
     @property
     def eval_tasks(self) -> tuple[str, ...]:
         """The tasks every cell runs: the spec's, or the modality's defaults its data supports."""
-        return get_modality(self.modality).resolve_tasks(self.data, self.eval)
+        return get_modality(self.modality).resolve_tasks(self.data, self.eval, self.grid.bias_types)
 
     @model_validator(mode="after")
     def _check_modality(self) -> "StudySpec":
         # The modality knows its rungs, tasks and what its data offers: a spec asking for what
         # cannot run fails here, not after pre-training.
-        errors = get_modality(self.modality).check(self.data, self.eval, self.grid.model)
+        errors = get_modality(self.modality).check(self.data, self.eval, self.grid.model, self.grid.bias_types)
         if errors:
             raise ValueError("; ".join(errors))
         return self
@@ -156,6 +199,36 @@ class StudySpec(Frozen):
                     {"type": axis.type, "level": level, **axis.params}, where=f"grid.bias[{i}]"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _resolve_image_world(self) -> "StudySpec":
+        # The built-in image world is drawn at the size the grid's models train at, so a GPU
+        # rung is not fed upscaled 32-px images; cells then hash concrete values. A CPU-rung
+        # study resolves to the declared defaults (32 px, PNG), which cell ids leave out.
+        world = self.data.world
+        auto = {k for k in ("image_size", "image_format") if k not in world.model_fields_set or getattr(world, k) is None}
+        if not auto:
+            return self
+        size = world.image_size
+        if "image_size" in auto:
+            size = _rung_image_size(self.grid.model) if self.modality == "clip" and self.data.source == "builtin" else None
+            size = size or WorldSpec.model_fields["image_size"].default
+        update: dict[str, Any] = {"image_size": size}
+        if "image_format" in auto:
+            update["image_format"] = image_format_for(size)
+        resolved = world.model_copy(update=update)
+        if resolved == world:
+            return self
+        return self.model_copy(update={"data": self.data.model_copy(update={"world": resolved})})
+
+
+def _rung_image_size(models: list[str]) -> int | None:
+    """The largest input size among the CLIP rungs named (``None`` if none is a known rung;
+    an unknown name is reported by the modality's check)."""
+    from inheritlab.trainers.clip_models import RUNGS, get_rung
+
+    sizes = [get_rung(m).image_size for m in models if m in RUNGS]
+    return max(sizes) if sizes else None
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

@@ -41,7 +41,7 @@ def stage_condition(cell: Cell, cdir: CellDir, data: DataSources, placement: Pla
     args = (data.train, cell.config.corruptors())
     kwargs = dict(study_seed=cell.config.study_seed, out_dir=cdir.data, num_classes=len(data.class_names) or None,
                   class_names=list(data.class_names) or None, bad_sample_ceiling=cell.config.data.bad_sample_ceiling,
-                  sources=data.splits, kind=data.kind)
+                  sources=data.splits, kind=data.kind, label_key=data.label_key)
     if placement is None:
         return condition_data(*args, **kwargs)
     import ray
@@ -96,7 +96,7 @@ def stage_record(
         "study": c.study,
         "cell_id": cell.cell_id,
         "modality": c.modality,
-        "bias_type": c.bias.type,
+        "bias_type": c.bias.label,   # the axis: two axes of one corruptor type stay apart
         "bias_level": c.bias.level,
         "model": c.model,
         "data_scale": float(c.samples_seen),
@@ -124,9 +124,27 @@ def stage_record(
             "timings_s": timings,
             "train": {k: v for k, v in summary.to_dict().items() if k not in ("loss_curve", "exports")},
             "counters": counters,
+            "bad_samples": bad_samples(cdir, counters, summary),
         }
     )
     return df
+
+
+def bad_samples(cdir: CellDir, counters: dict[str, Any], summary: TrainSummary) -> dict[str, Any]:
+    """Every sample a stage of the cell skipped as bad, by stage and reason: the condition
+    pass, the trainer's first pass (undecodable images included) and each evaluation split."""
+    def part(read: dict[str, Any]) -> dict[str, Any]:
+        return {"read": int(read.get("samples", 0)), "skipped": dict(read.get("skipped", {})),
+                "problems": list(read.get("problems", []))[:5]}
+
+    out = {"condition": part(counters.get("source", {})),
+           "train": part(summary.data_check.get("first_pass_read", {}))}
+    evaluation: dict[str, dict[str, Any]] = {}
+    for log in sorted(cdir.eval.glob("read-step*.json")):
+        for split, read in read_json(log).items():
+            evaluation.setdefault(split, part(read))  # every export reads the same splits
+    out["evaluation"] = evaluation
+    return out
 
 
 def write_cell_config(cell: Cell, cdir: CellDir) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from inheritlab.flows import stages
 from inheritlab.flows.grid import expand_grid
 from inheritlab.flows.publish import publish_results
+from inheritlab.flows.preflight import check_data, left_out
 from inheritlab.flows.scheduler import PlacementLog, check_fits, demand_of, resolve, run_admitted
 from inheritlab.flows.spec import StudySpec
 from inheritlab.infra.atomic import atomic_write_json, read_json
@@ -108,7 +109,12 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
     timings: dict[str, float] = {}
     outcome: dict[str, Any] = {"ran": [], "elsewhere": [], "failed": []}
     if todo:
-        # Open the data first: a missing shard directory fails here, before any cluster work.
+        # Check the data first (seconds): a missing label or shard fails here, before any cluster work.
+        t0 = time.perf_counter()
+        timings["check_data"] = round(check_data(spec), 3)
+        log.info("data checked in %.1f s", timings["check_data"])
+        for name, why in left_out(spec).items():
+            log.warning("task %s is left out: it needs %s", name, why)
         t0 = time.perf_counter()
         prepare = get_modality(spec.modality).prepare_data
         data = task(prepare, name="prepare-data", cache_policy=NO_CACHE, persist_result=False)(

@@ -24,7 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Bump when a code change makes old cell results incomparable with new ones (the ids change).
 # 2: the typed cell (its canonical dump differs from the epoch-1 dict).
-CODE_EPOCH = 2
+# 3: LM perplexity on whole documents (rolling windows, no end-of-text target); zero-shot acc5
+#    and mean per-class recall; bias_type names the grid axis.
+CODE_EPOCH = 3
 
 
 class Frozen(BaseModel):
@@ -37,10 +39,18 @@ class Frozen(BaseModel):
 
 
 class WorldSpec(Frozen):
-    """The built-in procedural image–caption world (generated at data-prep time)."""
+    """The built-in procedural image–caption world (generated at data-prep time).
+
+    ``image_size`` and ``image_format`` left out (or ``null``) are resolved when the study spec
+    loads: the largest input size of the grid's CLIP rungs, and PNG up to 64 px, JPEG above
+    (see ``flows/spec.py``). Their declared defaults are what a CPU-rung study resolves to —
+    today's 32-px PNG world — so a cell id, which leaves defaults out, stays as it was for
+    such studies; only a world that differs from it enters the id.
+    """
 
     num_classes: Annotated[int, Field(ge=2, le=64)] = 10
-    image_size: Annotated[int, Field(ge=16, le=256)] = 32
+    image_size: Annotated[int, Field(ge=16, le=512)] | None = 32
+    image_format: Literal["png", "jpeg"] | None = "png"
     train_size: Annotated[int, Field(ge=64)] = 4000
     test_id_size: Annotated[int, Field(ge=16)] = 500
     test_ood_size: Annotated[int, Field(ge=16)] = 500
@@ -79,6 +89,12 @@ class ShardsSpec(Frozen):
     test_ood: str | None = None
     tokenizer: Annotated[str, Field(min_length=1)] = "train"
     vocab_size: Annotated[int, Field(ge=300, le=1 << 17)] = 8192
+    # CLIP: where labels and class names come from (docs/data.md). A sample's label is its
+    # .cls member, else this key of its .json; class names and templates are read beside the
+    # train split unless these name the files.
+    label_key: Annotated[str, Field(min_length=1)] | None = None
+    classnames: str | None = None
+    templates: str | None = None
 
     def given(self) -> dict[str, str]:
         """The splits the user named (``train``, ``test_id`` and ``test_ood`` when set)."""
@@ -117,15 +133,24 @@ class BiasConfig(Frozen):
     """The bias a cell is conditioned with: a corruptor type, its level and parameters.
 
     The clean control is ``type: none`` at level 0, shared by every bias axis of a study.
+    ``axis`` names the grid axis when two axes share a type (``dedup[method=minhash]``): it is
+    the cell's label and its results' ``bias_type``, so the axes are never pooled. ``None``
+    (the usual case) is the type itself, and keeps the cell ids of single-typed grids.
     """
 
     type: str
     level: Annotated[float, Field(ge=0.0, le=1.0)]
     params: dict[str, Any] = Field(default_factory=dict)
+    axis: str | None = None
 
     @property
     def is_clean(self) -> bool:
         return self.type == "none"
+
+    @property
+    def label(self) -> str:
+        """The axis this bias belongs to, as results and labels name it."""
+        return "none" if self.is_clean else (self.axis or self.type)
 
     def corruptor(self) -> dict[str, Any]:
         """The corruptor spec the data layer reads (``{"type", "level", **params}``)."""
@@ -142,8 +167,27 @@ class RecipeConfig(Frozen):
     lr: Annotated[float, Field(gt=0)] | None = None
     warmup_steps: Annotated[int, Field(ge=0)] | None = None
     zero_stage: Annotated[int, Field(ge=0, le=3)] = 2
+    # CLIP training augmentation: the rung's ("auto": random resized crop on GPU rungs, none on
+    # the CPU rungs), or forced off / on.
+    augment: Literal["auto", "none", "rrc"] = "auto"
     # Checkpoints evaluated downstream: the final one, or every committed checkpoint.
     eval_checkpoints: Literal["final", "all"] = "final"
+
+
+class SuitesConfig(Frozen):
+    """Evaluation sets on disk in the CLIP_benchmark / DataComp WebDataset layout
+    (``corruptors/suites.py``): ``root/<task>/<split>/{0..n-1}.tar`` with ``nshards.txt``,
+    ``classnames.txt``, the templates file and, for retrieval, ``dataset_type.txt``."""
+
+    root: Annotated[str, Field(min_length=1)]
+    tasks: Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
+    split: Annotated[str, Field(min_length=1)] = "test"
+
+    @model_validator(mode="after")
+    def _unique(self) -> "SuitesConfig":
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks {list(self.tasks)} repeat a name")
+        return self
 
 
 class EvalConfig(Frozen):
@@ -153,10 +197,12 @@ class EvalConfig(Frozen):
     defaults that the data supports). ``lm_adaptation`` (LM studies, task ``qa``): ``prompting``
     the model as it is (rows ``qa``) and/or ``finetune`` — a copy fine-tuned on the text
     world's ``qa_train`` split (rows ``qa_finetune``); ``finetune_steps``/``finetune_lr``
-    override that fine-tune's defaults.
+    override that fine-tune's defaults. ``suites`` (CLIP): evaluation sets on disk, scored by
+    the task ``suites`` (added to the defaults when set).
     """
 
     tasks: Annotated[tuple[str, ...], Field(min_length=1)] | None = None
+    suites: SuitesConfig | None = None
     lm_adaptation: Annotated[tuple[Literal["prompting", "finetune"], ...], Field(min_length=1)] = ("prompting",)
     finetune_steps: Annotated[int, Field(ge=1, le=100_000)] | None = None
     finetune_lr: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
@@ -208,7 +254,7 @@ class CellConfig(Frozen):
     @property
     def label(self) -> str:
         """A short human name for dashboards: ``label_noise=0.2/clip-tiny/n=4096/s0``."""
-        bias = "clean" if self.bias.is_clean else f"{self.bias.type}={self.bias.level:g}"
+        bias = "clean" if self.bias.is_clean else f"{self.bias.label}={self.bias.level:g}"
         return f"{bias}/{self.model}/n={self.samples_seen}/s{self.seed}"
 
     @property

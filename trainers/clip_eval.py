@@ -20,52 +20,122 @@ from inheritlab.trainers.eval_tasks import chunks
 @dataclass
 class SplitFeatures:
     image: torch.Tensor      # [N, d] L2-normalised image embeddings
-    text: torch.Tensor       # [N, d] L2-normalised caption embeddings
+    text: torch.Tensor       # [M, d] L2-normalised caption embeddings (empty when a sample has none)
     labels: torch.Tensor     # [N] int64 (-1 when the shards carry none)
-    captions: list[str]
+    captions: list[str]      # [M] the captions embedded
+    # [M] the image each caption belongs to; ``None``: one caption per image, in image order.
+    text_owner: torch.Tensor | None = None
 
 
 @torch.no_grad()
 def encode_split(model: Any, transform: Any, tokenizer: Any, shards: list[str], *, device: torch.device,
-                 batch_size: int = 256, limit: int | None = None, with_text: bool = True) -> SplitFeatures:
-    """Embed every sample of ``shards`` (the first ``limit`` if given), images and captions."""
-    from inheritlab.corruptors.shards import iter_samples
+                 batch_size: int = 256, limit: int | None = None, with_text: bool = True,
+                 label_key: str | None = None, bad_sample_ceiling: float | int = 0,
+                 stats: Any = None, caption_lines: bool = False) -> SplitFeatures:
+    """Embed every sample of ``shards`` (the first ``limit`` if given), images and captions,
+    one batch at a time (decoded images are never all held at once).
 
-    samples = []
-    for s in iter_samples(shards, decode=True):
-        samples.append(s)
-        if limit is not None and len(samples) >= limit:
-            break
-    if not samples:
-        raise SpecError(f"evaluation split {shards} holds no samples")
-    imgs, txts = [], []
-    for chunk in chunks(samples, batch_size):
+    Captions are optional (classification sets carry labels only): when any sample has none,
+    ``text`` is empty. ``caption_lines``: a caption holds several, one per line (retrieval sets
+    in the CLIP_benchmark layout); each line is embedded, ``text_owner`` saying whose it is.
+    Bad samples are skipped and counted in ``stats``, the ceiling judged on the whole read.
+    """
+    from inheritlab.corruptors.shards import ReadStats, check_ceiling, iter_samples
+
+    stats = stats if stats is not None else ReadStats()
+    imgs: list[torch.Tensor] = []
+    txts: list[torch.Tensor] = []
+    labels: list[int] = []
+    captions: list[str] = []
+    owner: list[int] = []
+    text_ok = with_text
+
+    def flush(chunk: list[dict[str, Any]]) -> None:
+        nonlocal text_ok
         x = torch.stack([transform(s["image"]) for s in chunk]).to(device)
         imgs.append(model.encode_image(x, normalize=True).float().cpu())
-        if with_text:
-            t = tokenizer([s["caption"] for s in chunk]).to(device)
-            txts.append(model.encode_text(t, normalize=True).float().cpu())
-    image = torch.cat(imgs)
-    text = torch.cat(txts) if with_text else torch.empty(0)
-    labels = torch.tensor([int(s.get("label", -1)) for s in samples], dtype=torch.long)
-    return SplitFeatures(image=image, text=text, labels=labels, captions=[s["caption"] for s in samples])
+        first = len(labels)
+        labels.extend(int(s.get("label", -1)) for s in chunk)
+        text_ok = text_ok and all(s.get("caption") for s in chunk)
+        if not text_ok:
+            return
+        new: list[str] = []
+        for i, s in enumerate(chunk):
+            lines = [ln.strip() for ln in s["caption"].splitlines() if ln.strip()] if caption_lines else [s["caption"]]
+            new.extend(lines)
+            owner.extend([first + i] * len(lines))
+        captions.extend(new)
+        for part in chunks(new, batch_size):
+            txts.append(model.encode_text(tokenizer(part).to(device), normalize=True).float().cpu())
+
+    chunk: list[dict[str, Any]] = []
+    for s in iter_samples(shards, decode=True, kind="picture", label_key=label_key,
+                          bad_sample_ceiling=bad_sample_ceiling, stats=stats):
+        chunk.append(s)
+        if len(chunk) == batch_size:
+            flush(chunk)
+            chunk = []
+        if limit is not None and len(labels) + len(chunk) >= limit:
+            break
+    if chunk:
+        flush(chunk)
+    if limit is not None:
+        check_ceiling(stats, bad_sample_ceiling)  # a read stopped early is judged on what it read
+    if not labels:
+        raise SpecError(f"evaluation split {shards[:3]}{'...' if len(shards) > 3 else ''} holds no samples")
+    if not text_ok:
+        return SplitFeatures(image=torch.cat(imgs), text=torch.empty(0), labels=torch.tensor(labels, dtype=torch.long),
+                             captions=[])
+    return SplitFeatures(image=torch.cat(imgs), text=torch.cat(txts), labels=torch.tensor(labels, dtype=torch.long),
+                         captions=captions, text_owner=torch.tensor(owner) if caption_lines else None)
 
 
 @torch.no_grad()
 def class_embeddings(model: Any, tokenizer: Any, class_names: list[str], templates: list[str],
                      device: torch.device) -> torch.Tensor:
     """[C, d] prompt-ensemble class embeddings: mean of normalised template embeddings, renormalised."""
+    from inheritlab.corruptors.classes import fill_template
+
     rows = []
     for name in class_names:
-        t = tokenizer([tpl.format(name) for tpl in templates]).to(device)
+        t = tokenizer([fill_template(tpl, name) for tpl in templates]).to(device)
         e = model.encode_text(t, normalize=True).float().mean(0)
         rows.append(e / e.norm())
     return torch.stack(rows).cpu()
 
 
-def zero_shot_acc(features: SplitFeatures, classes: torch.Tensor) -> float:
-    pred = (features.image @ classes.T).argmax(1)
-    return float((pred == features.labels).float().mean())
+def classification_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """The classification metrics DataComp reports: top-1 and top-5 accuracy (top-5 only with
+    at least 5 classes) and mean per-class recall (the mean over the classes present of the
+    fraction of their samples predicted right — what balanced accuracy is)."""
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        raise SpecError(f"labels must lie in [0, {logits.shape[1]}) — the number of class names; "
+                        f"got labels from {int(labels.min())} to {int(labels.max())}")
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    out = {"acc1": float((top[:, 0] == labels).double().mean())}
+    if logits.shape[1] >= 5:
+        out["acc5"] = float((top == labels[:, None]).any(1).double().mean())
+    hit = (top[:, 0] == labels).double()
+    present = labels.unique()
+    out["mean_per_class_recall"] = float(torch.stack([hit[labels == c].mean() for c in present]).mean())
+    return out
+
+
+def multi_caption_recall(f: SplitFeatures, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Retrieval recall@k with several captions per image (CLIP_benchmark / DataComp):
+    ``image_retrieval_recall@k`` — the fraction of captions whose image is in their top k
+    images; ``text_retrieval_recall@k`` — the fraction of images with any of their captions in
+    their top k captions."""
+    owner = f.text_owner if f.text_owner is not None else torch.arange(f.text.shape[0])
+    sim = f.text @ f.image.T                                        # [M captions, N images]
+    out: dict[str, float] = {}
+    for k in ks:
+        top_i = sim.topk(min(k, sim.shape[1]), dim=1).indices       # images for each caption
+        out[f"image_retrieval_recall@{k}"] = float((top_i == owner[:, None]).any(1).double().mean())
+        top_t = sim.T.topk(min(k, sim.shape[0]), dim=1).indices     # captions for each image
+        hits = owner[top_t] == torch.arange(sim.shape[1])[:, None]
+        out[f"text_retrieval_recall@{k}"] = float(hits.any(1).double().mean())
+    return out
 
 
 def fit_linear_probe(train: SplitFeatures, tests: dict[str, SplitFeatures], num_classes: int, *,

@@ -2,9 +2,11 @@
 
 The DataComp rungs reproduce its fixed-recipe ladder (so results compare with published
 baselines); the CPU rungs are tiny ViTs on 32×32 images for the embedded default and the tests.
-Our own architectures are registered with open_clip under the rung name, so an exported
-checkpoint loads with ``open_clip.create_model("clip-tiny", pretrained=path)`` anywhere this
-module has been imported (or with ``local-dir:<export dir>``, which needs nothing of ours).
+Our own architectures are registered with open_clip under the rung name when this module is
+imported, so an exported checkpoint loads with ``open_clip.create_model("clip-tiny",
+pretrained=<export>/open_clip_model.pt)`` after ``import inheritlab.trainers.clip_models``; an
+export directory also loads with ``open_clip.create_model("local-dir:<export dir>")``, which
+needs nothing of ours (the export carries ``open_clip_config.json``).
 """
 
 from __future__ import annotations
@@ -43,12 +45,15 @@ class ClipRung:
     image_size: int = 224
     reference_samples_seen: int | None = None  # the DataComp scale this rung was tuned for
     device: str = "gpu"           # "cpu" rungs are sized for CPU runs; "gpu" ones are not
+    # Training augmentation (trainers/clip_images.py): open_clip's random resized crop on the GPU
+    # rungs; none on the 32-px CPU rungs, whose few pixels a crop would mostly cut.
+    augment: str = "rrc"
 
     def recipe(self) -> dict[str, Any]:
         return {
             "batch_size": self.batch_size, "lr": self.lr, "warmup_steps": self.warmup_steps,
             "weight_decay": self.weight_decay, "betas": (self.beta1, self.beta2), "eps": self.eps,
-            "grad_clip": self.grad_clip, "image_size": self.image_size,
+            "grad_clip": self.grad_clip, "image_size": self.image_size, "augment": self.augment,
         }
 
 
@@ -68,9 +73,9 @@ RUNGS: dict[str, ClipRung] = {
     r.name: r
     for r in (
         ClipRung(name="clip-tiny", open_clip_name="clip-tiny", model_cfg=_tiny_cfg(64, 2, 64, 32),
-                 batch_size=256, lr=3e-3, warmup_steps=10, weight_decay=0.1, image_size=32, device="cpu"),
+                 batch_size=256, lr=3e-3, warmup_steps=10, weight_decay=0.1, image_size=32, device="cpu", augment="none"),
         ClipRung(name="clip-mini", open_clip_name="clip-mini", model_cfg=_tiny_cfg(128, 4, 128, 32),
-                 batch_size=128, lr=5e-4, warmup_steps=20, weight_decay=0.1, image_size=32, device="cpu"),
+                 batch_size=128, lr=5e-4, warmup_steps=20, weight_decay=0.1, image_size=32, device="cpu", augment="none"),
         ClipRung(name="datacomp-small", open_clip_name="ViT-B-32", model_cfg=None, batch_size=4096,
                  lr=5e-4, warmup_steps=500, reference_samples_seen=12_800_000),
         ClipRung(name="datacomp-medium", open_clip_name="ViT-B-32", model_cfg=None, batch_size=4096,
@@ -118,6 +123,10 @@ def register_open_clip_configs() -> None:
             os.replace(tmp, target)
     open_clip.add_model_config(folder)
     _registered = True
+
+
+# Importing the module is enough for open_clip to know our rung names.
+register_open_clip_configs()
 
 
 @dataclass(frozen=True)

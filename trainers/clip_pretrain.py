@@ -1,9 +1,10 @@
 """CLIP pre-training of one cell on DeepSpeed: resumable, deterministic, open_clip-exportable.
 
-The loop is the algorithm: encode a batch of images and captions, contrastive loss (the fused
-kernel on GPU), backward, step. Around it, :class:`~inheritlab.trainers.checkpoint.CheckpointManager`
-commits checkpoints, resumes from the last committed one (the data stream is replayed to the
-same sample) and exports weights where open_clip can load them.
+The loop is the algorithm: move a batch of ``uint8`` images and tokenised captions to the
+device, augment and normalise there, encode, contrastive loss (the fused kernel on GPU),
+backward, step. Around it, :class:`~inheritlab.trainers.checkpoint.CheckpointManager` commits
+checkpoints with the loader's position in every data slot, resumes from the last committed one
+(the same sample sequence, nothing re-decoded) and exports weights where open_clip can load them.
 
 Run alone, under torchrun, or under the ``deepspeed`` launcher::
 
@@ -28,7 +29,7 @@ from inheritlab.infra.cell import Cell
 from inheritlab.infra.errors import SpecError
 from inheritlab.infra.seeds import derive_seed32
 from inheritlab.trainers.checkpoint import CheckpointManager, Export, TrainSummary
-from inheritlab.trainers.data_check import StreamChecker
+from inheritlab.trainers.data_check import StreamChecker, slot_ceiling
 from inheritlab.trainers.engine import PARAM_LAYOUT
 from inheritlab.trainers.loop import LossLog, StepClock
 from inheritlab.trainers.train_config import BaseTrainConfig
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 
 WEIGHTS = "open_clip_model.pt"
 LOCAL_DIR_WEIGHTS = "open_clip_pytorch_model.bin"
-# open_clip's (OpenAI's) normalisation, recorded in every export's preprocess config.
-MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,9 +52,15 @@ class ClipTrainConfig(BaseTrainConfig):
     unique_samples: int | None = None
     loader_workers: int = 0
     shuffle_buffer: int = 256
+    label_key: str | None = None           # labels from this .json key when samples have no .cls
+    augment: str = "auto"                  # "auto": the rung's (rrc on GPU rungs); "none"; "rrc"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from inheritlab.trainers.clip_images import AUGMENTS
+
+        if self.augment not in ("auto", *AUGMENTS):
+            raise SpecError(f"augment: got {self.augment!r}; expected one of {['auto', *AUGMENTS]}")
         if not self.train_shards:
             raise SpecError("train_shards: empty; expected at least one training shard")
         if self.samples_seen is None:
@@ -63,11 +68,12 @@ class ClipTrainConfig(BaseTrainConfig):
 
     @classmethod
     def from_cell(cls, cell: Cell, cell_dir: str | Path, *, train_shards: list[str], class_names: tuple[str, ...],
-                  device: str) -> "ClipTrainConfig":
+                  label_key: str | None, device: str) -> "ClipTrainConfig":
         """The trainer config of a CLIP cell on the study's training shards."""
         return cls(**cls.cell_settings(cell, cell_dir, device=device), train_shards=tuple(train_shards),
                    num_classes=len(class_names) or None, class_names=tuple(class_names),
-                   unique_samples=cell.config.unique_samples, loader_workers=cell.execution.loader_workers)
+                   unique_samples=cell.config.unique_samples, loader_workers=int(cell.execution.loader_workers),
+                   label_key=label_key, augment=cell.config.train.augment)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class _Plan:
     lr: float
     warmup: int
     precision: str
+    augment: str        # resolved: "none" or "rrc"
 
 
 def _plan(cfg: ClipTrainConfig, world: int, use_gpu: bool) -> _Plan:
@@ -97,7 +104,7 @@ def _plan(cfg: ClipTrainConfig, world: int, use_gpu: bool) -> _Plan:
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else rung.warmup_steps
     return _Plan(rung=rung, global_batch=global_batch, per_rank=global_batch // world, slots=slots, total_steps=total,
                  lr=cfg.lr if cfg.lr is not None else rung.lr, warmup=min(warmup, max(0, total - 1)),
-                 precision=cfg.precision_for(use_gpu))
+                 precision=cfg.precision_for(use_gpu), augment=rung.augment if cfg.augment == "auto" else cfg.augment)
 
 
 def _build(cfg: ClipTrainConfig, plan: _Plan, world: int, use_gpu: bool) -> tuple["BuiltClip", Any]:
@@ -120,10 +127,11 @@ def _build(cfg: ClipTrainConfig, plan: _Plan, world: int, use_gpu: bool) -> tupl
 
 
 def _batches(cfg: ClipTrainConfig, plan: _Plan, built: "BuiltClip", *, rank: int, world: int, use_gpu: bool,
-             skip: int) -> Iterator[dict[str, Any]]:
-    """This rank's batches from step ``skip`` on: its block of data slots, read by up to
-    ``loader_workers`` worker processes (never more than it has slots)."""
-    from inheritlab.trainers.clip_data import ClipBatchStream, StreamSpec, rank_batches
+             step: int, loader_state: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+    """This rank's batches from step ``step`` on: its block of data slots, read by up to
+    ``loader_workers`` worker processes (never more than it has slots), each slot from its
+    position in ``loader_state`` (or, without one, replayed from the start)."""
+    from inheritlab.trainers.clip_data import ClipBatchStream, StreamSpec, positions_from_state, rank_batches
     from inheritlab.trainers.slots import rank_slots
 
     mine = rank_slots(rank, world, plan.slots)
@@ -131,13 +139,28 @@ def _batches(cfg: ClipTrainConfig, plan: _Plan, built: "BuiltClip", *, rank: int
         shards=tuple(cfg.train_shards), corruptors=tuple(cfg.corruptors), study_seed=cfg.study_seed,
         seed=cfg.seed, plan_dir=cfg.plan_dir, num_classes=cfg.num_classes, class_names=tuple(cfg.class_names),
         slots=tuple(mine), num_slots=plan.slots, chunk=plan.global_batch // plan.slots,
-        shuffle_buffer=cfg.shuffle_buffer, bad_sample_ceiling=cfg.bad_sample_ceiling,
+        shuffle_buffer=cfg.shuffle_buffer, bad_sample_ceiling=slot_ceiling(cfg.bad_sample_ceiling), label_key=cfg.label_key,
+        image_size=plan.rung.image_size,
     )
     workers = min(cfg.loader_workers, len(mine))
-    stream = ClipBatchStream(spec, transform=built.transform, tokenizer=built.tokenizer, skip_batches=skip)
+    positions = positions_from_state(loader_state, mine, where=f"{cfg.cell_dir}/ckpt") if loader_state else None
+    stream = ClipBatchStream(spec, tokenizer=built.tokenizer, positions=positions,
+                             skip_batches=0 if positions else step)
+    # uint8 batches are small: a few in flight per worker keep the step fed without much memory.
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=use_gpu,
-                                         persistent_workers=False)
+                                         persistent_workers=False, prefetch_factor=4 if workers else None)
     return rank_batches(iter(loader), max(1, workers))
+
+
+def gather_positions(positions: dict[str, Any]) -> dict[str, Any]:
+    """Every rank's slot positions in one dict (a collective: the checkpoint's client state is
+    written by rank 0, and each rank knows only its own slots)."""
+    from inheritlab.trainers.engine import all_gather
+
+    merged: dict[str, Any] = {}
+    for part in all_gather(positions):
+        merged.update(part)
+    return merged
 
 
 def export_open_clip(ckpt: CheckpointManager, engine: Any, built: "BuiltClip", *, step: int,
@@ -151,19 +174,24 @@ def export_open_clip(ckpt: CheckpointManager, engine: Any, built: "BuiltClip", *
 
     state = full_state_dict(engine.module)
     rung = built.rung
-
-    def write(tmp: Path) -> None:
-        torch.save(state, tmp / WEIGHTS)
-        # open_clip's ``local-dir:`` loader looks for this name; a hard link costs no space.
-        os.link(tmp / WEIGHTS, tmp / LOCAL_DIR_WEIGHTS)
-        atomic_write_json(tmp / "open_clip_config.json", {
-            "model_cfg": built.model_cfg,
-            "preprocess_cfg": {"size": rung.image_size, "mean": list(MEAN), "std": list(STD),
-                               "interpolation": "bicubic", "resize_mode": "shortest"},
-        })
-
-    return ckpt.export(step=step, samples_seen=samples_seen, write=write,
+    return ckpt.export(step=step, samples_seen=samples_seen, write=lambda tmp: write_open_clip_files(tmp, state, built),
                        meta={"rung": rung.name, "open_clip_name": rung.open_clip_name, "weights": WEIGHTS})
+
+
+def write_open_clip_files(directory: Path, state: dict[str, Any], built: "BuiltClip") -> None:
+    """The files of a CLIP export: the weights under the name ``pretrained=`` takes and the one
+    open_clip's ``local-dir:`` loader looks for, and ``open_clip_config.json`` (architecture and
+    the evaluation preprocessing, so ``local-dir:`` needs nothing of ours)."""
+    from inheritlab.trainers.clip_images import MEAN, STD
+
+    rung = built.rung
+    torch.save(state, directory / WEIGHTS)
+    os.link(directory / WEIGHTS, directory / LOCAL_DIR_WEIGHTS)  # a hard link costs no space
+    atomic_write_json(directory / "open_clip_config.json", {
+        "model_cfg": built.model_cfg,
+        "preprocess_cfg": {"size": rung.image_size, "mean": list(MEAN), "std": list(STD),
+                           "interpolation": "bicubic", "resize_mode": "shortest"},
+    })
 
 
 def export_weights(export: Export) -> str:
@@ -174,7 +202,9 @@ def export_weights(export: Export) -> str:
 def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     """Train (or finish training) one cell; returns its summary (the same on every rank)."""
     from inheritlab.kernels import clip_contrastive_loss
+    from inheritlab.trainers.clip_images import crop_boxes, device_images
     from inheritlab.trainers.engine import init_distributed
+    from inheritlab.trainers.slots import rank_slots
 
     use_gpu = cfg.use_gpu
     rank, world, _ = init_distributed(use_gpu=use_gpu)
@@ -189,8 +219,10 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     resumed = ckpt.resume(engine)
     step = int(resumed["step"]) if resumed else 0
     losses = LossLog(cfg.log_every, resumed["loss_curve"] if resumed else ())
-    batches = _batches(cfg, plan, built, rank=rank, world=world, use_gpu=use_gpu, skip=step)
-    checker = StreamChecker(plan_dir=cfg.plan_dir, slots=plan.slots)
+    loader_state = resumed.get("loader") if resumed else None
+    batches = _batches(cfg, plan, built, rank=rank, world=world, use_gpu=use_gpu, step=step, loader_state=loader_state)
+    mine = rank_slots(rank, world, plan.slots)
+    checker = StreamChecker(plan_dir=cfg.plan_dir, slots=plan.slots, ceiling=cfg.bad_sample_ceiling)
     device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision, torch.float32)
     commits, exports = cfg.commit_at(plan.total_steps), cfg.export_at(plan.total_steps)
@@ -204,8 +236,12 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
             checker.collect(report)
         if cfg.trace_data:
             _trace(cfg, rank, step + 1, batch["keys"])
-        images = batch["images"].to(device, dtype=dtype, non_blocking=True)
+        # Crops are drawn per (step, slot) from the seed tree: the same on any number of ranks.
+        boxes = (crop_boxes(cfg.study_seed, cfg.seed, step, mine, plan.global_batch // plan.slots, plan.rung.image_size)
+                 if plan.augment == "rrc" else None)
+        images = device_images(batch["images"].to(device, non_blocking=True), dtype=dtype, boxes=boxes)
         texts = batch["texts"].to(device, non_blocking=True)
+        positions = batch["positions"]
         # open_clip returns L2-normalised features and exp(logit_scale).
         image_features, text_features, scale = engine(images, texts)
         loss = clip_contrastive_loss(image_features, text_features, scale, impl=cfg.loss_impl, gather=world > 1)
@@ -220,7 +256,8 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
                 if step in exports:
                     export_open_clip(ckpt, engine, built, step=step, samples_seen=seen)
                 if step in commits:
-                    ckpt.commit(engine, step=step, samples_seen=seen, state={"loss_curve": losses.curve})
+                    ckpt.commit(engine, step=step, samples_seen=seen,
+                                state={"loss_curve": losses.curve, "loader": gather_positions(positions)})
     return _finish(cfg, plan, ckpt, built, step=step, trained=step - first_step, epoch=epoch, world=world,
                    losses=losses, clock=clock, resumed_from=first_step if resumed else None, checker=checker)
 

@@ -21,8 +21,9 @@ from inheritlab.trainers.clip_eval import (
     encode_split,
     fit_linear_probe,
     retrieval_recall,
+    classification_scores,
+    multi_caption_recall,
     spectrum_diagnostics,
-    zero_shot_acc,
 )
 from inheritlab.trainers.eval_tasks import Row, eval_task, measure, run_tasks
 
@@ -44,6 +45,11 @@ class ClipEvalContext:
     samples_seen: int
     probe_train_size: int = 2000
     batch_size: int = 256
+    label_key: str | None = None
+    bad_sample_ceiling: float | int = 0
+    suites: list[Any] = field(default_factory=list)          # corruptors.suites.SuiteTask of eval.suites
+    suite_split: str = "test"
+    read: dict[str, Any] = field(default_factory=dict)       # split → ReadStats of what was read
     _features: dict[str, SplitFeatures] | None = field(default=None, repr=False)
 
     def row(self, task: str, split: str, metric: str, value: float) -> Row:
@@ -54,46 +60,64 @@ class ClipEvalContext:
         names = list(self.world.class_names)
         if not names or len(names) != self.world.num_classes:
             raise SpecError(f"evaluation task {task!r} needs class names, and the data under {self.world.root} has "
-                            "none (a world.json with class_names beside the train split supplies them)")
+                            "none: put a classnames.txt (one name per line, in label order) there, or name one in "
+                            "data.shards.classnames (docs/data.md)")
         return names
 
     def features(self) -> dict[str, SplitFeatures]:
         """Image and caption embeddings of each evaluation split the data has (computed once)."""
         if self._features is None:
-            self._features = {
-                name: encode_split(self.built.model, self.built.transform, self.built.tokenizer, shards,
-                                   device=self.device, batch_size=self.batch_size)
-                for name, split in EVAL_SPLITS.items() if (shards := self.world.splits.get(split))
-            }
+            self._features = {name: self.encode(name, shards) for name, split in EVAL_SPLITS.items()
+                              if (shards := self.world.splits.get(split))}
         return self._features
+
+    def encode(self, name: str, shards: list[str], **kw: Any) -> SplitFeatures:
+        """Embed a split, its bad samples counted under ``read[name]`` (the study's ceiling)."""
+        from inheritlab.corruptors.shards import ReadStats
+
+        stats = self.read.setdefault(name, ReadStats())
+        return encode_split(self.built.model, self.built.transform, self.built.tokenizer, shards, device=self.device,
+                            batch_size=self.batch_size, label_key=self.label_key,
+                            bad_sample_ceiling=self.bad_sample_ceiling, stats=stats, **kw)
 
     def probe_train(self) -> SplitFeatures:
         """Image features of a seeded subset of ``probe_train_size`` clean train samples, drawn
         from the first 4× that many of the train split so a large pool is never read whole."""
         n = self.probe_train_size
-        full = encode_split(self.built.model, self.built.transform, self.built.tokenizer,
-                            list(self.world.splits["train"]), device=self.device, batch_size=self.batch_size,
-                            with_text=False, limit=4 * n)
+        full = self.encode("train", list(self.world.splits["train"]), with_text=False, limit=4 * n)
         if len(full.labels) <= n:
             return full
         rng = np.random.default_rng(derive_seed32(self.seed, "linear-probe-subset"))
         idx = torch.from_numpy(np.sort(rng.choice(len(full.labels), size=n, replace=False)))
-        return SplitFeatures(image=full.image[idx], text=full.text, labels=full.labels[idx],
-                             captions=[full.captions[i] for i in idx.tolist()])
+        return SplitFeatures(image=full.image[idx], text=torch.empty(0), labels=full.labels[idx], captions=[])
+
+
+def labelled(task: str, split: str, f: SplitFeatures) -> SplitFeatures:
+    """``f`` when every sample has a label; else an error naming the task, the split and how to
+    supply labels (a ``.cls`` member, or ``data.shards.label_key``)."""
+    missing = int((f.labels < 0).sum())
+    if missing:
+        raise SpecError(f"evaluation task {task!r}: {missing} of {len(f.labels)} samples of split {split!r} have no "
+                        "label (a .cls member, or the .json key named by data.shards.label_key)")
+    return f
 
 
 @eval_task("clip", needs=("class_names",))
 def zeroshot(ctx: ClipEvalContext) -> list[Row]:
-    """Zero-shot top-1 accuracy with the prompt-ensemble class embeddings (``acc1``)."""
+    """Zero-shot classification with the prompt-ensemble class embeddings: ``acc1``, ``acc5``
+    (with at least 5 classes) and ``mean_per_class_recall`` (the metric under imbalance)."""
     classes = class_embeddings(ctx.built.model, ctx.built.tokenizer, ctx.class_names("zeroshot"),
                                list(ctx.world.prompt_templates), ctx.device)
-    return [ctx.row("zeroshot", split, "acc1", zero_shot_acc(f, classes)) for split, f in ctx.features().items()]
+    return [ctx.row("zeroshot", split, metric, v) for split, f in ctx.features().items()
+            for metric, v in classification_scores(labelled("zeroshot", split, f).image @ classes.T, f.labels).items()]
 
 
 @eval_task("clip", needs=("class_names",))
 def linear_probe(ctx: ClipEvalContext) -> list[Row]:
     """A logistic-regression probe on frozen image features of clean train samples (``acc1``)."""
-    accs = fit_linear_probe(ctx.probe_train(), ctx.features(), len(ctx.class_names("linear_probe")))
+    tests = {split: labelled("linear_probe", split, f) for split, f in ctx.features().items()}
+    accs = fit_linear_probe(labelled("linear_probe", "train", ctx.probe_train()), tests,
+                            len(ctx.class_names("linear_probe")))
     return [ctx.row("linear_probe", split, "acc1", acc) for split, acc in accs.items()]
 
 
@@ -103,6 +127,9 @@ def retrieval(ctx: ClipEvalContext) -> list[Row]:
     feats = ctx.features()
     if "id" not in feats:
         return []
+    if not feats["id"].captions:
+        raise SpecError("evaluation task 'retrieval' needs captions in the test_id split (a .txt or .caption member "
+                        "per sample); leave it out of eval.tasks for a classification-only split")
     return [ctx.row(f"retrieval_{direction}", "id", f"recall@{k}", v)
             for direction, by_k in retrieval_recall(feats["id"]).items() for k, v in by_k.items()]
 
@@ -112,6 +139,31 @@ def diagnostics(ctx: ClipEvalContext) -> list[Row]:
     """The image features' singular-value entropy and top-singular-value ratio, per split."""
     return [ctx.row("diagnostics", split, metric, v)
             for split, f in ctx.features().items() for metric, v in spectrum_diagnostics(f.image).items()]
+
+
+@eval_task("clip")
+def suites(ctx: ClipEvalContext) -> list[Row]:
+    """Every task of ``eval.suites`` (CLIP_benchmark / DataComp layout), scored as DataComp
+    reports it: classification ``acc1``, ``acc5``, ``mean_per_class_recall`` (zero-shot with the
+    task's class names and templates); retrieval ``image_retrieval_recall@k`` and
+    ``text_retrieval_recall@k`` (k = 1, 5, 10). Task ``suite/<name>``, split the suite's."""
+    if not ctx.suites:
+        raise SpecError("evaluation task 'suites' needs eval.suites (a root and its tasks)")
+    rows = []
+    for t in ctx.suites:
+        name = f"suite/{t.name}"
+        if t.kind == "retrieval":
+            f = ctx.encode(name, list(t.shards), caption_lines=True)
+            if not f.captions:
+                raise SpecError(f"{t.root}: a retrieval task, and its samples carry no captions (.txt, one per line)")
+            scores = multi_caption_recall(f)
+        else:
+            f = labelled(name, ctx.suite_split, ctx.encode(name, list(t.shards), with_text=False))
+            classes = class_embeddings(ctx.built.model, ctx.built.tokenizer, list(t.class_names), list(t.templates),
+                                       ctx.device)
+            scores = classification_scores(f.image @ classes.T, f.labels)
+        rows += [ctx.row(name, ctx.suite_split, metric, v) for metric, v in scores.items()]
+    return rows
 
 
 def evaluate_clip(
@@ -126,17 +178,30 @@ def evaluate_clip(
     probe_train_size: int = 2000,
     batch_size: int = 256,
     device: str | None = None,
+    label_key: str | None = None,
+    bad_sample_ceiling: float | int = 0,
+    suites: list[Any] | None = None,
+    suite_split: str = "test",
+    read_log: str | None = None,
 ) -> list[Row]:
     """Evaluate the open_clip weights at ``weights_path`` on the world's splits; tidy rows.
 
     ``world_info`` is a ``corruptors.world.WorldInfo`` (splits train/test_id/test_ood, class
-    names and prompt templates).
+    names and prompt templates); ``suites`` the opened tasks of ``eval.suites``
+    (``corruptors.suites.SuiteTask``). Bad samples are skipped under ``bad_sample_ceiling`` (a
+    fraction of each split read) and counted by split and reason in ``read_log`` (JSON).
     """
+    from inheritlab.infra.atomic import atomic_write_json
     from inheritlab.trainers.clip_models import build_clip
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     built = build_clip(rung, pretrained=weights_path)
     built.model.to(dev).eval()
     ctx = ClipEvalContext(built=built, world=world_info, seed=seed, device=dev, checkpoint_step=checkpoint_step,
-                          samples_seen=samples_seen, probe_train_size=probe_train_size, batch_size=batch_size)
-    return run_tasks("clip", list(tasks), ctx)
+                          samples_seen=samples_seen, probe_train_size=probe_train_size, batch_size=batch_size,
+                          label_key=label_key, bad_sample_ceiling=bad_sample_ceiling, suites=list(suites or []),
+                          suite_split=suite_split)
+    rows = run_tasks("clip", list(tasks), ctx)
+    if read_log:
+        atomic_write_json(read_log, {split: st.to_dict() for split, st in ctx.read.items()})
+    return rows

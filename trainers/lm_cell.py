@@ -62,14 +62,44 @@ class LMModality(Modality):
                       "(data.source: shards) have none"}
 
     def check_settings(self, data: DataConfig, ev: EvalConfig, tasks: Sequence[str]) -> list[str]:
+        errors = []
+        image_only = sorted(data.shards.model_fields_set & {"label_key", "classnames", "templates"}) if data.shards else []
+        if image_only:
+            errors.append(f"data.shards: {image_only} apply to CLIP studies (modality: clip) only")
+        if ev.suites is not None:
+            errors.append("eval.suites: image evaluation sets apply to CLIP studies (modality: clip) only")
         if "finetune" not in ev.lm_adaptation:
-            return []
+            return errors
         if "qa" not in tasks:
-            return ["eval.lm_adaptation: 'finetune' adapts the model for task 'qa'; add 'qa' to eval.tasks"]
+            return errors + ["eval.lm_adaptation: 'finetune' adapts the model for task 'qa'; add 'qa' to eval.tasks"]
         if data.source != "builtin":
-            return ["eval.lm_adaptation: 'finetune' trains on the built-in text world's qa_train split; the user's "
-                    "text shards (data.source 'shards') have none"]
-        return []
+            return errors + ["eval.lm_adaptation: 'finetune' trains on the built-in text world's qa_train split; "
+                             "the user's text shards (data.source 'shards') have none"]
+        return errors
+
+    def preflight(self, data: DataConfig, ev: EvalConfig, tasks: Sequence[str], biases: Sequence[dict[str, Any]], *,
+                  study_seed: int) -> list[str]:
+        """The user's text shards: every split listed and each shard's first document read; the
+        biases built (their parameters checked against the data)."""
+        from inheritlab.corruptors.chain import build_chain
+        from inheritlab.corruptors.shards import first_samples, list_shards
+        from inheritlab.infra.errors import InheritlabError
+
+        errors = []
+        for spec in biases:
+            try:
+                build_chain([spec], study_seed=study_seed, num_classes=None, class_names=None)
+            except InheritlabError as exc:
+                errors.append(f"grid.bias ({spec['type']}): {exc}")
+        if data.source == "shards":
+            assert data.shards is not None
+            for split, path in data.shards.given().items():
+                try:
+                    for _ in first_samples(list_shards(path), kind="text"):
+                        pass
+                except InheritlabError as exc:
+                    errors.append(f"data.shards.{split}: {exc}")
+        return errors
 
     def prepare_data(self, data: DataConfig, study_seed: int, root: Path) -> DataSources:
         """The built-in text world, or the user's text shards and the study's tokenizer.

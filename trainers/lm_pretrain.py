@@ -1,14 +1,15 @@
 """LM pre-training on DeepSpeed: packed sequences from text shards through the corruptor chain.
 
-One rank's data: its shards (or, with fewer shards than ranks, every world_size-th document),
-through the cell's corruptor chain (the same decisions as the data-condition stage, since they
-depend on keys only), tokenised, packed end to end with an end-of-text token between documents
-and cut into ``seq_len + 1`` token windows. The stream repeats over epochs (shard order
-reshuffled per epoch from the seed tree) until the budget is spent; repeats are logged.
+One rank's data is its block of data slots (:mod:`inheritlab.trainers.slots`), each a stream of
+corrupted, tokenised documents packed into ``seq_len + 1``-token windows
+(:mod:`inheritlab.trainers.lm_data`), read by loader worker processes. Every step's batch is
+cut into ``accum`` micro-batches here.
 
 Checkpoints, resume and exports go through :class:`~inheritlab.trainers.checkpoint.CheckpointManager`:
-resume loads the last committed checkpoint and skips the micro-batches already consumed, so
-the data position is exact. Exports (``ckpt/export/step_<N>/``: ``model.safetensors`` +
+a commit saves, next to the engine, every slot's loader state after the step; resume loads the
+last committed checkpoint and continues each slot from its state, so the data position is exact
+and nothing already trained is tokenised again (a checkpoint without loader state is resumed by
+replaying the stream up to its step). Exports (``ckpt/export/step_<N>/``: ``model.safetensors`` +
 ``lm_config.json``) are what :mod:`inheritlab.trainers.lm_tasks` and
 :mod:`inheritlab.trainers.hf_export` read.
 
@@ -22,29 +23,24 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from inheritlab.corruptors.chain import build_chain
-from inheritlab.corruptors.shards import (
-    ReadStats,
-    iter_samples,
-    list_shards,
-)
 from inheritlab.corruptors.tokenizer import TextTokenizer, load_tokenizer
 from inheritlab.infra.atomic import atomic_write_json, read_json
 from inheritlab.infra.cell import Cell
 from inheritlab.infra.errors import CheckpointError, SpecError
-from inheritlab.infra.hashing import stable_rng
 from inheritlab.infra.seeds import derive_seed32
 from inheritlab.trainers.checkpoint import CheckpointManager, Export, TrainSummary
-from inheritlab.trainers.data_check import StreamChecker, pass_report
+from inheritlab.trainers.data_check import StreamChecker
 from inheritlab.trainers.engine import PARAM_LAYOUT
+from inheritlab.trainers.lm_data import StreamState, lm_batches, states_from_checkpoint, text_stream_spec
+from inheritlab.trainers.lm_data import packed_sequences  # noqa: F401  (one slot's windows, importable from here too)
 from inheritlab.trainers.lm_models import LlamaLM, LMConfig, LMRung, get_rung
 from inheritlab.trainers.loop import LossLog, StepClock
-from inheritlab.trainers.slots import SharedEpochs, rank_slots, slot_shards
+from inheritlab.trainers.slots import gather_slot_states, rank_slots
 from inheritlab.trainers.train_config import BaseTrainConfig
 
 if TYPE_CHECKING:
@@ -62,6 +58,7 @@ class LMTrainConfig(BaseTrainConfig):
     study's data-scale axis counts) — both rounded up to whole steps — or ``steps``.
     ``batch_size`` is sequences per optimizer step over all ranks; ``micro_batch_size`` per
     rank per forward (the rest is gradient accumulation). ``None`` takes the rung's recipe.
+    ``loader_workers``: processes per rank that tokenise and pack (0: the training process).
     """
 
     train_shards: tuple[str, ...] | str
@@ -70,6 +67,7 @@ class LMTrainConfig(BaseTrainConfig):
     steps: int | None = None
     micro_batch_size: int | None = None
     seq_len: int | None = None
+    loader_workers: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,99 +81,25 @@ class LMTrainConfig(BaseTrainConfig):
                   device: str) -> "LMTrainConfig":
         """The trainer config of an LM cell: its data-scale axis counts packed sequences."""
         return cls(**cls.cell_settings(cell, cell_dir, device=device), train_shards=tuple(train_shards),
-                   tokenizer=tokenizer)
+                   tokenizer=tokenizer, loader_workers=int(cell.execution.loader_workers))
 
 
 # ----------------------------------------------------------------------------------- data
 
 
-@dataclass
-class StreamState:
-    """What one data slot's stream has done so far (logged in the summary)."""
-
-    slot: int = 0
-    docs: int = 0
-    epochs: int = 0
-    sequences: int = 0
-    read: ReadStats = field(default_factory=ReadStats)
-    first_pass: dict[str, Any] | None = None  # chain and read counters at the end of the first pass
-
-
-def packed_sequences(cfg: LMTrainConfig, tok: TextTokenizer, seq_len: int, *, slot: int, num_slots: int,
-                     state: StreamState, shared: SharedEpochs | None = None) -> Iterator[list[int]]:
-    """Endless ``seq_len + 1``-token windows of one data slot's corrupted, tokenised text stream
-    (the slot's shards, or every ``num_slots``-th document: :mod:`inheritlab.trainers.slots`;
-    ``shared`` reads striding slots' shards once for all of them).
-
-    Consecutive windows overlap by one token, so every token is a target exactly once.
-    """
-    shards = _shard_list(cfg)
-    mine, stride, _ = slot_shards(shards, slot, num_slots)
-    if stride > 1 and shared is None:
-        shared = shared_text_reader(cfg, [slot], num_slots)
-    chain = build_chain(list(cfg.corruptors), study_seed=cfg.study_seed, num_classes=None, class_names=None,
-                        plan_dir=cfg.plan_dir)
-    buf: list[int] = []
-    while True:
-        if shared is not None:
-            docs = shared.samples(slot, state.epochs)
-            state.read.samples += len(docs)
-            state.read.skipped.update(shared.skipped(state.epochs))
-            stream: Iterator[dict[str, Any]] = iter(docs)
-        else:  # a slot with its own shards shuffles their order per epoch
-            rng = stable_rng("lm-stream", cfg.study_seed, cfg.seed, slot, num_slots, state.epochs)
-            order = [mine[i] for i in rng.permutation(len(mine))]
-            stream = iter_samples(order, kind="text", bad_sample_ceiling=cfg.bad_sample_ceiling, stats=state.read)
-        docs_before = state.docs
-        for sample in chain.apply(stream):
-            buf.extend(tok.encode(sample["text"]))
-            buf.append(tok.eos_id)
-            state.docs += 1
-            while len(buf) >= seq_len + 1:
-                state.sequences += 1
-                yield buf[: seq_len + 1]
-                del buf[:seq_len]
-        state.epochs += 1
-        if state.first_pass is None:
-            state.first_pass = pass_report((slot,), chain.counters(), state.read.to_dict())
-        if state.docs == docs_before:
-            raise SpecError(f"data slot {slot}: the training stream is empty after the corruptor chain "
-                            f"(shards {mine[:3]}...)")
-
-
-def _shard_list(cfg: LMTrainConfig) -> list[str]:
-    return list_shards(cfg.train_shards) if isinstance(cfg.train_shards, str) else [str(s) for s in cfg.train_shards]
-
-
-def shared_text_reader(cfg: LMTrainConfig, slots: list[int], num_slots: int) -> SharedEpochs | None:
-    """One reader for ``slots`` when they stride over shared shards (``None`` otherwise)."""
-    shards = sorted(_shard_list(cfg))
-    if len(shards) >= num_slots:
-        return None
-
-    def read(epoch: int, stats: ReadStats) -> Iterator[dict[str, Any]]:
-        # One document order per epoch for all striding slots: the stride partitions it.
-        rng = stable_rng("lm-stream", cfg.study_seed, cfg.seed, "all", num_slots, epoch)
-        order = [shards[i] for i in rng.permutation(len(shards))]
-        return iter_samples(order, kind="text", bad_sample_ceiling=cfg.bad_sample_ceiling, stats=stats)
-
-    return SharedEpochs(read, slots, num_slots, ReadStats)
-
-
-def micro_batches(cfg: LMTrainConfig, tok: TextTokenizer, plan: "RunPlan", *, rank: int, world: int,
-                  states: list[StreamState]) -> Iterator[torch.Tensor]:
-    """[micro, seq_len + 1] int64 tensors of this rank: every step, ``chunk`` windows of each of
-    its slots in slot order (``B / world`` sequences), cut into ``accum`` micro-batches."""
-    chunk = plan.batch // plan.slots
+def _batches(cfg: LMTrainConfig, plan: "RunPlan", *, rank: int, world: int, use_gpu: bool, step: int,
+             loader_state: dict[str, Any] | None) -> tuple[Iterator[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """This rank's batches from step ``step`` on (its block of data slots, each from its state in
+    ``loader_state``, or without one replayed from the start), and its slots' states before them."""
     mine = rank_slots(rank, world, plan.slots)
-    states.extend(StreamState(slot=v) for v in mine)
-    shared = shared_text_reader(cfg, mine, plan.slots)
-    streams = [packed_sequences(cfg, tok, plan.seq_len, slot=st.slot, num_slots=plan.slots, state=st, shared=shared)
-               for st in states]
-    while True:
-        step = [w for stream in streams for w in (next(stream) for _ in range(chunk))]
-        for i in range(0, len(step), plan.micro):
-            yield torch.tensor(step[i : i + plan.micro], dtype=torch.long)
+    spec = text_stream_spec(cfg, seq_len=plan.seq_len, num_slots=plan.slots, slots=tuple(mine),
+                            chunk=plan.batch // plan.slots)
+    states = (states_from_checkpoint(loader_state, mine, seq_len=plan.seq_len, where=f"{cfg.cell_dir}/ckpt")
+              if loader_state else None)
+    batches = lm_batches(spec, loader_workers=cfg.loader_workers, pin_memory=use_gpu, states=states,
+                         skip_steps=0 if states else step)
+    before = {v: (states[v] if states else StreamState(slot=v)).to_dict() for v in mine}
+    return batches, before
 
 
 # ----------------------------------------------------------------------------------- engine glue
@@ -246,8 +170,8 @@ class RunPlan:
 
     @property
     def shape(self) -> dict[str, int]:
-        """What a resume must match for the replayed data stream to land on the right sample
-        (not the ranks or the micro-batch: step k's sequences are the same for any of them)."""
+        """What a resume must match for the data stream to continue at the right sample (not
+        the ranks, loader workers or micro-batch: step k's sequences are the same for any of them)."""
         return {"global_batch": self.batch, "data_slots": self.slots, "seq_len": self.seq_len}
 
 
@@ -322,23 +246,24 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
     resumed = ckpt.resume(engine)
     step = int(resumed["step"]) if resumed else 0
     losses = LossLog(cfg.log_every, resumed.get("loss_curve", ()) if resumed else ())
-    states: list[StreamState] = []
-    batches = micro_batches(cfg, tok, plan, rank=rank, world=world, states=states)
-    for _ in range(step * plan.accum):  # skip what the committed checkpoint already consumed: exact data position
-        next(batches)
+    loader_state = resumed.get("loader") if resumed else None
+    batches, states = _batches(cfg, plan, rank=rank, world=world, use_gpu=use_gpu, step=step, loader_state=loader_state)
     commits, exports = cfg.commit_at(plan.steps), cfg.export_at(plan.steps)
     last_step = cfg.last_step(plan.steps, step)
     clock = StepClock(sync=use_gpu, warm_steps=min(5, max(0, (last_step - step) // 4)))
     first_step = step
     engine.train()
     while step < last_step:
+        batch = next(batches)
+        tokens = batch["tokens"]
         loss_sum = torch.zeros((), device=device)
-        for _ in range(plan.accum):
-            batch = next(batches).to(device, non_blocking=True)
-            loss = engine(batch[:, :-1], batch[:, 1:])
+        for i in range(0, len(tokens), plan.micro):
+            micro = tokens[i : i + plan.micro].to(device, non_blocking=True)
+            loss = engine(micro[:, :-1], micro[:, 1:])
             engine.backward(loss)
             engine.step()
             loss_sum += loss.detach().float()
+        states = batch["states"]  # this rank's slots after the step just trained
         step += 1
         losses.add(step, loss_sum / plan.accum, last=step == last_step)
         clock.tick()
@@ -349,17 +274,18 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
                     export_lm(ckpt, model, step=step, samples_seen=seen, tokens_seen=seen * plan.seq_len,
                               rung=cfg.rung, tokenizer=str(tok.path))
                 if step in commits:
-                    ckpt.commit(engine, step=step, samples_seen=seen, state={"loss_curve": losses.curve})
-    checker = StreamChecker(plan_dir=cfg.plan_dir, slots=plan.slots)
-    for st in states:
-        checker.collect(st.first_pass)
+                    ckpt.commit(engine, step=step, samples_seen=seen,
+                                state={"loss_curve": losses.curve, "loader": gather_slot_states(states)})
+    checker = StreamChecker(plan_dir=cfg.plan_dir, slots=plan.slots, ceiling=cfg.bad_sample_ceiling)
+    for st in states.values():
+        checker.collect(st["first_pass"])
     return _finish(cfg, plan, ckpt, model, step=step, trained=step - first_step, world=world, losses=losses,
                    clock=clock, resumed_from=first_step if resumed else None, checker=checker, states=states)
 
 
 def _finish(cfg: LMTrainConfig, plan: RunPlan, ckpt: CheckpointManager, model: LlamaLM, *, step: int, trained: int,
             world: int, losses: LossLog, clock: StepClock, resumed_from: int | None, checker: StreamChecker,
-            states: list[StreamState]) -> TrainSummary:
+            states: dict[int, dict[str, Any]]) -> TrainSummary:
     """Check the data stream, write the summary of a finished run, return it."""
     from inheritlab.trainers.lm_models import count_params, flops_per_token
 
@@ -370,12 +296,12 @@ def _finish(cfg: LMTrainConfig, plan: RunPlan, ckpt: CheckpointManager, model: L
         world_size=world, precision=cfg.precision_for(cfg.use_gpu), zero_stage=cfg.zero_stage,
         params=count_params(model.cfg)["total"], flops_per_sample=flops_per_token(model.cfg) * plan.seq_len,
         train_seconds=train_time, samples_per_s=rate, samples_per_s_steady=steady, final_loss=losses.final,
-        loss_curve=losses.curve, epochs=max(st.epochs for st in states) + 1 if trained else None,
+        loss_curve=losses.curve, epochs=max(st["epoch"] for st in states.values()) + 1 if trained else None,
         exports=tuple(ckpt.exports()),
         resumed_from=resumed_from, data_check=checker.finish(),
         extra={"tokens_seen": step * plan.batch * plan.seq_len, "seq_len": plan.seq_len,
                "tokens_per_s": rate * plan.seq_len if rate else None, "micro_batch": plan.micro,
-               "grad_accum": plan.accum, "data_slots": plan.slots, "docs_read_rank0": sum(st.docs for st in states)},
+               "grad_accum": plan.accum, "data_slots": plan.slots, "docs_read_rank0": sum(st["docs"] for st in states.values())},
     )
     ckpt.finish(summary)
     return summary

@@ -2,7 +2,11 @@
 
 ``perplexity``      per-token loss and perplexity on clean held-out text: ``test_id`` (split
                     ``id``), ``test_ood_people`` (``ood_people``), ``test_ood_templates``
-                    (``ood_templates``), a user's ``test_ood`` (``ood``).
+                    (``ood_templates``), a user's ``test_ood`` (``ood``). Perplexity over every
+                    token of every document, rolling windows of the model's context, as
+                    lm-evaluation-harness's ``loglikelihood_rolling`` (each document after the
+                    end-of-text token it follows in training; no end-of-text target; the loss is
+                    the mean over all tokens of the split — see ``trainers/lm_eval.py``).
 ``qa``              attribute question answering, scored after each adaptation of the context:
                     ``prompting`` (rows ``qa``: right iff greedy decoding after the prompt
                     reproduces the answer) and ``finetune`` (rows ``qa_finetune``: a copy
@@ -10,11 +14,14 @@
                     the knowledge-extraction protocol of "Physics of Language Models 3.1").
                     Splits ``id``, ``ood_templates``, ``ood_people``; plus ``qa_by_frequency``
                     rows (accuracy by how many training biographies the individual had).
-``memorization``    loss on duplicated vs unique training documents, their gap, and the exact
-                    continuation rate (greedy decoding reproduces a document's last
-                    ``continuation_tokens`` tokens from the rest).
+``memorization``    loss on duplicated vs unique training documents (every token, rolling windows,
+                    as ``perplexity``), their gap, and the exact continuation rate (greedy
+                    decoding reproduces a document's last ``continuation_tokens`` tokens from the
+                    rest, each token conditioned on the up-to-``max_seq_len`` tokens before it:
+                    a long document's start is outside the context, as in decoding).
 ``contamination``   the score on leaked vs clean items of each leaked split (QA accuracy, or
-                    loss for text splits) and the inflation, leaked − clean.
+                    loss for text splits, every token as ``perplexity``) and the inflation,
+                    leaked − clean.
 """
 
 from __future__ import annotations
@@ -45,10 +52,13 @@ from inheritlab.trainers.lm_adapt import (
     qa_sequences,
 )
 from inheritlab.trainers.lm_eval import (
+    Score,
     accuracy,
-    doc_sequences,
+    continuation_sequences,
     mean_loss,
     read_docs,
+    score_documents,
+    score_groups,
     score_sequences,
 )
 from inheritlab.trainers.lm_models import LlamaLM
@@ -95,12 +105,21 @@ class LMEvalContext:
         return score_sequences(model or self.model, seqs, batch_size=self.batch_size)
 
     def docs_loss(self, docs: list[dict[str, Any]]) -> float:
-        return mean_loss(self.score(doc_sequences(self.tok, docs)))
+        """Per-token loss over every token of ``docs`` (rolling windows of the model's context)."""
+        return mean_loss(score_documents(self.model, self.tok, docs, batch_size=self.batch_size))
+
+    def continuation_hits(self, docs: list[dict[str, Any]]) -> float:
+        """Fraction of ``docs`` whose last ``continuation_tokens`` tokens greedy decoding reproduces."""
+        seqs, owner = continuation_sequences(self.tok, docs, self.continuation_tokens, self.model.cfg.max_seq_len)
+        scores: list[Score] = score_groups(self.model, seqs, owner, len(docs), batch_size=self.batch_size)
+        return accuracy([s for s in scores if s[1]])  # an empty document has nothing to reproduce
 
 
 @eval_task("lm")
 def perplexity(ctx: LMEvalContext) -> list[Row]:
-    """Per-token loss and perplexity on each clean held-out text split."""
+    """Per-token loss and perplexity on each clean held-out text split: every token of every whole
+    document, scored in rolling windows of the model's context as lm-evaluation-harness's
+    ``loglikelihood_rolling`` (the first token predicted from the end-of-text token, no BOS)."""
     rows = []
     for split, name in PPL_SPLITS.items():
         if split in ctx.world.splits:
@@ -141,7 +160,7 @@ def _by_frequency(ctx: LMEvalContext, items: list[dict[str, Any]], scores: list[
     return rows
 
 
-@eval_task("lm")
+@eval_task("lm", needs=("duplicates",))
 def memorization(ctx: LMEvalContext) -> list[Row]:
     """Duplicated vs unique training documents: loss, exact continuation, and the loss gap."""
     if ctx.duplicated_keys is None:
@@ -159,16 +178,12 @@ def memorization(ctx: LMEvalContext) -> list[Row]:
     for split, its in parts.items():
         loss[split] = ctx.docs_loss(its)
         rows.append(ctx.row("memorization", split, "loss", loss[split]))
-        seqs = []
-        for d in its:
-            ids = [ctx.tok.eos_id] + ctx.tok.encode(d["text"])
-            seqs.append((ids, max(1, len(ids) - ctx.continuation_tokens)))  # the last k tokens from the rest
-        rows.append(ctx.row("memorization", split, "exact_continuation", accuracy(ctx.score(seqs))))
+        rows.append(ctx.row("memorization", split, "exact_continuation", ctx.continuation_hits(its)))
     rows.append(ctx.row("memorization", "train", "loss_gap", loss["unique"] - loss["duplicated"]))
     return rows
 
 
-@eval_task("lm")
+@eval_task("lm", needs=("leaks",))
 def contamination(ctx: LMEvalContext) -> list[Row]:
     """Leaked vs clean test items of each leaked split, and the inflation of the leaked score."""
     if ctx.leaked_keys is None:
@@ -227,6 +242,8 @@ def evaluate_lm(
     unknown = sorted(set(tasks) - set(registered_tasks("lm")))
     if unknown:
         raise ValueError(f"evaluate_lm: unknown task(s) {unknown}; allowed: {', '.join(registered_tasks('lm'))}")
+    if continuation_tokens < 1:
+        raise ValueError(f"evaluate_lm: continuation_tokens={continuation_tokens}; expected >= 1")
     adaptations = list(dict.fromkeys(adaptations))
     bad = [a for a in adaptations if a not in ADAPTATIONS]
     if bad or not adaptations:

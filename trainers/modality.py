@@ -36,6 +36,7 @@ class DataSources:
     kind: str
     splits: dict[str, list[str]]
     class_names: tuple[str, ...] = ()
+    label_key: str | None = None     # the .json key labels come from when samples have no .cls
     world: Any = field(default=None, compare=False)
 
     @property
@@ -76,6 +77,17 @@ class Modality(ABC):
     def missing(self, data: DataConfig) -> dict[str, str]:
         """What the data cannot offer that some task needs: capability → how to supply it."""
 
+    def lacking(self, data: DataConfig, bias_types: frozenset[str] = frozenset()) -> dict[str, str]:
+        """What the data and the grid cannot offer that some task needs: capability → how to
+        supply it. The grid offers ``duplicates`` (a ``duplicate`` axis: memorisation compares
+        duplicated with unique documents) and ``leaks`` (a ``contamination`` axis)."""
+        out = dict(self.missing(data))
+        if "duplicate" not in bias_types:
+            out["duplicates"] = "duplicated training data: a grid.bias axis of type 'duplicate' with a level above 0"
+        if "contamination" not in bias_types:
+            out["leaks"] = "leaked test items: a grid.bias axis of type 'contamination' with a level above 0"
+        return out
+
     def check_settings(self, data: DataConfig, ev: EvalConfig, tasks: Sequence[str]) -> list[str]:
         """Errors in modality-specific settings (each naming the field); none by default."""
         return []
@@ -83,30 +95,55 @@ class Modality(ABC):
     def tasks(self) -> dict[str, EvalTask]:
         return registered_tasks(self.name)
 
-    def resolve_tasks(self, data: DataConfig, ev: EvalConfig) -> tuple[str, ...]:
-        """The tasks a cell runs: those the spec names, or the defaults the data supports."""
-        if ev.tasks is not None:
-            return ev.tasks
-        lacking = self.missing(data)
-        return tuple(t for t in self.default_tasks if not self.tasks()[t].needs & set(lacking))
+    def implied_tasks(self, ev: EvalConfig) -> tuple[str, ...]:
+        """Tasks the eval settings ask for by being set (CLIP's ``suites``); none by default."""
+        return ()
 
-    def check(self, data: DataConfig, ev: EvalConfig, models: Sequence[str]) -> list[str]:
+    def resolve_tasks(self, data: DataConfig, ev: EvalConfig, bias_types: frozenset[str] = frozenset()
+                      ) -> tuple[str, ...]:
+        """The tasks a cell runs: those the spec names, or the defaults the data and grid
+        support, plus those its eval settings imply."""
+        implied = self.implied_tasks(ev)
+        if ev.tasks is not None:
+            return ev.tasks + tuple(t for t in implied if t not in ev.tasks)
+        lacking = self.lacking(data, bias_types)
+        defaults = tuple(t for t in self.default_tasks if not self.tasks()[t].needs & set(lacking))
+        return defaults + tuple(t for t in implied if t not in defaults)
+
+    def left_out(self, data: DataConfig, ev: EvalConfig, bias_types: frozenset[str] = frozenset()) -> dict[str, str]:
+        """Default tasks not run because the data or grid cannot serve them: task → what it
+        needs and how to supply it (said at ``validate`` and at the start of a study)."""
+        if ev.tasks is not None:
+            return {}
+        lacking = self.lacking(data, bias_types)
+        return {t: "; ".join(lacking[n] for n in sorted(self.tasks()[t].needs & set(lacking)))
+                for t in self.default_tasks if self.tasks()[t].needs & set(lacking)}
+
+    def check(self, data: DataConfig, ev: EvalConfig, models: Sequence[str],
+              bias_types: frozenset[str] = frozenset()) -> list[str]:
         """Every error a spec of this modality has (rungs, tasks, what the tasks need)."""
         errors = []
         unknown = [m for m in models if m not in self.rungs()]
         if unknown:
             errors.append(f"grid.model: {unknown} are not {self.name} rungs; known: {self.rungs()}")
         registered = self.tasks()
-        tasks = self.resolve_tasks(data, ev)
+        tasks = self.resolve_tasks(data, ev, bias_types)
         bad = [t for t in tasks if t not in registered]
         if bad:
             errors.append(f"eval.tasks: {bad} are not {self.name} tasks; allowed: {sorted(registered)}")
-        lacking = self.missing(data)
+        lacking = self.lacking(data, bias_types)
         for t in tasks:
             for need in sorted(registered[t].needs if t in registered else ()):
                 if need in lacking:
                     errors.append(f"eval.tasks: {t!r} needs {lacking[need]}")
         return errors + self.check_settings(data, ev, tasks)
+
+    def preflight(self, data: DataConfig, ev: EvalConfig, tasks: Sequence[str], biases: Sequence[dict[str, Any]], *,
+                  study_seed: int) -> list[str]:
+        """Errors found by opening the data before any training: every split listed, the first
+        sample of each shard read, labels and class names checked for ``tasks`` and the bias
+        specs (``{"type", "level", **params}``). Cheap (seconds); none by default."""
+        return []
 
     # -- the stages of a cell -----------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inheritlab.infra.errors import InheritlabError, ResourceError, WorkerCrash
+from inheritlab.infra.errors import InheritlabError, ResourceError, SpecError, WorkerCrash
 from inheritlab.trainers.checkpoint import TrainSummary
 from inheritlab.trainers.train_config import BaseTrainConfig
 
@@ -108,7 +108,13 @@ class TrainWorker:
         mod = get_modality(modality)
         config = mod.config_from_dict({**cfg, "device": worker_device(cfg.get("device", "auto"))})
         configure_caches(Path(config.cell_dir).parent.parent, use_gpu=config.use_gpu)
-        summary = mod.train(config)
+        from inheritlab.kernels.dispatch import KernelUnavailableError
+
+        try:
+            summary = mod.train(config)
+        except KernelUnavailableError as exc:
+            # A kernel asked for (loss_impl) that cannot run here is a config error: fail once.
+            raise SpecError(f"loss_impl: {exc}") from None
         if dist.is_initialized():
             dist.destroy_process_group()
         return {"node": ray.get_runtime_context().get_node_id(), "rank": int(env["RANK"]),

@@ -15,7 +15,7 @@ only constraint is that ``W`` divides ``V``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from inheritlab.infra.errors import SpecError
@@ -77,15 +77,17 @@ class SharedEpochs:
     """
 
     def __init__(self, read: Callable[[int, Any], Iterator[Any]], slots: list[int], num_slots: int,
-                 new_stats: Callable[[], Any]) -> None:
+                 new_stats: Callable[[], Any], first_epochs: Mapping[int, int] | None = None) -> None:
         self._read, self.slots, self.num_slots, self._new_stats = read, list(slots), num_slots, new_stats
+        # Slots resumed at a later epoch never ask for the earlier ones: holding their samples would leak.
+        self._first = {v: int((first_epochs or {}).get(v, 0)) for v in self.slots}
         self._epochs: dict[int, dict[int, list[Any]]] = {}
         self._stats: dict[int, Any] = {}
 
     def samples(self, slot: int, epoch: int) -> list[Any]:
         """Slot ``slot``'s raw samples of ``epoch`` (each slot takes each epoch once)."""
         if epoch not in self._epochs:
-            per: dict[int, list[Any]] = {v: [] for v in self.slots}
+            per: dict[int, list[Any]] = {v: [] for v in self.slots if self._first[v] <= epoch}
             stats = self._new_stats()
             for i, sample in enumerate(self._read(epoch, stats)):
                 if i % self.num_slots in per:
@@ -96,7 +98,55 @@ class SharedEpochs:
             del self._epochs[epoch]
         return out
 
-    def skipped(self, epoch: int) -> dict[str, int]:
-        """Bad samples skipped while reading ``epoch`` (reported by one slot only: slot 0's reader)."""
+    def skipped(self, epoch: int, slot: int) -> dict[str, int]:
+        """Bad samples skipped while reading ``epoch``, for ``slot``'s read counters: all of them
+        for slot 0, none for the others (the read is shared; the checker sums the slots)."""
         stats = self._stats.get(epoch)
-        return dict(stats.skipped) if stats is not None and 0 in self.slots else {}
+        return dict(stats.skipped) if stats is not None and slot == 0 else {}
+
+
+def join_parts(parts: Iterator[dict[str, Any]], num_parts: int,
+               fields: tuple[str, ...]) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each step's rows, joined from its ``num_parts`` parts and sorted by slot: the same rows in
+    the same order whatever the number of loader workers.
+
+    A DataLoader over an iterable dataset hands out its workers' items round-robin, and every
+    worker yields one part per step, so ``num_parts`` consecutive parts make one step. A part
+    names its ``slots`` (in its own order) and their ``sizes`` (rows each); under each of
+    ``fields`` it holds those rows, a tensor or a list, in that order. Yields the joined fields
+    and the step's parts, for whatever else they carry.
+    """
+    while True:
+        step = [next(parts) for _ in range(num_parts)]
+        pieces: list[tuple[int, dict[str, Any]]] = []
+        for part in step:
+            start = 0
+            for slot, n in zip(part["slots"], part["sizes"]):
+                pieces.append((slot, {f: part[f][start : start + n] for f in fields}))
+                start += n
+        pieces.sort(key=lambda p: p[0])
+        yield {f: _concat([p[1][f] for p in pieces]) for f in fields}, step
+
+
+def _concat(rows: list[Any]) -> Any:
+    """Tensors joined along their rows; lists chained."""
+    # Imported here: the scheduler reads data_slots from this module and needs no torch.
+    import torch
+
+    if isinstance(rows[0], torch.Tensor):
+        return torch.cat(rows)
+    return [x for r in rows for x in r]
+
+
+def gather_slot_states(mine: Mapping[int, Any]) -> dict[str, Any]:
+    """Every rank's per-slot loader states in one JSON-able dict keyed by slot number as text.
+
+    A collective (every rank calls it): a checkpoint's client state is written by rank 0, and
+    each rank knows only its own slots.
+    """
+    from inheritlab.trainers.engine import all_gather
+
+    merged: dict[str, Any] = {}
+    for part in all_gather({str(v): s for v, s in mine.items()}):
+        merged.update(part)
+    return dict(sorted(merged.items(), key=lambda kv: int(kv[0])))

@@ -35,10 +35,10 @@ def _latest_step(run_dir: Path) -> int:
     return 0
 
 
-def _run(spec: Path, run_dir: Path) -> subprocess.Popen[bytes]:
+def _run(spec: Path, run_dir: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "inheritlab.flows.cli", "run", str(spec), "--run-dir", str(run_dir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
 
 
@@ -49,15 +49,19 @@ def test_killed_study_resumes_from_checkpoint(tmp_path: Path) -> None:
     spec.write_text(yaml.safe_dump(SPEC))
     run_dir = tmp_path / "run"
 
-    proc = _run(spec, run_dir)
+    log = tmp_path / "first-launch.log"
+    proc = _run(spec, run_dir, log)
     deadline = time.monotonic() + 420
     try:
         while _latest_step(run_dir) < 10:
-            assert proc.poll() is None, "the study ended before it could be killed"
+            assert proc.poll() is None, "the study ended before it could be killed:\n" + log.read_text()[-4000:]
             assert time.monotonic() < deadline, "no committed checkpoint appeared in time"
             time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole session: flow, Ray, trainer workers
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole session: flow, Ray, trainer workers
+        except ProcessLookupError:
+            pass  # it ended on its own; the assertion above says how
         proc.wait()
     killed_at = _latest_step(run_dir)
     cells = list(run_dir.glob("cells/*"))

@@ -163,10 +163,18 @@ def test_classification_tasks_need_class_names(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as err:
         parse_spec(_on_user_shards(tmp_path, tasks=["zeroshot", "retrieval"]))
     msg = str(err.value)
-    assert "eval.tasks: 'zeroshot' needs class names" in msg and str(tmp_path / "world.json") in msg
-    # Left to the defaults: only the tasks the data can serve.
-    assert parse_spec(_on_user_shards(tmp_path)).eval_tasks == ("retrieval",)
-    # With class names beside the train split, zero-shot is back.
+    assert "eval.tasks: 'zeroshot' needs class names" in msg and str(tmp_path / "classnames.txt") in msg
+    # Left to the defaults: only the tasks the data can serve, and the others said.
+    spec = parse_spec(_on_user_shards(tmp_path))
+    assert spec.eval_tasks == ("retrieval",)
+    from inheritlab.trainers.modality import get_modality
+
+    left = get_modality("clip").left_out(spec.data, spec.eval, spec.grid.bias_types)
+    assert set(left) == {"zeroshot", "linear_probe"} and "classnames.txt" in left["zeroshot"]
+    # With class names beside the train split (CLIP_benchmark's file or ours), zero-shot is back.
+    (tmp_path / "classnames.txt").write_text("a\nb\n")
+    assert parse_spec(_on_user_shards(tmp_path)).eval_tasks == ("zeroshot", "linear_probe", "retrieval")
+    (tmp_path / "classnames.txt").unlink()
     (tmp_path / "world.json").write_text('{"class_names": ["a", "b"], "num_classes": 2}')
     assert parse_spec(_on_user_shards(tmp_path)).eval_tasks == ("zeroshot", "linear_probe", "retrieval")
 
@@ -181,4 +189,73 @@ def test_cell_config_is_typed_and_round_trips() -> None:
     # Frozen: a cell cannot drift after its id was taken.
     with pytest.raises(Exception):
         cell.config.seed = 5  # type: ignore[misc]
-    assert CODE_EPOCH == 2
+    assert CODE_EPOCH == 3
+
+
+def test_two_axes_of_one_bias_type_get_distinct_labels_and_are_never_pooled() -> None:
+    data = copy.deepcopy(BASE)
+    data["grid"]["bias"] = [{"type": "dedup", "levels": [0.0, 1.0], "params": {"method": "exact"}},
+                            {"type": "dedup", "levels": [0.0, 1.0], "params": {"method": "minhash", "threshold": 0.7}},
+                            {"type": "caption_noise", "levels": [0.0, 0.3]}]
+    cells = expand_grid(parse_spec(data))
+    labels = {c.config.bias.label for c in cells}
+    assert labels == {"none", "dedup[method=exact]", "dedup[method=minhash,threshold=0.7]", "caption_noise"}
+    biased = [c for c in cells if not c.config.bias.is_clean]
+    assert len({c.label for c in biased}) == len(biased)  # no two cells share a label
+    # An axis alone of its type keeps a bare label (and its cells their ids).
+    single = copy.deepcopy(BASE)
+    assert all(c.config.bias.axis is None for c in expand_grid(parse_spec(single)))
+    # Names given win; two axes that cannot be told apart are refused.
+    data["grid"]["bias"][0]["name"] = "dedup-exact"
+    assert "dedup-exact" in {c.config.bias.label for c in expand_grid(parse_spec(data))}
+    data["grid"]["bias"] = [{"type": "dedup", "levels": [0.0, 1.0]}, {"type": "dedup", "levels": [0.0, 0.5]}]
+    with pytest.raises(SpecError, match=r"both labelled 'dedup\[defaults\]'"):
+        parse_spec(data)
+
+
+def test_two_axes_of_one_type_stay_apart_in_the_report(tmp_path: Path) -> None:
+    import polars as pl
+    from inheritlab.analysis.report import compute_report
+    from inheritlab.analysis.results import load_results
+    from inheritlab.analysis.synthetic import write_synthetic_run
+
+    # Recorded as the flow records them (bias_type = the axis label), into one run directory.
+    for i, axis in enumerate(("dedup[method=exact]", "dedup[method=minhash]")):
+        write_synthetic_run(tmp_path, levels=(0.0, 0.5), bias_type=axis, seeds=(0, 1), seed=i)
+    report = compute_report(load_results(str(tmp_path)), metric="acc1", task="zeroshot", split="id")
+    assert set(report.delta.filter(pl.col("bias_level") > 0)["bias_type"]) == {"dedup[method=exact]",
+                                                                              "dedup[method=minhash]"}
+    assert {c.key["bias_type"] for c in report.curves} == {"dedup[method=exact]", "dedup[method=minhash]"}
+
+
+def test_lm_memorization_needs_a_duplicate_axis() -> None:
+    data = {"name": "lm", "modality": "lm", "grid": {
+        "bias": [{"type": "token_noise", "levels": [0.0, 0.1]}], "model": ["lm-tiny"],
+        "data_scale": {"values": [64]}}}
+    spec = parse_spec(data)
+    assert "memorization" not in spec.eval_tasks  # left out of the defaults, and said
+    from inheritlab.flows.preflight import left_out
+
+    assert "duplicate" in left_out(spec)["memorization"]
+    with pytest.raises(SpecError, match="'memorization' needs duplicated training data"):
+        parse_spec({**data, "eval": {"tasks": ["perplexity", "memorization"]}})
+    data["grid"]["bias"].append({"type": "duplicate", "levels": [0.0, 0.1]})
+    assert "memorization" in parse_spec(data).eval_tasks
+
+
+def test_lm_refuses_image_only_settings(tmp_path: Path) -> None:
+    data = {"name": "lm", "modality": "lm", "data": {"source": "shards", "shards": {
+        "train": str(tmp_path), "test_id": str(tmp_path), "label_key": "label"}},
+        "grid": {"bias": [{"type": "token_noise", "levels": [0.0, 0.1]}], "model": ["lm-tiny"],
+                 "data_scale": {"values": [64]}}}
+    with pytest.raises(SpecError, match=r"\['label_key'\] apply to CLIP studies"):
+        parse_spec(data)
+
+
+def test_summary_states_how_each_task_is_measured() -> None:
+    from inheritlab.flows.publish import render_conventions
+
+    lm = render_conventions("lm", ["perplexity", "qa"])
+    assert "rolling windows" in lm and "loglikelihood_rolling" in lm and "no BOS" in lm
+    clip = render_conventions("clip", ["zeroshot", "retrieval_t2i", "suite/digits"])
+    assert "mean_per_class_recall" in clip and "**retrieval_t2i**" in clip and "**suite**" in clip

@@ -167,3 +167,35 @@ def test_float_ceiling_is_a_fraction_even_at_one(tmp_path):
     assert len(list(iter_samples([str(p)], bad_sample_ceiling=1.0))) == 1  # 100 % allowed
     with pytest.raises(ShardError):
         list(iter_samples([str(p)], bad_sample_ceiling=0.0))  # 0.0 is strict, like 0
+
+
+def test_extensions_match_case_insensitively_and_labels_come_from_json(tmp_path):
+    import json as _json
+
+    members = [("a.JPG", _png()), ("a.Txt", b"a cat"), ("a.json", _json.dumps({"label": 3}).encode())]
+    p = _tar(tmp_path / "upper.tar", members)
+    (s,) = iter_samples([str(p)], label_key="label")
+    assert s["caption"] == "a cat" and s["label"] == 3 and s["image"].size == (8, 8)
+    (s,) = iter_samples([str(p)])
+    assert s["label"] == -1  # no label key named: .cls only
+
+
+def test_captionless_classification_samples(tmp_path):
+    p = _tar(tmp_path / "cls.tar", [("a.webp", _png()), ("a.cls", b"1"), ("b.png", _png())])
+    with pytest.raises(ShardError, match="b.png.*has no label"):
+        list(iter_samples([str(p)], kind="labeled"))
+    with pytest.raises(ShardError, match="has no .txt caption"):
+        list(iter_samples([str(p)], kind="image"))
+    stats = ReadStats()
+    (s,) = iter_samples([str(p)], kind="labeled", bad_sample_ceiling=1, stats=stats)
+    assert s["label"] == 1 and s["caption"] == "" and stats.skipped == {"missing_label": 1}
+
+
+def test_a_fraction_ceiling_is_judged_on_the_whole_read(tmp_path):
+    # Two bad samples, both in the first shard: 2 of 10 overall is under a 25 % ceiling.
+    first = _tar(tmp_path / "a.tar", [("x.png", b"junk"), ("x.txt", b"x"), ("y.png", b"junk"), ("y.txt", b"y")]
+                 + _good("a1"))
+    second = _tar(tmp_path / "b.tar", [m for k in ("b1", "b2", "b3", "b4", "b5", "b6", "b7") for m in _good(k)])
+    stats = ReadStats()
+    assert len(list(iter_samples([str(first), str(second)], bad_sample_ceiling=0.25, stats=stats))) == 8
+    assert stats.skipped == {"undecodable_image": 2}

@@ -30,13 +30,13 @@ def _spec(world: WorldInfo, **kw: Any) -> StreamSpec:
     # Batch 32 → 32 data slots of 1 sample each; this rank (of one) reads all of them.
     base = dict(shards=tuple(world.splits["train"]), corruptors=(), study_seed=0, seed=0, plan_dir=None,
                 num_classes=world.num_classes, class_names=tuple(world.class_names), slots=tuple(range(32)),
-                num_slots=32, chunk=1, shuffle_buffer=64)
+                num_slots=32, chunk=1, shuffle_buffer=64, image_size=32)
     return StreamSpec(**{**base, **kw})
 
 
 def _take(spec: StreamSpec, n: int, skip: int = 0, workers: int = 0) -> list[dict[str, Any]]:
     built = build_clip("clip-tiny", seed=0)
-    stream = ClipBatchStream(spec, transform=built.transform, tokenizer=built.tokenizer, skip_batches=skip)
+    stream = ClipBatchStream(spec, tokenizer=built.tokenizer, skip_batches=skip)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
     it = rank_batches(iter(loader), max(1, workers))
     return [next(it) for _ in range(n)]

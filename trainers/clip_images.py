@@ -1,0 +1,130 @@
+"""Training images: uint8 from the loader to the device, float only in the training step.
+
+A loader worker turns shard bytes into the smallest tensor that holds what the model sees: the
+image decoded at the smallest size the codec allows (JPEG's DCT scaling when the stored image
+is at least twice the target), resized on its shortest side to the rung's ``image_size``
+(bicubic, antialiased) and centre-cropped, as ``uint8`` ``[S, S, 3]``. This is open_clip's
+evaluation transform up to the conversion to float, so without augmentation the step sees
+exactly the pixels open_clip's transform would give (``tests/unit/test_clip_images.py``).
+A 512-image batch at 224 px is then 77 MB of ``uint8`` across shared memory and the host-to-
+device copy, not 308 MB of ``float32``.
+
+In the step, :func:`device_images` converts to float, applies the augmentation and normalises,
+batched, on whatever device trains (the CPU rungs run the same code on the CPU).
+
+Augmentation (``rrc``) is open_clip's training crop: a random resized crop of 90–100 % of the
+area with aspect ratio in [3/4, 4/3], resized back to ``S`` with PIL's bicubic kernel (as
+open_clip resizes its PIL crops), batched as two small matrix products per image. It is drawn from the
+seed tree per (step, data slot), so the same sample gets the same crop on any number of ranks
+and loader workers, and a resumed run draws what an uninterrupted one would. It crops the
+loader's ``S × S`` centre crop rather than the full stored image: with images stored at or near
+the training size (img2dataset's 256 px for 224 px training) the difference is a few pixels
+of border.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from inheritlab.infra.hashing import stable_rng
+
+# open_clip's (OpenAI's) normalisation, recorded in every export's preprocess config.
+MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+AUGMENTS = ("none", "rrc")
+RRC_SCALE, RRC_RATIO = (0.9, 1.0), (3 / 4, 4 / 3)   # open_clip's training crop
+_RRC_TRIES = 10                                     # torchvision's rejection-sampling budget
+
+
+def to_uint8(image: Image.Image, size: int) -> np.ndarray:
+    """``image`` (RGB) resized on its shortest side to ``size`` (bicubic, antialiased) and
+    centre-cropped: ``uint8 [size, size, 3]``. The sizes and rounding are torchvision's
+    ``Resize(size)`` + ``CenterCrop(size)``, which open_clip's transform uses."""
+    w, h = image.size
+    if (w, h) != (size, size):
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(size * long / short)
+        new = (size, new_long) if w <= h else (new_long, size)
+        if new != (w, h):
+            image = image.resize(new, Image.Resampling.BICUBIC)
+        w, h = image.size
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+        if (w, h) != (size, size):
+            image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def crop_boxes(study_seed: int, seed: int, step: int, slots: Sequence[int], chunk: int, size: int) -> np.ndarray:
+    """Random-resized-crop boxes ``[len(slots) * chunk, 4]`` as (top, left, height, width) in
+    pixels of an ``size × size`` image: ``chunk`` per slot, in slot order (a batch's order)."""
+    out = np.empty((len(slots) * chunk, 4), dtype=np.int64)
+    area = float(size * size)
+    log_ratio = (math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]))
+    for i, slot in enumerate(slots):
+        rng = stable_rng(study_seed, "clip-augment", seed, step, slot)
+        targets = area * rng.uniform(*RRC_SCALE, size=(chunk, _RRC_TRIES))
+        aspects = np.exp(rng.uniform(*log_ratio, size=(chunk, _RRC_TRIES)))
+        ws = np.rint(np.sqrt(targets * aspects)).astype(np.int64)
+        hs = np.rint(np.sqrt(targets / aspects)).astype(np.int64)
+        ok = (ws > 0) & (ws <= size) & (hs > 0) & (hs <= size)
+        offsets = rng.uniform(size=(chunk, 2))
+        first = ok.argmax(axis=1)          # torchvision keeps the first try that fits
+        rows = np.arange(chunk)
+        # Every try failing (never at these scales) falls back to the whole image, as torchvision does.
+        w = np.where(ok.any(axis=1), ws[rows, first], size)
+        h = np.where(ok.any(axis=1), hs[rows, first], size)
+        top = (offsets[:, 0] * (size - h + 1)).astype(np.int64)
+        left = (offsets[:, 1] * (size - w + 1)).astype(np.int64)
+        out[i * chunk:(i + 1) * chunk] = np.stack([top, left, h, w], axis=1)
+    return out
+
+
+def _cubic(x: torch.Tensor) -> torch.Tensor:
+    """PIL's bicubic kernel (a = -0.5), which open_clip's crop of PIL images uses."""
+    a, x = -0.5, x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((x - 5) * x + 8) * x * a - 4 * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def _resize_weights(start: torch.Tensor, length: torch.Tensor, size: int, in_size: int) -> torch.Tensor:
+    """``[B, size, in_size]``: row ``i`` resamples output pixel ``i`` of each crop
+    ``[start, start + length)`` of one axis, as PIL resizes a cropped image (the kernel widened
+    by the scale when shrinking, clipped to the crop and renormalised)."""
+    scale = (length / size)[:, None, None]
+    support = scale.clamp(min=1.0)
+    centre = start[:, None, None] + (torch.arange(size, device=start.device)[None, :, None] + 0.5) * scale
+    j = torch.arange(in_size, device=start.device)[None, None, :] + 0.5
+    w = _cubic((j - centre) / support)
+    inside = (j > start[:, None, None]) & (j < (start + length)[:, None, None])
+    w = w * inside
+    return w / w.sum(dim=2, keepdim=True)
+
+
+def _resized_crops(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Each image of ``x`` ``[B, 3, S, S]`` cropped to its box and resized back to ``S`` (PIL's
+    bicubic), batched as two matrix products per image: columns, then rows."""
+    n, _, size, _ = x.shape
+    b = boxes.to(x.device, torch.float32)
+    rows = _resize_weights(b[:, 0], b[:, 2], size, size)      # [B, S, S_in]
+    cols = _resize_weights(b[:, 1], b[:, 3], size, size)
+    # PIL resamples horizontally first and clips to the pixel range between the passes: a
+    # bicubic overshoot at a sharp edge is cut before the vertical pass sees it.
+    across = (x @ cols[:, None].transpose(-1, -2)).clamp_(0, 1)
+    return (rows[:, None] @ across).clamp_(0, 1)
+
+
+def device_images(images: torch.Tensor, *, dtype: torch.dtype, boxes: np.ndarray | None = None) -> torch.Tensor:
+    """A loader batch ``uint8 [B, S, S, 3]`` (already on the training device) as the model's
+    input ``[B, 3, S, S]`` in ``dtype``: scaled to [0, 1], cropped when ``boxes`` are given,
+    normalised. The float work is done in fp32, then cast."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    if boxes is not None:
+        x = _resized_crops(x, torch.from_numpy(boxes))
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std).to(dtype)
