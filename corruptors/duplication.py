@@ -31,7 +31,13 @@ MODE = Param(kind="choice", choices=("exact", "near"), default="exact",
 def _near_copy(sample: Sample, rng: np.random.Generator) -> Sample:
     out = copy_sample(sample)
     if out.get("image") is not None:
+        was_bytes = isinstance(out["image"], (bytes, bytearray))
         out["image"] = near_image(out["image"], rng)
+        if was_bytes:
+            # near_image re-encodes bytes as PNG: the member name must say so (a .jpg of PNG data
+            # confuses any tool that trusts the extension).
+            out["image_ext"] = "png"
+            out.pop("image_member", None)
     else:
         field = text_field(out)
         out[field] = near_text(str(out.get(field, "")), rng)

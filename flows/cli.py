@@ -77,7 +77,7 @@ def validate(
                f"{cluster.gpus:g} GPUs); admitted largest first as resources free up")
     for r in rows:
         typer.echo(f"  {r['cell']}  {r['label']:40s} {r['workers']} x {r['cpus'] / r['workers']:g} CPU"
-                   + (f" + 1 GPU" if use_gpu else "") + f"  {r['flops']:.2e} FLOPs  ~{r['device_hours']:.2f} {unit}-h")
+                   + (" + 1 GPU" if use_gpu else "") + f"  {r['flops']:.2e} FLOPs  ~{r['device_hours']:.2f} {unit}-h")
     total = sum(r["device_hours"] for r in rows)
     typer.echo(f"total ~{total:.2f} {unit}-hours at an assumed {rate} (execution.gpu_tflops / cpu_gflops)")
     typer.echo(f"data checked in {checked_s:.2f} s: every split opens, each shard's first sample reads, "

@@ -170,6 +170,8 @@ class StudySpec(Frozen):
         # The modality knows its rungs, tasks and what its data offers: a spec asking for what
         # cannot run fails here, not after pre-training.
         errors = get_modality(self.modality).check(self.data, self.eval, self.grid.model, self.grid.bias_types)
+        if self.modality != "clip" and self.train.augment != "auto":
+            errors.append(f"train.augment: {self.train.augment!r} is image augmentation, for CLIP studies only")
         if errors:
             raise ValueError("; ".join(errors))
         return self
@@ -206,13 +208,16 @@ class StudySpec(Frozen):
         # rung is not fed upscaled 32-px images; cells then hash concrete values. A CPU-rung
         # study resolves to the declared defaults (32 px, PNG), which cell ids leave out.
         world = self.data.world
-        auto = {k for k in ("image_size", "image_format") if k not in world.model_fields_set or getattr(world, k) is None}
+        auto = {k for k in ("image_size", "image_format")
+                if k not in world.model_fields_set or getattr(world, k) is None}
         if not auto:
             return self
         size = world.image_size
         if "image_size" in auto:
-            size = _rung_image_size(self.grid.model) if self.modality == "clip" and self.data.source == "builtin" else None
-            size = size or WorldSpec.model_fields["image_size"].default
+            drawn = self.modality == "clip" and self.data.source == "builtin"
+            rung_size = _rung_image_size(self.grid.model) if drawn else None
+            size = rung_size or WorldSpec.model_fields["image_size"].default
+        assert size is not None  # given, from a rung, or the declared default
         update: dict[str, Any] = {"image_size": size}
         if "image_format" in auto:
             update["image_format"] = image_format_for(size)

@@ -44,8 +44,8 @@ class WorldSpec(Frozen):
     ``image_size`` and ``image_format`` left out (or ``null``) are resolved when the study spec
     loads: the largest input size of the grid's CLIP rungs, and PNG up to 64 px, JPEG above
     (see ``flows/spec.py``). Their declared defaults are what a CPU-rung study resolves to —
-    today's 32-px PNG world — so a cell id, which leaves defaults out, stays as it was for
-    such studies; only a world that differs from it enters the id.
+    the 32-px PNG world, as it was before these settings existed — so a cell id, which leaves
+    defaults out, is unchanged for such studies; only a world that differs from it enters the id.
     """
 
     num_classes: Annotated[int, Field(ge=2, le=64)] = 10

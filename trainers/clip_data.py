@@ -25,7 +25,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from inheritlab.infra.errors import SpecError
 from inheritlab.infra.hashing import stable_rng
-from inheritlab.trainers.slots import SharedEpochs, slot_shards, worker_slots
+from inheritlab.trainers.slots import SharedEpochs, join_parts, slot_shards, worker_slots
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,7 +33,7 @@ class StreamSpec:
     """Everything a loader worker needs to rebuild its slots' streams (picklable).
 
     ``slots`` are the slots this rank reads (a block of the run's ``num_slots``); each gives
-    ``chunk`` samples to every step's batch, as ``image_size``-pixel ``uint8`` images.
+    ``chunk`` samples to every step's batch, as square ``uint8`` images of ``loader_size`` pixels.
     """
 
     shards: tuple[str, ...]
@@ -50,6 +50,11 @@ class StreamSpec:
     bad_sample_ceiling: float | int = 0
     label_key: str | None = None
     image_size: int = 224
+    transfer_size: int | None = None   # side of the shipped uint8 images (clip_images.transfer_size)
+
+    @property
+    def loader_size(self) -> int:
+        return self.transfer_size or self.image_size
 
 
 @dataclass
@@ -131,7 +136,7 @@ def iter_epoch_samples(spec: StreamSpec, slot: int, epoch: int, *, shared: Share
         if index < skip:
             continue
         decoded = decode_sample_image(sample, stats=stats, bad_sample_ceiling=spec.bad_sample_ceiling,
-                                      min_size=spec.image_size)
+                                      min_size=spec.loader_size)
         pos.taken = index + 1
         if decoded is None:
             pos.undecodable += 1
@@ -290,7 +295,7 @@ class ClipBatchStream(IterableDataset):
         from inheritlab.trainers.clip_images import to_uint8
 
         flat = [s for chunk in chunks for s in chunk]
-        size = self.spec.image_size
+        size = self.spec.loader_size
         images = torch.from_numpy(np.stack([to_uint8(s["image"], size) for s in flat]))
         texts = self.tokenizer([s["caption"] for s in flat])
         return {"images": images, "texts": texts, "slots": [s.slot for s in streams], "sizes": [len(c) for c in chunks],
@@ -302,20 +307,9 @@ def rank_batches(parts: Iterator[dict[str, Any]], num_parts: int) -> Iterator[di
     """Join each step's ``num_parts`` parts (one per loader worker, in the DataLoader's round-robin
     order) into the rank's batch, its samples sorted by slot: the same batch whatever the
     number of loader workers."""
-    while True:
-        pieces: list[tuple[int, torch.Tensor, torch.Tensor, list[str]]] = []
-        epoch, reports, positions = 0, [], {}
-        for _ in range(num_parts):
-            part = next(parts)
-            epoch = max(epoch, int(part["epoch"]))
-            reports += part["pass_reports"]
+    for joined, step in join_parts(parts, num_parts, ("images", "texts", "keys")):
+        positions: dict[str, Any] = {}
+        for part in step:
             positions.update(part["positions"])
-            start = 0
-            for slot, n in zip(part["slots"], part["sizes"]):
-                end = start + n
-                pieces.append((slot, part["images"][start:end], part["texts"][start:end], part["keys"][start:end]))
-                start = end
-        pieces.sort(key=lambda p: p[0])
-        yield {"images": torch.cat([p[1] for p in pieces]), "texts": torch.cat([p[2] for p in pieces]),
-               "keys": [k for p in pieces for k in p[3]], "epoch": epoch, "pass_reports": reports,
-               "positions": positions}
+        yield {**joined, "epoch": max(int(p["epoch"]) for p in step),
+               "pass_reports": [r for p in step for r in p["pass_reports"]], "positions": positions}

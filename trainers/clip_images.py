@@ -7,10 +7,13 @@ is at least twice the target), resized on its shortest side to the rung's ``imag
 evaluation transform up to the conversion to float, so without augmentation the step sees
 exactly the pixels open_clip's transform would give (``tests/unit/test_clip_images.py``).
 A 512-image batch at 224 px is then 77 MB of ``uint8`` across shared memory and the host-to-
-device copy, not 308 MB of ``float32``.
+device copy, not 308 MB of ``float32``. Shards of square images slightly larger than the
+training size (img2dataset's 256 px) are shipped at their stored size and resized on the
+device instead (:func:`transfer_size`): at 256 px PIL's resize costs twice the decode.
 
-In the step, :func:`device_images` converts to float, applies the augmentation and normalises,
-batched, on whatever device trains (the CPU rungs run the same code on the CPU).
+In the step, :func:`device_images` converts to float, crops and resizes (augmentation, or the
+transfer size down to the training size) and normalises, batched, on whatever device trains
+(the CPU rungs run the same code on the CPU).
 
 Augmentation (``rrc``) is open_clip's training crop: a random resized crop of 90–100 % of the
 area with aspect ratio in [3/4, 4/3], resized back to ``S`` with PIL's bicubic kernel (as
@@ -24,6 +27,7 @@ of border.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 
@@ -105,26 +109,56 @@ def _resize_weights(start: torch.Tensor, length: torch.Tensor, size: int, in_siz
     return w / w.sum(dim=2, keepdim=True)
 
 
-def _resized_crops(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Each image of ``x`` ``[B, 3, S, S]`` cropped to its box and resized back to ``S`` (PIL's
+def _resized_crops(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Each image of ``x`` ``[B, 3, L, L]`` cropped to its box and resized to ``size`` (PIL's
     bicubic), batched as two matrix products per image: columns, then rows."""
-    n, _, size, _ = x.shape
+    in_size = x.shape[-1]
     b = boxes.to(x.device, torch.float32)
-    rows = _resize_weights(b[:, 0], b[:, 2], size, size)      # [B, S, S_in]
-    cols = _resize_weights(b[:, 1], b[:, 3], size, size)
+    rows = _resize_weights(b[:, 0], b[:, 2], size, in_size)      # [B, size, L]
+    cols = _resize_weights(b[:, 1], b[:, 3], size, in_size)
     # PIL resamples horizontally first and clips to the pixel range between the passes: a
     # bicubic overshoot at a sharp edge is cut before the vertical pass sees it.
     across = (x @ cols[:, None].transpose(-1, -2)).clamp_(0, 1)
     return (rows[:, None] @ across).clamp_(0, 1)
 
 
-def device_images(images: torch.Tensor, *, dtype: torch.dtype, boxes: np.ndarray | None = None) -> torch.Tensor:
-    """A loader batch ``uint8 [B, S, S, 3]`` (already on the training device) as the model's
-    input ``[B, 3, S, S]`` in ``dtype``: scaled to [0, 1], cropped when ``boxes`` are given,
+def device_images(images: torch.Tensor, *, size: int, dtype: torch.dtype, boxes: np.ndarray | None = None,
+                  ) -> torch.Tensor:
+    """A loader batch ``uint8 [B, L, L, 3]`` (already on the training device) as the model's
+    input ``[B, 3, size, size]`` in ``dtype``: scaled to [0, 1], cropped to ``boxes`` (pixels of
+    the ``L × L`` image; default the whole image) and resized to ``size`` where either applies,
     normalised. The float work is done in fp32, then cast."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    side = x.shape[-1]
+    if boxes is None and side != size:
+        boxes = np.tile(np.array([[0, 0, side, side]]), (x.shape[0], 1))
     if boxes is not None:
-        x = _resized_crops(x, torch.from_numpy(boxes))
+        x = _resized_crops(x, torch.from_numpy(boxes), size)
     mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std).to(dtype)
+
+
+def transfer_size(shards: Sequence[str], size: int) -> int:
+    """The side ``L`` of the square ``uint8`` images the loader ships for training at ``size``.
+
+    When the first sample of the first shard is square with a side in ``[size, 2·size)`` — as
+    img2dataset writes (256 px for 224-px training) — the loader ships every image at that
+    side and the device resizes whole batches: the CPU's bicubic resize (twice the cost of the
+    decode itself at 256 px) leaves the loader. Otherwise ``size``: the loader resizes (after a
+    reduced-size JPEG decode when the image is at least twice as large). Images of another
+    shape are always resized on the CPU to ``L``, so either choice is correct for any data.
+    """
+    from inheritlab.corruptors.shards import first_samples
+
+    ordered = sorted(str(s) for s in shards)
+    sample = next(first_samples(ordered[:1], kind="any", decode=False), None)
+    data = sample.get("image") if sample else None
+    if not isinstance(data, (bytes, bytearray)):
+        return size
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # the header only: nothing is decoded
+            w, h = im.size
+    except Exception:  # a bad first image is the stream's to count; the choice falls back
+        return size
+    return w if w == h and size <= w < 2 * size else size

@@ -89,11 +89,12 @@ class _Plan:
     warmup: int
     precision: str
     augment: str        # resolved: "none" or "rrc"
+    transfer_size: int  # side of the loader's uint8 images (trainers/clip_images.transfer_size)
 
 
 def _plan(cfg: ClipTrainConfig, world: int, use_gpu: bool) -> _Plan:
+    from inheritlab.trainers.clip_images import transfer_size
     from inheritlab.trainers.clip_models import get_rung
-
     from inheritlab.trainers.slots import data_slots, rank_slots
 
     rung = get_rung(cfg.rung)
@@ -104,7 +105,8 @@ def _plan(cfg: ClipTrainConfig, world: int, use_gpu: bool) -> _Plan:
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else rung.warmup_steps
     return _Plan(rung=rung, global_batch=global_batch, per_rank=global_batch // world, slots=slots, total_steps=total,
                  lr=cfg.lr if cfg.lr is not None else rung.lr, warmup=min(warmup, max(0, total - 1)),
-                 precision=cfg.precision_for(use_gpu), augment=rung.augment if cfg.augment == "auto" else cfg.augment)
+                 precision=cfg.precision_for(use_gpu), augment=rung.augment if cfg.augment == "auto" else cfg.augment,
+                 transfer_size=transfer_size(cfg.train_shards, rung.image_size))
 
 
 def _build(cfg: ClipTrainConfig, plan: _Plan, world: int, use_gpu: bool) -> tuple["BuiltClip", Any]:
@@ -140,7 +142,7 @@ def _batches(cfg: ClipTrainConfig, plan: _Plan, built: "BuiltClip", *, rank: int
         seed=cfg.seed, plan_dir=cfg.plan_dir, num_classes=cfg.num_classes, class_names=tuple(cfg.class_names),
         slots=tuple(mine), num_slots=plan.slots, chunk=plan.global_batch // plan.slots,
         shuffle_buffer=cfg.shuffle_buffer, bad_sample_ceiling=slot_ceiling(cfg.bad_sample_ceiling), label_key=cfg.label_key,
-        image_size=plan.rung.image_size,
+        image_size=plan.rung.image_size, transfer_size=plan.transfer_size,
     )
     workers = min(cfg.loader_workers, len(mine))
     positions = positions_from_state(loader_state, mine, where=f"{cfg.cell_dir}/ckpt") if loader_state else None
@@ -150,17 +152,6 @@ def _batches(cfg: ClipTrainConfig, plan: _Plan, built: "BuiltClip", *, rank: int
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=use_gpu,
                                          persistent_workers=False, prefetch_factor=4 if workers else None)
     return rank_batches(iter(loader), max(1, workers))
-
-
-def gather_positions(positions: dict[str, Any]) -> dict[str, Any]:
-    """Every rank's slot positions in one dict (a collective: the checkpoint's client state is
-    written by rank 0, and each rank knows only its own slots)."""
-    from inheritlab.trainers.engine import all_gather
-
-    merged: dict[str, Any] = {}
-    for part in all_gather(positions):
-        merged.update(part)
-    return merged
 
 
 def export_open_clip(ckpt: CheckpointManager, engine: Any, built: "BuiltClip", *, step: int,
@@ -204,7 +195,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     from inheritlab.kernels import clip_contrastive_loss
     from inheritlab.trainers.clip_images import crop_boxes, device_images
     from inheritlab.trainers.engine import init_distributed
-    from inheritlab.trainers.slots import rank_slots
+    from inheritlab.trainers.slots import gather_slot_states, rank_slots
 
     use_gpu = cfg.use_gpu
     rank, world, _ = init_distributed(use_gpu=use_gpu)
@@ -237,9 +228,10 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
         if cfg.trace_data:
             _trace(cfg, rank, step + 1, batch["keys"])
         # Crops are drawn per (step, slot) from the seed tree: the same on any number of ranks.
-        boxes = (crop_boxes(cfg.study_seed, cfg.seed, step, mine, plan.global_batch // plan.slots, plan.rung.image_size)
+        boxes = (crop_boxes(cfg.study_seed, cfg.seed, step, mine, plan.global_batch // plan.slots, plan.transfer_size)
                  if plan.augment == "rrc" else None)
-        images = device_images(batch["images"].to(device, non_blocking=True), dtype=dtype, boxes=boxes)
+        images = device_images(batch["images"].to(device, non_blocking=True), size=plan.rung.image_size, dtype=dtype,
+                               boxes=boxes)
         texts = batch["texts"].to(device, non_blocking=True)
         positions = batch["positions"]
         # open_clip returns L2-normalised features and exp(logit_scale).
@@ -257,7 +249,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
                     export_open_clip(ckpt, engine, built, step=step, samples_seen=seen)
                 if step in commits:
                     ckpt.commit(engine, step=step, samples_seen=seen,
-                                state={"loss_curve": losses.curve, "loader": gather_positions(positions)})
+                                state={"loss_curve": losses.curve, "loader": gather_slot_states(positions)})
     return _finish(cfg, plan, ckpt, built, step=step, trained=step - first_step, epoch=epoch, world=world,
                    losses=losses, clock=clock, resumed_from=first_step if resumed else None, checker=checker)
 

@@ -38,7 +38,7 @@ def _encoded(image: Image.Image, fmt: str) -> bytes:
 
 
 def _ours(image: Image.Image, size: int) -> torch.Tensor:
-    return device_images(torch.from_numpy(np.array(to_uint8(image, size)))[None], dtype=torch.float32)[0]
+    return device_images(torch.from_numpy(np.array(to_uint8(image, size)))[None], size=size, dtype=torch.float32)[0]
 
 
 @pytest.mark.parametrize("w,h,size", [(32, 32, 32), (256, 256, 224), (300, 200, 224), (180, 400, 224), (100, 90, 224)])
@@ -90,10 +90,10 @@ def test_device_crop_is_open_clips_crop_of_the_pil_image() -> None:
     image = _photo(224, 224, 7)
     u8 = torch.from_numpy(np.array(to_uint8(image, 224)))[None]
     identity = np.array([[0, 0, 224, 224]])
-    assert (device_images(u8, dtype=torch.float32, boxes=identity) - device_images(u8, dtype=torch.float32)).abs().max() < 1e-5
+    assert (device_images(u8, size=224, dtype=torch.float32, boxes=identity) - device_images(u8, size=224, dtype=torch.float32)).abs().max() < 1e-5
     std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
     for box in [(10, 14, 205, 210), (0, 0, 212, 224), (0, 30, 224, 190), (12, 3, 200, 221)]:
-        got = device_images(u8, dtype=torch.float32, boxes=np.array([box]))[0]
+        got = device_images(u8, size=224, dtype=torch.float32, boxes=np.array([box]))[0]
         # What open_clip's RandomResizedCrop does with these parameters: PIL crop + bicubic resize.
         pil = TF.resized_crop(image, *box, size=[224, 224], interpolation=InterpolationMode.BICUBIC)
         want = TF.normalize(TF.to_tensor(pil), mean=[0.48145466, 0.4578275, 0.40821073],
@@ -102,6 +102,42 @@ def test_device_crop_is_open_clips_crop_of_the_pil_image() -> None:
         # 1.5 grey levels everywhere, a quarter of one on average.
         diff = ((got - want) * std).abs()
         assert diff.max().item() < 1.5 / 255 and diff.mean().item() < 0.25 / 255
+
+
+def test_images_shipped_at_their_stored_size_are_resized_on_the_device_as_open_clip_does() -> None:
+    import open_clip
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
+    image = Image.open(io.BytesIO(_encoded(_photo(256, 256, 11), "JPEG"))).convert("RGB")
+    shipped = torch.from_numpy(np.array(to_uint8(image, 256)))[None]      # img2dataset's 256 px, untouched
+    got = device_images(shipped, size=224, dtype=torch.float32)[0]
+    want = open_clip.image_transform(224, is_train=False)(image)
+    diff = ((got - want) * std).abs()
+    assert diff.max().item() < 1.5 / 255 and diff.mean().item() < 0.25 / 255
+    # A crop drawn on the shipped 256-px image, resized to 224: open_clip's crop of the same box.
+    box = (9, 12, 231, 240)
+    got = device_images(shipped, size=224, dtype=torch.float32, boxes=np.array([box]))[0]
+    pil = TF.resized_crop(image, *box, size=[224, 224], interpolation=InterpolationMode.BICUBIC)
+    want = TF.normalize(TF.to_tensor(pil), mean=[0.48145466, 0.4578275, 0.40821073],
+                        std=[0.26862954, 0.26130258, 0.27577711])
+    diff = ((got - want) * std).abs()
+    assert diff.max().item() < 1.5 / 255 and diff.mean().item() < 0.25 / 255
+
+
+def test_transfer_size_rule(tmp_path: Path) -> None:
+    from inheritlab.trainers.clip_images import transfer_size
+
+    def shards(name: str, w: int, h: int) -> list[str]:
+        sample = {"__key__": "k0", "image": _encoded(_photo(w, h, 0), "JPEG"), "image_ext": "jpg", "caption": "x"}
+        return [str(p) for p in write_shards([sample], tmp_path / name, samples_per_shard=1)]
+
+    assert transfer_size(shards("a", 256, 256), 224) == 256     # img2dataset at 256: resized on the device
+    assert transfer_size(shards("b", 224, 224), 224) == 224     # already the training size
+    assert transfer_size(shards("c", 512, 512), 224) == 224     # large: reduced decode, resized on the CPU
+    assert transfer_size(shards("d", 300, 256), 224) == 224     # not square
+    assert transfer_size(shards("e", 32, 32), 32) == 32
 
 
 # ----------------------------------------------------------------------------------- the stream

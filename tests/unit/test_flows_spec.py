@@ -259,3 +259,78 @@ def test_summary_states_how_each_task_is_measured() -> None:
     assert "rolling windows" in lm and "loglikelihood_rolling" in lm and "no BOS" in lm
     clip = render_conventions("clip", ["zeroshot", "retrieval_t2i", "suite/digits"])
     assert "mean_per_class_recall" in clip and "**retrieval_t2i**" in clip and "**suite**" in clip
+
+
+# ----------------------------------------------------------------------------------- the image world
+
+
+def _world_spec(models: list[str], **world: object) -> dict:
+    data = copy.deepcopy(BASE)
+    data["grid"]["model"] = models
+    if world:
+        data["data"] = {"world": dict(world)}
+    return data
+
+
+def test_demo_cell_ids_unchanged_by_the_world_size_rule() -> None:
+    # Taken before the world's size and format were resolved from the rungs (CODE_EPOCH 3): a
+    # CPU-rung study resolves to the declared defaults (32 px, PNG), which ids leave out.
+    cells = expand_grid(load_spec("demo"))
+    assert [c.cell_id for c in cells] == ["99cee8a0d89c28da", "e63c803407a46549", "86cee25b71a31c2c",
+                                          "c51a5b5a12001259"]
+    assert all(c.config.canonical()["data"] == {} for c in cells)
+    assert {(c.config.data.world.image_size, c.config.data.world.image_format) for c in cells} == {(32, "png")}
+
+
+def test_cpu_rungs_resolve_to_the_32px_png_world() -> None:
+    spec = parse_spec(_world_spec(["clip-tiny", "clip-mini"]))
+    assert (spec.data.world.image_size, spec.data.world.image_format) == (32, "png")
+    assert all(c.config.canonical()["data"] == {} for c in expand_grid(spec))
+
+
+def test_gpu_rung_resolves_to_224px_jpeg_and_enters_the_id() -> None:
+    spec = parse_spec(_world_spec(["datacomp-small"]))
+    assert (spec.data.world.image_size, spec.data.world.image_format) == (224, "jpeg")
+    cells = expand_grid(spec)
+    assert cells[0].config.canonical()["data"] == {"world": {"image_size": 224, "image_format": "jpeg"}}
+    # The largest rung sets the size; the CPU rung's cells share that world (their ids move with it).
+    mixed = parse_spec(_world_spec(["clip-tiny", "datacomp-small"], num_classes=4))
+    world = mixed.data.world
+    assert (world.image_size, world.image_format, world.num_classes) == (224, "jpeg", 4)
+    tiny = parse_spec(_world_spec(["clip-tiny"], num_classes=4))
+    assert not {c.cell_id for c in expand_grid(mixed)} & {c.cell_id for c in expand_grid(tiny)}
+    # null says the same as leaving the setting out.
+    nulls = parse_spec(_world_spec(["datacomp-small"], image_size=None, image_format=None))
+    assert (nulls.data.world.image_size, nulls.data.world.image_format) == (224, "jpeg")
+
+
+def test_explicit_world_size_and_format_are_kept() -> None:
+    world = parse_spec(_world_spec(["datacomp-small"], image_size=64)).data.world
+    assert (world.image_size, world.image_format) == (64, "png")  # the format follows the given size
+    world = parse_spec(_world_spec(["datacomp-small"], image_size=128, image_format="png")).data.world
+    assert (world.image_size, world.image_format) == (128, "png")
+    world = parse_spec(_world_spec(["clip-tiny"], image_format="jpeg")).data.world
+    assert (world.image_size, world.image_format) == (32, "jpeg")
+    world = parse_spec(_world_spec(["clip-tiny"], image_size=96)).data.world
+    assert (world.image_size, world.image_format) == (96, "jpeg")
+    # Explicit 32/png on a GPU rung is that study's world as it always was: same ids as before.
+    explicit = parse_spec(_world_spec(["datacomp-small"], image_size=32, image_format="png"))
+    assert all(c.config.canonical()["data"] == {} for c in expand_grid(explicit))
+    for size, needle in ((8, "data.world.image_size"), (600, "data.world.image_size")):
+        with pytest.raises(SpecError, match=needle):
+            parse_spec(_world_spec(["clip-tiny"], image_size=size))
+    with pytest.raises(SpecError, match="data.world.image_format"):
+        parse_spec(_world_spec(["clip-tiny"], image_format="webp"))
+
+
+def test_world_left_alone_without_a_builtin_image_world(tmp_path: Path) -> None:
+    from inheritlab.infra.cell import WorldSpec
+
+    (tmp_path / "classnames.txt").write_text("a\nb\n")
+    shards = _on_user_shards(tmp_path, tasks=["retrieval"])
+    shards["grid"]["model"] = ["datacomp-small"]
+    spec = parse_spec(shards)
+    assert spec.data.world == WorldSpec() and "world" not in expand_grid(spec)[0].config.canonical()["data"]
+    lm = parse_spec({"name": "lm", "modality": "lm", "grid": {
+        "bias": [{"type": "token_noise", "levels": [0.0, 0.1]}], "model": ["lm-tiny"], "data_scale": {"values": [64]}}})
+    assert lm.data.world == WorldSpec()

@@ -137,3 +137,36 @@ def test_a_state_that_does_not_fit_the_data_is_refused(world) -> None:
     saved["1"]["epoch"], saved["1"]["first_pass"] = 1, None
     with pytest.raises(CheckpointError, match="impossible counts"):
         _restore(saved, spec)
+
+
+def test_trainer_commits_loader_state_and_resumes_old_checkpoints_by_replay(world, tmp_path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from inheritlab.trainers import lm_pretrain
+    from inheritlab.trainers.checkpoint import read_latest
+    from inheritlab.trainers.lm_pretrain import LMTrainConfig, load_exported, train_lm
+
+    def cfg(cell: str, **kw: Any) -> LMTrainConfig:
+        return LMTrainConfig(rung="lm-tiny", train_shards=world.splits["train"], tokenizer=str(world.tokenizer),
+                             cell_dir=str(tmp_path / cell), steps=6, batch_size=4, seq_len=16, ckpt_every=3,
+                             log_every=1, device="cpu", corruptors=CHAIN, **kw)
+
+    full = train_lm(cfg("full"))
+    client = torch.load(tmp_path / "full" / "ckpt" / "step_6" / "mp_rank_00_model_states.pt", weights_only=False)
+    loader = json.loads(json.dumps(client["loader"]))
+    assert sorted(loader) == ["0", "1", "2", "3"]  # batch 4: four data slots, all in the checkpoint
+    assert sum(s["sequences"] for s in loader.values()) == 6 * 4
+
+    # A checkpoint written before loader states were saved: the resume replays the stream.
+    monkeypatch.setattr(lm_pretrain, "gather_slot_states", lambda states: None)
+    part = train_lm(cfg("cut", stop_after_steps=4))
+    assert part.steps == 4 and read_latest(tmp_path / "cut" / "ckpt")["step"] == 3
+    old = torch.load(tmp_path / "cut" / "ckpt" / "step_3" / "mp_rank_00_model_states.pt", weights_only=False)
+    assert old["loader"] is None
+    monkeypatch.undo()
+    resumed = train_lm(cfg("cut", loader_workers=2))
+    assert resumed.resumed_from == 3 and resumed.finished
+    assert resumed.data_check == full.data_check and resumed.extra["docs_read_rank0"] == full.extra["docs_read_rank0"]
+    a, _ = load_exported(full.final_export.path)
+    b, _ = load_exported(resumed.final_export.path)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)

@@ -145,3 +145,98 @@ def test_load_world_info_user_split_dirs(tmp_path):
     info = load_world_info(tmp_path / "mine")
     assert sorted(info.splits) == ["test_id", "train"] and len(info.splits["train"]) == 2
     assert info.num_classes == 0 and "{}" in info.prompt_templates[0]
+
+
+# ----------------------------------------------------------------------------------- size and format
+
+
+def _pixels_digest(info) -> str:
+    """The decoded pixels, keys, captions and labels of every split (encoder-version proof)."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for split in ("train", "test_id", "test_ood"):
+        for s in iter_samples(info.splits[split]):
+            h.update(np.asarray(s["image"], dtype=np.uint8).tobytes())
+            h.update(f'{s["__key__"]}|{s["caption"]}|{s["label"]}|'.encode())
+    return h.hexdigest()
+
+
+def test_a_32px_png_world_is_what_it_always_was(tmp_path):
+    # Every shape and pattern, both domains, Zipf train: the digest was taken before the world
+    # learnt other sizes and formats (rendering in chunks, JPEG). Changing it changes every
+    # CPU study's data under unchanged cell ids.
+    cfg = ImageWorldConfig(seed=5, num_classes=64, train_size=128, test_id_size=16, test_ood_size=48,
+                           samples_per_shard=64, imbalance=0.5)
+    info = write_image_world(cfg, tmp_path / "w")
+    assert _pixels_digest(info) == "6d37b61aab9a9dde91183f860be996f8e2090c63a772506be6e6e6430ed352b0"
+    with tarfile.open(info.splits["train"][0]) as tar:
+        assert {n.rsplit(".", 1)[1] for n in tar.getnames()} == {"png", "txt", "cls", "json"}
+
+
+def test_render_chunks_do_not_change_bytes(monkeypatch):
+    # Chunking bounds memory; the random stream (noisy backgrounds included) is read as if the
+    # split were drawn at once, so the bytes cannot depend on the chunk size.
+    from inheritlab.corruptors import world as world_mod
+
+    cfg = ImageWorldConfig(seed=1, num_classes=8, train_size=16, test_id_size=16, test_ood_size=37)
+    names = class_names_for(8)
+    whole = world_mod._render_split(cfg, "test_ood", 37, names)
+    monkeypatch.setattr(world_mod, "_CHUNK_PIXELS", 3 * 4 * 32 * 32)  # 3 samples a chunk
+    chunked = world_mod._render_split(cfg, "test_ood", 37, names)
+    assert [s["image"] for s in chunked] == [s["image"] for s in whole]
+    assert [s["caption"] for s in chunked] == [s["caption"] for s in whole]
+
+
+def test_jpeg_world_at_224_px_decodes_at_size_and_is_deterministic(tmp_path):
+    from PIL import Image, JpegImagePlugin
+
+    cfg = ImageWorldConfig(seed=2, num_classes=4, image_size=224, image_format="jpeg", train_size=12,
+                           test_id_size=4, test_ood_size=8, samples_per_shard=8)
+    info = write_image_world(cfg, tmp_path / "a")
+    again = write_image_world(cfg, tmp_path / "b")
+    for split in ("train", "test_id", "test_ood"):
+        for a, b in zip(info.splits[split], again.splits[split], strict=True):
+            assert Path(a).read_bytes() == Path(b).read_bytes()
+    with tarfile.open(info.splits["train"][0]) as tar:
+        jpgs = [m for m in tar.getnames() if m.endswith(".jpg")]
+        assert len(jpgs) == 8 and not [m for m in tar.getnames() if m.endswith(".png")]
+        data = tar.extractfile(jpgs[0]).read()
+    im = Image.open(__import__("io").BytesIO(data))
+    assert im.format == "JPEG" and im.size == (224, 224)
+    assert JpegImagePlugin.get_sampling(im) == 2  # 4:2:0, as img2dataset writes
+    for s in iter_samples(info.splits["test_ood"]):
+        assert s["image"].size == (224, 224) and s["image_ext"] == "jpg"
+    meta = json.loads((info.root / "world.json").read_text())
+    assert meta["config"]["image_format"] == "jpeg" and meta["config"]["image_size"] == 224
+    assert meta["image_ext"] == "jpg"
+    # Another format is another world: the directory is rebuilt, not reused.
+    png = write_image_world(ImageWorldConfig(**{**cfg.__dict__, "image_format": "png"}), tmp_path / "a")
+    with tarfile.open(png.splits["train"][0]) as tar:
+        assert any(m.endswith(".png") for m in tar.getnames())
+
+
+def test_world_json_from_before_formats_is_reused(tmp_path):
+    cfg = ImageWorldConfig(num_classes=3, train_size=20, test_id_size=10, test_ood_size=10, samples_per_shard=20)
+    info = write_image_world(cfg, tmp_path / "w")
+    meta = json.loads((info.root / "world.json").read_text())
+    del meta["config"]["image_format"]
+    (info.root / "world.json").write_text(json.dumps(meta))
+    stamp = Path(info.splits["train"][0]).stat().st_mtime_ns
+    write_image_world(cfg, tmp_path / "w")
+    assert Path(info.splits["train"][0]).stat().st_mtime_ns == stamp  # a PNG world: reused
+    jpeg = ImageWorldConfig(**{**cfg.__dict__, "image_format": "jpeg"})
+    write_image_world(jpeg, tmp_path / "w")
+    assert json.loads((info.root / "world.json").read_text())["config"]["image_format"] == "jpeg"
+
+
+def test_image_format_rule_and_bad_format():
+    from inheritlab.corruptors.world import image_format_for
+
+    assert [image_format_for(s) for s in (16, 32, 64, 65, 224, 512)] == ["png"] * 3 + ["jpeg"] * 3
+    with pytest.raises(SpecError, match="image_format"):
+        ImageWorldConfig(image_format="webp")  # type: ignore[arg-type]
+    with pytest.raises(SpecError, match="image_size"):
+        ImageWorldConfig(image_size=None)  # type: ignore[arg-type]
