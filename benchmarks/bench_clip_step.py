@@ -7,9 +7,13 @@ Rows (ViT-B-32, batch 512, 224 px, 77 text tokens, the anchor's shape):
 
 ``open_clip + ClipLoss, AdamW``   the anchor recipe (``shared/anchors/clip_train_anchor.py``): fp32
                                   weights under bf16 autocast, fused AdamW; eager and compiled.
-``inheritlab engine``             what a study cell runs per step: DeepSpeed bf16 ZeRO-2 with
-                                  FusedAdam and fp32 master weights, the fused Triton contrastive
-                                  loss; eager and with the towers under torch.compile.
+``inheritlab engine``             what a study cell runs per step, the fused Triton contrastive
+                                  loss, eager and with the towers under torch.compile, at the ZeRO
+                                  stage the rule picks (``auto``: stage 0 — fp32 weights under
+                                  bf16 autocast, torch's fused AdamW, a multi-tensor clip) and, for
+                                  comparison, DeepSpeed's bf16 ZeRO-2 (FusedAdam, fp32 master
+                                  weights): rows ``ours-eager``, ``ours-compile``, ``zero2-eager``,
+                                  ``zero2-compile``.
 
 Samples/s from 20 timed steps after 5 warm-up steps; MFU = 3 × forward matmul FLOPs (torch's
 FlopCounterMode, as the anchor counts) / step time / the bf16 GEMM rate measured in this run.
@@ -80,10 +84,10 @@ def _anchor(name: str, img: torch.Tensor, txt: torch.Tensor, compile_: bool) -> 
     return _time(step), flops
 
 
-def _ours(rung: str, img: torch.Tensor, txt: torch.Tensor, compile_: bool) -> tuple[float, float]:
+def _ours(rung: str, img: torch.Tensor, txt: torch.Tensor, compile_: bool, stage: int | str) -> tuple[float, float]:
     from inheritlab.kernels import clip_contrastive_loss
     from inheritlab.trainers.clip_models import build_clip, compile_towers, get_rung
-    from inheritlab.trainers.engine import EngineConfig, build_engine
+    from inheritlab.trainers.engine import EngineConfig, build_engine, optimizer_step
 
     r = get_rung(rung)
     built = build_clip(r, seed=0)
@@ -92,7 +96,7 @@ def _ours(rung: str, img: torch.Tensor, txt: torch.Tensor, compile_: bool) -> tu
     if compile_:
         compile_towers(model)
     bs = img.shape[0]
-    ecfg = EngineConfig(micro_batch_per_rank=bs, world_size=1, zero_stage=2, precision="bf16", lr=r.lr,
+    ecfg = EngineConfig(micro_batch_per_rank=bs, world_size=1, zero_stage=stage, precision="bf16", lr=r.lr,
                         weight_decay=r.weight_decay, betas=(r.beta1, r.beta2), eps=r.eps, grad_clip=r.grad_clip,
                         warmup_steps=10, total_steps=1000, use_gpu=True)
     engine, _, _ = build_engine(model, ecfg)
@@ -102,7 +106,7 @@ def _ours(rung: str, img: torch.Tensor, txt: torch.Tensor, compile_: bool) -> tu
         i, t, s = engine(img16, txt)
         loss = clip_contrastive_loss(i, t, s)
         engine.backward(loss)
-        engine.step()
+        optimizer_step(engine)
 
     dt = _time(step)
     del engine
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--rows", default="anchor-eager,anchor-compile,ours-eager,ours-compile")
+    ap.add_argument("--rows", default="anchor-eager,anchor-compile,ours-eager,ours-compile,zero2-eager,zero2-compile")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_clip_step.py needs a CUDA GPU")
@@ -131,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "anchor":
                 dt, flops = _anchor("ViT-B-32", img, txt, mode == "compile")
                 label = "open_clip + ClipLoss, AdamW (anchor recipe)"
+            elif kind == "ours":
+                dt, flops = _ours("datacomp-small", img, txt, mode == "compile", "auto")
+                label = "inheritlab engine (auto: ZeRO-0, bf16 autocast, fused AdamW, multi-tensor clip; fused loss)"
             else:
-                dt, flops = _ours("datacomp-small", img, txt, mode == "compile")
+                dt, flops = _ours("datacomp-small", img, txt, mode == "compile", 2)
                 label = "inheritlab engine (DeepSpeed bf16 ZeRO-2, fused loss)"
             rows.append({"method": label, "compile": mode == "compile", "model": "ViT-B-32", "batch": args.batch,
                          "samples_per_s": round(args.batch / dt, 1), "step_ms": round(dt * 1e3, 2),

@@ -61,8 +61,11 @@ def _profile(step: Any, device: torch.device, top: int = 25) -> dict[str, Any]:
             "kernels": [{"name": k[:120], "ms": round(ms, 3), "calls": c} for k, ms, c in rows[:top]]}
 
 
+STAGE_USED: dict[str, int] = {}
+
+
 def _run_mode(mode: str, args: argparse.Namespace, rank: int, world: int, device: torch.device, peak: float) -> dict[str, Any]:
-    from inheritlab.trainers.engine import EngineConfig, build_engine
+    from inheritlab.trainers.engine import EngineConfig, build_engine, optimizer_step
     from inheritlab.trainers.lm_models import build_lm, compile_blocks, count_params, flops_per_token, get_rung
 
     rung = get_rung(args.rung)
@@ -74,12 +77,13 @@ def _run_mode(mode: str, args: argparse.Namespace, rank: int, world: int, device
     bf16 = device.type == "cuda"
     total = args.warmup + args.steps
     ecfg = EngineConfig(
-        micro_batch_per_rank=args.micro_batch, world_size=world, grad_accum=args.accum, zero_stage=args.zero_stage,
+        micro_batch_per_rank=args.micro_batch, world_size=world, grad_accum=args.accum, zero_stage=args.zero_stage if args.zero_stage == "auto" else int(args.zero_stage),
         precision="bf16" if bf16 else "fp32", lr=rung.recipe.lr, weight_decay=rung.recipe.weight_decay,
         betas=(rung.recipe.beta1, rung.recipe.beta2), eps=1e-8, grad_clip=rung.recipe.grad_clip,
         warmup_steps=min(10, total), total_steps=total * 10, use_gpu=device.type == "cuda",
     )
     engine, _, _ = build_engine(model, ecfg)
+    STAGE_USED["stage"] = int(engine.zero_optimization_stage())
     gen = torch.Generator(device=device).manual_seed(1234 + rank)
     losses: list[float] = []
 
@@ -89,7 +93,7 @@ def _run_mode(mode: str, args: argparse.Namespace, rank: int, world: int, device
             batch = torch.randint(0, args.vocab, (args.micro_batch, args.seq_len + 1), device=device, generator=gen)
             loss = engine(batch[:, :-1], batch[:, 1:])
             engine.backward(loss)
-            engine.step()
+            optimizer_step(engine)
             loss_sum += loss.detach().float()
         losses.append(float(loss_sum) / args.accum if len(losses) % 5 == 0 else float("nan"))
 
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--accum", type=int, default=1)
     p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--zero-stage", type=int, default=2)
+    p.add_argument("--zero-stage", default="auto", help="0-3 or auto (what a cell gets)")
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--modes", default="eager,compile")
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "deepspeed": deepspeed.__version__,
                          "triton": triton_version, "cuda": torch.version.cuda},
             "setup": {"rung": args.rung, "seq_len": args.seq_len, "micro_batch_per_gpu": args.micro_batch,
-                      "grad_accum": args.accum, "vocab": args.vocab, "zero_stage": args.zero_stage,
+                      "grad_accum": args.accum, "vocab": args.vocab, "zero_stage": args.zero_stage, "zero_stage_used": STAGE_USED.get("stage"),
                       "precision": "bf16" if use_gpu else "fp32", "warmup_steps": args.warmup, "timed_steps": args.steps,
                       "activation_checkpointing": args.activation_checkpointing, "data": "random token ids on device"},
             "matmul_peak_flops": peak,

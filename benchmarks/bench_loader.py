@@ -7,7 +7,7 @@ What one loader process delivers to the training step, samples/s, for:
   quality 95 (img2dataset's defaults), trained at 224 px;
 - ``webp``: the same images as WebP;
 - ``world``: the built-in world for a GPU rung (224 px): before, the 32-px PNG world upscaled
-  by the transform; after, the world written at 224 px.
+  by the transform; after, the world a study now writes for that rung (224-px JPEG).
 
 each read raw (no corruptor chain) and through a chain (label noise 0.2 on a 90 % subsample),
 plus the raw shard read alone (bytes, no decode) — the floor the chain's cost is measured over.
@@ -88,10 +88,11 @@ def write_foreign_shards(out: Path, fmt: str, n: int, per_shard: int, seed: int 
 
 def write_world(out: Path, image_size: int, n: int) -> list[str]:
     """The built-in world's train split at ``image_size`` (its default format for that size)."""
-    from inheritlab.corruptors.world import ImageWorldConfig, write_image_world
+    from inheritlab.corruptors.world import ImageWorldConfig, image_format_for, write_image_world
 
     info = write_image_world(ImageWorldConfig(seed=0, num_classes=10, train_size=n, test_id_size=16, test_ood_size=16,
-                                              samples_per_shard=128, image_size=image_size), out)
+                                              samples_per_shard=128, image_size=image_size,
+                                              image_format=image_format_for(image_size)), out)
     return [str(p) for p in info.splits["train"]]
 
 

@@ -166,7 +166,9 @@ class RecipeConfig(Frozen):
     batch_size: Annotated[int, Field(ge=1)] | None = None
     lr: Annotated[float, Field(gt=0)] | None = None
     warmup_steps: Annotated[int, Field(ge=0)] | None = None
-    zero_stage: Annotated[int, Field(ge=0, le=3)] = 2
+    # "auto": stage 0 when a model's whole training state fits in a quarter of one device (the
+    # fused multi-tensor optimizer step), else 2 — trainers/engine.py resolve_zero_stage.
+    zero_stage: Annotated[int, Field(ge=0, le=3)] | Literal["auto"] = "auto"
     # CLIP training augmentation: the rung's ("auto": random resized crop on GPU rungs, none on
     # the CPU rungs), or forced off / on.
     augment: Literal["auto", "none", "rrc"] = "auto"

@@ -285,7 +285,9 @@ def _load_zero_partitions(engine: Any, tag_dir: Path, saved_world: int) -> None:
     """
     import torch
 
-    files = [tag_dir / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(saved_world)]
+    # DeepSpeed names a bf16 run's partitions bf16_zero_pp_rank_*; the run's precision is the saved one's.
+    prefix = "bf16_" if engine.bfloat16_enabled() else ""
+    files = [tag_dir / f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(saved_world)]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise CheckpointError(f"{tag_dir}: written by {saved_world} ranks but missing {missing[:3]}")

@@ -111,16 +111,19 @@ def _plan(cfg: ClipTrainConfig, world: int, use_gpu: bool) -> _Plan:
 
 def _build(cfg: ClipTrainConfig, plan: _Plan, world: int, use_gpu: bool) -> tuple["BuiltClip", Any]:
     """The open_clip model (seeded from the seed tree) inside a DeepSpeed engine."""
-    from inheritlab.trainers.clip_models import build_clip, compile_towers
-    from inheritlab.trainers.engine import EngineConfig, build_engine, seed_everything
+    from inheritlab.trainers.clip_models import build_clip, compile_towers, count_params
+    from inheritlab.trainers.engine import (EngineConfig, build_engine, device_memory, resolve_zero_stage,
+                                            seed_everything)
 
     seed_everything(derive_seed32(cfg.study_seed, "clip-init", cfg.rung, cfg.seed))
     built = build_clip(plan.rung)
-    if cfg.compiles(use_gpu, plan.rung.device):
+    stage = resolve_zero_stage(cfg.zero_stage, params=count_params(built.model), world=world,
+                               device_bytes=device_memory(use_gpu), use_gpu=use_gpu)
+    if cfg.compiles(use_gpu, plan.rung.device, stage):
         compile_towers(built.model)
     r = plan.rung
     ecfg = EngineConfig(
-        micro_batch_per_rank=plan.per_rank, world_size=world, zero_stage=cfg.zero_stage, precision=plan.precision,
+        micro_batch_per_rank=plan.per_rank, world_size=world, zero_stage=stage, precision=plan.precision,
         lr=plan.lr, weight_decay=r.weight_decay, betas=(r.beta1, r.beta2), eps=r.eps, grad_clip=r.grad_clip,
         warmup_steps=plan.warmup, total_steps=plan.total_steps, use_gpu=use_gpu,
     )
@@ -194,7 +197,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     """Train (or finish training) one cell; returns its summary (the same on every rank)."""
     from inheritlab.kernels import clip_contrastive_loss
     from inheritlab.trainers.clip_images import crop_boxes, device_images
-    from inheritlab.trainers.engine import init_distributed
+    from inheritlab.trainers.engine import init_distributed, optimizer_step
     from inheritlab.trainers.slots import gather_slot_states, rank_slots
 
     use_gpu = cfg.use_gpu
@@ -207,6 +210,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     if done is not None:
         return done
     built, engine = _build(cfg, plan, world, use_gpu)
+    ckpt.shape["zero_stage"] = int(engine.zero_optimization_stage())  # a resume must keep the stage
     resumed = ckpt.resume(engine)
     step = int(resumed["step"]) if resumed else 0
     losses = LossLog(cfg.log_every, resumed["loss_curve"] if resumed else ())
@@ -238,7 +242,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
         image_features, text_features, scale = engine(images, texts)
         loss = clip_contrastive_loss(image_features, text_features, scale, impl=cfg.loss_impl, gather=world > 1)
         engine.backward(loss)
-        engine.step()
+        optimizer_step(engine)
         step += 1
         losses.add(step, loss, last=step == last_step)
         clock.tick()
@@ -272,7 +276,7 @@ def _finish(cfg: ClipTrainConfig, plan: _Plan, ckpt: CheckpointManager, built: "
     rate = clock.rates(plan.global_batch)
     summary = TrainSummary(
         rung=plan.rung.name, steps=step, total_steps=plan.total_steps, samples_seen=step * plan.global_batch,
-        global_batch=plan.global_batch, world_size=world, precision=plan.precision, zero_stage=cfg.zero_stage,
+        global_batch=plan.global_batch, world_size=world, precision=plan.precision, zero_stage=int(ckpt.shape["zero_stage"]),
         params=count_params(built.model), flops_per_sample=flops_per_sample(plan.rung), train_seconds=train_time,
         samples_per_s=rate[0], samples_per_s_steady=rate[1], final_loss=losses.final, loss_curve=losses.curve,
         epochs=epoch + 1 if trained else None,

@@ -50,7 +50,7 @@ def check_stream(plan_dir: str | None, reports: list[dict[str, Any]], *, slots: 
     there are. Returns the check's record for the train summary; raises
     :class:`DataAccountingError` on a mismatch and ``BadSampleCeilingError`` past the ceiling.
     """
-    from inheritlab.corruptors.chain import counter_mismatches, sum_counters
+    from inheritlab.corruptors.counters import counter_mismatches, sum_counters
     from inheritlab.corruptors.shards import ReadStats, check_ceiling
 
     by_slot = {tuple(r["slot"]): r for r in reports}

@@ -98,12 +98,20 @@ def seed_everything(seed: int) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
-    """What DeepSpeed needs to know; built from a rung's recipe and the study's overrides."""
+    """What DeepSpeed needs to know; built from a rung's recipe and the study's overrides.
+
+    ``zero_stage`` is resolved (:func:`resolve_zero_stage`). At stage 0 in bf16 or fp32 the
+    engine runs as open_clip's own loop does: fp32 weights under bf16 autocast, torch's fused
+    AdamW (one multi-tensor pass) and a multi-tensor gradient norm and clip
+    (:func:`optimizer_step`), instead of DeepSpeed's bf16 optimizer, whose fp32 master copy
+    walks the parameters one by one for the norm and the overflow checks (~3,000 small kernels
+    a step for ViT-B/32, measured at ~65 ms of a 164 ms step on an H100).
+    """
 
     micro_batch_per_rank: int
     world_size: int
     grad_accum: int = 1              # micro-batches per optimizer step (large batches on few GPUs)
-    zero_stage: int = 2
+    zero_stage: int | str = "auto"   # "auto": resolve_zero_stage, when the engine is built
     precision: str = "fp32"          # "bf16" on GPU by default, "fp32" on CPU
     lr: float = 5e-4
     weight_decay: float = 0.2
@@ -116,8 +124,8 @@ class EngineConfig:
     use_gpu: bool = False
 
     def __post_init__(self) -> None:
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise SpecError(f"train.zero_stage: got {self.zero_stage}; allowed 0, 1, 2, 3")
+        if self.zero_stage not in (0, 1, 2, 3, "auto"):
+            raise SpecError(f"train.zero_stage: got {self.zero_stage!r}; allowed 0, 1, 2, 3, auto")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise SpecError(f"train.precision: got {self.precision!r}; allowed fp32, bf16, fp16")
         if self.precision != "fp32" and not self.use_gpu:
@@ -129,14 +137,21 @@ class EngineConfig:
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise SpecError(f"min_lr_ratio: got {self.min_lr_ratio}; expected a fraction in [0, 1]")
 
+    @property
+    def own_step(self) -> bool:
+        """Whether we run the optimizer step (torch's fused AdamW, our multi-tensor clip): at
+        ZeRO stage 0 outside fp16, whose loss scaling stays DeepSpeed's."""
+        return self.zero_stage == 0 and self.precision != "fp16"
+
     def ds_config(self) -> dict[str, Any]:
-        """The DeepSpeed JSON config. On GPU DeepSpeed builds FusedAdam from the ``optimizer``
-        entry; on CPU we pass a torch AdamW instead (FusedAdam needs CUDA)."""
+        """The DeepSpeed JSON config. On GPU at ZeRO stages 1–3 DeepSpeed builds FusedAdam from
+        the ``optimizer`` entry; otherwise we pass a torch AdamW (see :attr:`own_step`)."""
         cfg: dict[str, Any] = {
             "train_micro_batch_size_per_gpu": self.micro_batch_per_rank,
             "train_batch_size": self.micro_batch_per_rank * self.world_size * self.grad_accum,
             "gradient_accumulation_steps": self.grad_accum,
-            "gradient_clipping": self.grad_clip,
+            # Our own step clips with one multi-tensor norm (optimizer_step); DeepSpeed's would loop.
+            "gradient_clipping": 0.0 if self.own_step else self.grad_clip,
             # Elastic ZeRO-1/2 checkpoints merge and re-split across another number of ranks.
             "zero_optimization": {"stage": self.zero_stage, "elastic_checkpoint": self.zero_stage in (1, 2)},
             "zero_allow_untested_optimizer": True,
@@ -144,11 +159,13 @@ class EngineConfig:
             "wall_clock_breakdown": False,
             "checkpoint": {"load_universal": False},
         }
-        if self.precision == "bf16":
+        if self.precision == "bf16" and self.own_step:
+            cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+        elif self.precision == "bf16":
             cfg["bf16"] = {"enabled": True}
         elif self.precision == "fp16":
             cfg["fp16"] = {"enabled": True, "initial_scale_power": 16}
-        if self.use_gpu:
+        if self.use_gpu and not self.own_step:
             cfg["optimizer"] = {
                 "type": "AdamW",
                 "params": {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
@@ -195,13 +212,23 @@ def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, floor: floa
 
 
 def build_engine(model: torch.nn.Module, cfg: EngineConfig) -> tuple[Any, Any, Any]:
-    """``deepspeed.initialize`` with our optimizer and schedule; returns (engine, optimizer, sched)."""
+    """``deepspeed.initialize`` with our optimizer and schedule; returns (engine, optimizer, sched).
+    An ``auto`` ZeRO stage is resolved here, from the model's size (the engine reports it:
+    ``engine.zero_optimization_stage()``)."""
+    import dataclasses
+
     import deepspeed
 
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    stage = resolve_zero_stage(cfg.zero_stage, params=params, world=cfg.world_size, device_bytes=device_memory(cfg.use_gpu),
+                               use_gpu=cfg.use_gpu, grad_accum=cfg.grad_accum)
+    cfg = dataclasses.replace(cfg, zero_stage=stage)
     groups = param_groups(model, cfg.weight_decay)
     optimizer = None
-    if not cfg.use_gpu:
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    if cfg.own_step or not cfg.use_gpu:
+        # fused: one kernel for every parameter's update on GPU; foreach (multi-tensor) on CPU.
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                                      **({"fused": True} if cfg.use_gpu else {"foreach": True}))
 
     def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         return torch.optim.lr_scheduler.LambdaLR(
@@ -216,7 +243,56 @@ def build_engine(model: torch.nn.Module, cfg: EngineConfig) -> tuple[Any, Any, A
         lr_scheduler=schedule,
         config=cfg.ds_config(),
     )
+    engine.inheritlab_clip = cfg.grad_clip if cfg.own_step else 0.0
     return engine, opt, sched
+
+
+def optimizer_step(engine: Any) -> None:
+    """``engine.step()``, the gradient first clipped by one multi-tensor norm when the engine
+    runs our own step (:attr:`EngineConfig.own_step`); DeepSpeed clips in its other modes.
+
+    Called after every micro-batch's backward; the clip runs only where DeepSpeed will step,
+    once the accumulated (and, across ranks, averaged) gradient is complete.
+    """
+    clip = float(getattr(engine, "inheritlab_clip", 0.0))
+    if clip > 0 and engine.is_gradient_accumulation_boundary():
+        params = [p for p in engine.module.parameters() if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+    engine.step()
+
+
+# Training state per parameter at ZeRO stage 0: fp32 weights, gradients and Adam's two moments.
+_STATE_BYTES_PER_PARAM = 16
+
+
+def resolve_zero_stage(requested: int | str, *, params: int, world: int, device_bytes: int, use_gpu: bool = False,
+                       grad_accum: int = 1) -> int:
+    """The ZeRO stage a run trains with; ``auto`` picks by this rule:
+
+    - stage 0 when the whole training state fits in a quarter of one device's memory (the rest
+      is for activations) and the optimizer step is paid often — on the CPU, or on a GPU with
+      fewer than 4 micro-batches per step (every CLIP rung): the fused multi-tensor step
+      (:attr:`EngineConfig.own_step`) replaces DeepSpeed's per-parameter loop, measured on an
+      H200 at 133.6 ms per ViT-B/32 step (batch 512, eager) against 164–195 ms for ZeRO-2;
+    - stage 2 otherwise: optimizer state and gradients sharded over the ranks, and where a GPU
+      step is amortised over many micro-batches (the LM recipes' 16) DeepSpeed's compiled
+      ZeRO-2 path, measured at the LM MFU targets, is kept;
+    - stage 3 when even stage 2's share would take more than half a device.
+    """
+    if requested != "auto":
+        return int(requested)
+    if _STATE_BYTES_PER_PARAM * params <= device_bytes // 4 and (not use_gpu or grad_accum < 4):
+        return 0
+    if world > 1 and 4 * params + 12 * params / world > device_bytes // 2:
+        return 3
+    return 2
+
+
+def device_memory(use_gpu: bool) -> int:
+    """Bytes of one training device: the GPU's, or the machine's memory for CPU training."""
+    if use_gpu:
+        return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 # ----------------------------------------------------------------------------------- collectives

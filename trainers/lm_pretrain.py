@@ -216,21 +216,26 @@ def engine_config(cfg: LMTrainConfig, plan: RunPlan, *, world: int, use_gpu: boo
 
 def _build(cfg: LMTrainConfig, plan: RunPlan, tok: TextTokenizer, world: int, use_gpu: bool) -> tuple[LlamaLM, Any]:
     """The model (seeded from the seed tree) inside a DeepSpeed engine."""
-    from inheritlab.trainers.engine import build_engine, seed_everything
+    import dataclasses
+
+    from inheritlab.trainers.engine import build_engine, device_memory, resolve_zero_stage, seed_everything
     from inheritlab.trainers.lm_models import build_lm, compile_blocks
 
     seed_everything(derive_seed32(cfg.study_seed, "lm", cfg.seed, "init"))
     model = build_lm(plan.rung, vocab_size=pad_vocab(tok.vocab_size), max_seq_len=plan.seq_len)
     model.lm_head.impl = cfg.loss_impl
-    if cfg.compiles(use_gpu, plan.rung.device):
+    ecfg = engine_config(cfg, plan, world=world, use_gpu=use_gpu)
+    stage = resolve_zero_stage(ecfg.zero_stage, params=sum(p.numel() for p in model.parameters()), world=world,
+                               device_bytes=device_memory(use_gpu), use_gpu=use_gpu, grad_accum=ecfg.grad_accum)
+    if cfg.compiles(use_gpu, plan.rung.device, stage):
         compile_blocks(model)
-    engine, _, _ = build_engine(model, engine_config(cfg, plan, world=world, use_gpu=use_gpu))
+    engine, _, _ = build_engine(model, dataclasses.replace(ecfg, zero_stage=stage))
     return model, engine
 
 
 def train_lm(cfg: LMTrainConfig) -> TrainSummary:
     """Train (or resume) one LM run; returns its summary (the same on every rank)."""
-    from inheritlab.trainers.engine import init_distributed
+    from inheritlab.trainers.engine import init_distributed, optimizer_step
 
     use_gpu = cfg.use_gpu
     rank, world, local_rank = init_distributed(use_gpu=use_gpu)
@@ -243,6 +248,7 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
         return done
     tok = load_tokenizer(cfg.tokenizer)
     model, engine = _build(cfg, plan, tok, world, use_gpu)
+    ckpt.shape["zero_stage"] = int(engine.zero_optimization_stage())  # a resume must keep the stage
     resumed = ckpt.resume(engine)
     step = int(resumed["step"]) if resumed else 0
     losses = LossLog(cfg.log_every, resumed.get("loss_curve", ()) if resumed else ())
@@ -261,7 +267,7 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
             micro = tokens[i : i + plan.micro].to(device, non_blocking=True)
             loss = engine(micro[:, :-1], micro[:, 1:])
             engine.backward(loss)
-            engine.step()
+            optimizer_step(engine)
             loss_sum += loss.detach().float()
         states = batch["states"]  # this rank's slots after the step just trained
         step += 1
@@ -293,7 +299,7 @@ def _finish(cfg: LMTrainConfig, plan: RunPlan, ckpt: CheckpointManager, model: L
     rate, steady = clock.rates(plan.batch)
     summary = TrainSummary(
         rung=cfg.rung, steps=step, total_steps=plan.steps, samples_seen=step * plan.batch, global_batch=plan.batch,
-        world_size=world, precision=cfg.precision_for(cfg.use_gpu), zero_stage=cfg.zero_stage,
+        world_size=world, precision=cfg.precision_for(cfg.use_gpu), zero_stage=int(ckpt.shape["zero_stage"]),
         params=count_params(model.cfg)["total"], flops_per_sample=flops_per_token(model.cfg) * plan.seq_len,
         train_seconds=train_time, samples_per_s=rate, samples_per_s_steady=steady, final_loss=losses.final,
         loss_curve=losses.curve, epochs=max(st["epoch"] for st in states.values()) + 1 if trained else None,

@@ -59,10 +59,16 @@ def test_degrades_with_few_scales() -> None:
     assert r is not None and r.form.name == "power_law_no_floor"
     assert "only 2 scales" in r.note and r.holdout is None
     assert r.ci == {} and "no intervals" in r.note  # an exact fit has nothing to resample
-    # three points: resamples that drew fewer than two distinct scales are dropped, not reported
+    # three points: the default (wild) bootstrap keeps every point, so every resample
     x3 = np.array([1e4, 1e5, 1e6])
-    r3 = fit_best_power_law(x3, power_law(x3, 10.0, 0.3) * np.array([1.01, 0.99, 1.0]), n_boot=200)
-    assert 0 < len(r3.boot_theta) < 200 and r3.ci["b"][0] < r3.ci["b"][1]
+    y3 = power_law(x3, 10.0, 0.3) * np.array([1.01, 0.99, 1.0])
+    r3 = fit_best_power_law(x3, y3, n_boot=200)
+    assert len(r3.boot_theta) == 200 == r3.boot.kept == r3.boot.requested and r3.ci["b"][0] < r3.ci["b"][1]
+    # ... a pairs bootstrap drops resamples that drew one scale (1 in 9): counted, and under
+    # 90 % of those requested, no interval at all
+    p3 = fit_best_power_law(x3, y3, n_boot=200, bootstrap="pairs")
+    assert p3.boot.requested == 200 and 150 < p3.boot.kept < 190 and p3.ci == {}
+    assert "at least 90%" in p3.note and p3.to_dict()["bootstrap"]["n_kept"] == p3.boot.kept
     assert fit_best_power_law(np.array([1e4, 1e4]), np.array([0.3, 0.31])) is None
     with pytest.raises(InsufficientData):
         fit_power_law(x, y)

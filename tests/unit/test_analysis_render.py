@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inheritlab.analysis import fits, fits_bnsl, fits_power, report_data
+from inheritlab.analysis import fits, fits_bnsl, fits_chinchilla, fits_power, report_data
 from inheritlab.analysis.render import render_fits_csv, render_json, render_latex, render_markdown, render_tables_csv
 from inheritlab.analysis.report import FORMATS, Report, compute_report, write_report
 from inheritlab.analysis.results import load_results
@@ -25,7 +25,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Report:
 def _md_fit_rows(md: str) -> dict[str, str]:
     # The fits table: from its separator line to the first blank line, keyed by curve label.
     lines = md.splitlines()
-    start = lines.index("|---|---|---|---|---|") + 1
+    start = lines.index("|---|---|---|---|---|---|---|") + 1
     return {line.split(" | ")[0][2:]: line for line in lines[start : lines.index("", start)]}
 
 
@@ -51,6 +51,13 @@ def test_markdown_latex_and_json_show_the_same_fits(report: Report) -> None:
             assert jc["fit"]["params"][name] == value and jc["fit"]["ci95"][name] == [lo, hi]
             assert f"{name} = {value:.3g} [{lo:.3g}, {hi:.3g}]" in md_row
             assert f"={value:.3g}$ [{lo:.3g}, {hi:.3g}]" in tex_row
+        # every interval says where it comes from: resamples kept of those requested, method,
+        # bootstrap seed and the training seeds behind each point — in all three formats
+        b = c.fit.boot
+        assert b.kept == b.requested == report_data.N_BOOT and b.seed is not None
+        assert f"{b.kept}/{b.requested} {b.method}, seed {b.seed}; 2 seed(s)/pt" in md_row
+        assert f"& 2 & {b.kept}/{b.requested} {b.method} ({b.seed})" in tex_row
+        assert jc["fit"]["bootstrap"] == {**b.to_dict(), "seeds_per_point": [2, 2]} and jc["seeds_per_point"] == [2] * len(c.x)
     (joint,) = report.joint
     b = joint.fit.params["b"]
     assert js["joint"][0]["fit"]["params"]["b"] == b and f"b = {b:.3g}" in md
@@ -62,8 +69,10 @@ def test_rendering_never_refits(report: Report, tmp_path: Path, monkeypatch: pyt
         raise AssertionError("a renderer refitted")
 
     # Every way into a fit: the report's own entry points and the engine as each form module holds it.
-    for module, name in ((report_data, "fit_best_power_law"), (report_data, "fit_bnsl"), (report_data, "fit_joint_power_law"),
-                         (report_data, "fit_frontier"), (fits, "fit_form"), (fits_power, "fit_form"), (fits_bnsl, "fit_form")):
+    for module, name in ((report_data, "fit_best_power_law"), (report_data, "select_breaks"), (report_data, "fit_joint_power_law"),
+                         (report_data, "fit_frontier"), (report_data, "fit_chinchilla"), (report_data, "decision_accuracy"),
+                         (report_data, "two_step_prediction"), (fits, "fit_form"), (fits_power, "fit_form"),
+                         (fits_bnsl, "fit_form"), (fits_chinchilla, "fit_form")):
         monkeypatch.setattr(module, name, no_fit)
 
     def texts() -> list[object]:

@@ -21,7 +21,7 @@ def test_full_report(tmp_path: Path) -> None:
     paths = build_report(df, run.results, formats=("png", "pdf", "csv", "md", "latex"))
     assert next(iter(paths)) == "summary_md"  # the flow publishes the first markdown file
     for key in ("table", "table_csv", "fits_json", "fits_csv", "fits_latex", "curves_png", "curves_pdf",
-                "delta_png", "id_ood_png", "delta_csv", "id_ood_gap_csv", "multiplier_csv"):
+                "delta_png", "id_ood_png", "delta_csv", "id_ood_gap_csv", "multiplier_csv", "decision_csv"):
         assert paths[key].is_file() and paths[key].stat().st_size > 0, key
     assert pl.read_parquet(paths["table"]).height == df.height  # as stored: each cell once
     fits = json.loads(paths["fits_json"].read_text())
@@ -32,8 +32,16 @@ def test_full_report(tmp_path: Path) -> None:
         assert fit["params"]["c"] == pytest.approx(0.1 + 0.5 * lvl, abs=0.03)
         assert fit["ci95"]["c"][0] <= 0.1 + 0.5 * lvl <= fit["ci95"]["c"][1]
     assert fits["critical_level"][0]["critical_level"] == 0.2
+    # every interval with its provenance: resamples requested and kept, seed, seeds per point
+    for c in fits["curves"]:
+        b = c["fit"]["bootstrap"]
+        assert b["n_requested"] == b["n_kept"] == 200 and isinstance(b["seed"], int) and b["seeds_per_point"] == [2, 2]
+    # the levels keep their order at every smaller scale (bias only raises the floor here)
+    dec = fits["decision_accuracy"]
+    assert len(dec) == 8 and all(d["decision_accuracy"] == 1.0 and d["lo"] <= 1.0 <= d["hi"] for d in dec)
+    assert {d["n_boot_requested"] for d in dec} == {1000} and {d["seeds_min"] for d in dec} == {2}
     summary = paths["summary_md"].read_text()
-    assert "Δ acc1 vs clean" in summary and "ID − OOD gap" in summary
+    assert "Δ acc1 vs clean" in summary and "ID − OOD gap" in summary and "Decision accuracy" in summary
     assert "\\begin{tabular}" in paths["fits_latex"].read_text()
 
 
@@ -134,9 +142,13 @@ def test_report_declares_a_break_only_where_there_is_one(tmp_path: Path) -> None
     fits = {c["bias_level"]: c for c in json.loads(paths["fits_json"].read_text())["curves"]}
     assert fits[0.0]["fit"]["form"] == "power_law" and fits[0.0]["breaks"] == []
     assert fits[0.3]["fit"]["form"] == "bnsl_1"
+    # the number of breaks was chosen, and every candidate's held-out score kept
+    sel = fits[0.3]["break_selection"]
+    assert [c["n_breaks"] for c in sel] == [0, 1, 2, 3] and [c["chosen"] for c in sel] == [False, True, False, False]
+    assert sel[1]["holdout_rmsle"] < 0.9 * sel[0]["holdout_rmsle"] and "skipped" in sel[3]
     (brk,) = fits[0.3]["breaks"]
     assert 1e6 / 2 < brk["d"] < 1e6 * 2 and brk["slope_change"] == pytest.approx(0.3, abs=0.05)
-    assert "Critical scale" in paths["summary_md"].read_text()
+    assert "Critical scale" in paths["summary_md"].read_text() and "Number of breaks" in paths["summary_md"].read_text()
 
 
 def test_model_by_data_grid_gets_a_two_variable_fit() -> None:
@@ -159,7 +171,12 @@ def test_model_by_data_grid_gets_a_two_variable_fit() -> None:
     (two,) = report.two_variable
     assert two.fit.params["alpha"] == pytest.approx(0.34, abs=0.05)
     assert two.fit.params["beta"] == pytest.approx(0.28, abs=0.05)
-    assert "Two-variable fits" in render_markdown(report)
+    # beside least squares, the Huber fit Besiroglu et al. recommend, with its own intervals
+    assert two.huber is not None and two.huber.form.name == "chinchilla_huber"
+    assert two.huber.params["alpha"] == pytest.approx(0.34, abs=0.05) and two.huber.boot.method == "pairs"
+    md = render_markdown(report)
+    assert "Two-variable fits" in md and "(chinchilla_huber): alpha" in md
+    assert render_json(report)["two_variable"][0]["huber"]["objective"] == "huber"
     assert render_json(report)["two_variable"][0]["fit"]["params"]["alpha"] == pytest.approx(two.fit.params["alpha"])
     # One model size: not a model × data grid, no two-variable fit.
     assert compute_report(df.filter(pl.col("params") == df["params"].min()), metric="loss").two_variable == ()

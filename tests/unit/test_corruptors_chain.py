@@ -76,7 +76,7 @@ def test_valid_specs_pass():
 
 
 def test_label_noise_needs_classes():
-    with pytest.raises(SpecError, match="num_classes"):
+    with pytest.raises(SpecError, match=r"label noise needs labelled data with >= 2 classes .*classnames\.txt"):
         build_chain([{"type": "label_noise", "level": 0.1}], study_seed=0, num_classes=None, class_names=None)
 
 

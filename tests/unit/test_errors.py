@@ -87,9 +87,12 @@ def test_errors_cross_ray_tasks_and_actors_as_themselves(ray_local) -> None:
 def ray_local():
     import ray
 
-    ray.init(num_cpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    started_here = not ray.is_initialized()  # an earlier test in this process may hold a runtime
+    if started_here:
+        ray.init(num_cpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield
-    ray.shutdown()
+    if started_here:
+        ray.shutdown()
 
 
 def test_error_module_lists_no_unpicklable_class() -> None:

@@ -93,6 +93,56 @@ def test_ds_config_cpu_fp32_vs_gpu_bf16() -> None:
         EngineConfig(micro_batch_per_rank=8, world_size=1, zero_stage=4)
 
 
+def test_zero_stage_rule_and_the_stage_0_step() -> None:
+    from inheritlab.trainers.engine import resolve_zero_stage
+
+    gib = 2**30
+    # ViT-B/32 (151 M parameters, 2.4 GB of state) on a GPU, a step per micro-batch: stage 0.
+    assert resolve_zero_stage("auto", params=151_000_000, world=1, device_bytes=141 * gib, use_gpu=True) == 0
+    # An LM rung accumulating 16 micro-batches a step keeps DeepSpeed's compiled ZeRO-2 path.
+    assert resolve_zero_stage("auto", params=125_000_000, world=1, device_bytes=141 * gib, use_gpu=True,
+                              grad_accum=16) == 2
+    # Too big for one device: sharded; too big even for stage 2's share: stage 3.
+    assert resolve_zero_stage("auto", params=2_000_000_000, world=8, device_bytes=80 * gib, use_gpu=True) == 2
+    assert resolve_zero_stage("auto", params=30_000_000_000, world=8, device_bytes=80 * gib, use_gpu=True) == 3
+    assert resolve_zero_stage("auto", params=1_000_000, world=2, device_bytes=8 * gib) == 0  # every CPU rung
+    assert resolve_zero_stage(2, params=1_000_000, world=1, device_bytes=8 * gib) == 2       # asked for: kept
+    # Stage 0 on a GPU: open_clip's own recipe (fp32 weights under bf16 autocast, torch's fused
+    # AdamW), and DeepSpeed does not clip (optimizer_step clips with one multi-tensor norm).
+    own = EngineConfig(micro_batch_per_rank=8, world_size=1, zero_stage=0, precision="bf16", use_gpu=True)
+    cfg = own.ds_config()
+    assert own.own_step and cfg["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert "bf16" not in cfg and "optimizer" not in cfg and cfg["gradient_clipping"] == 0.0
+    fp16 = EngineConfig(micro_batch_per_rank=8, world_size=1, zero_stage=0, precision="fp16", use_gpu=True)
+    assert not fp16.own_step and fp16.ds_config()["gradient_clipping"] == 1.0  # fp16's loss scaling stays DeepSpeed's
+
+
+def test_optimizer_step_clips_with_one_multi_tensor_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inheritlab.trainers.engine import build_engine, init_distributed, optimizer_step
+
+    init_distributed(use_gpu=False)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
+    engine, _, _ = build_engine(model, EngineConfig(micro_batch_per_rank=2, world_size=1, grad_clip=0.5,
+                                                    total_steps=4))
+    assert engine.zero_optimization_stage() == 0  # auto, on the CPU
+    calls = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, **kw):  # type: ignore[no-untyped-def]
+        params = list(params)
+        norm = real(params, max_norm, **kw)
+        after = torch.sqrt(sum(p.grad.pow(2).sum() for p in params))
+        calls.append((len(params), max_norm, kw.get("foreach"), float(norm) > 0.5, float(after)))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    loss = engine(torch.randn(2, 4)).pow(2).sum() * 1e4
+    engine.backward(loss)
+    optimizer_step(engine)
+    # Once, over all 4 parameters, multi-tensor, and the step saw the clipped gradient.
+    assert [c[:4] for c in calls] == [(4, 0.5, True, True)] and calls[0][4] == pytest.approx(0.5, rel=1e-3)
+
+
 def test_no_weight_decay_on_gains_biases_and_temperature() -> None:
     model = build_clip("clip-tiny", seed=0).model
     decay, no_decay = param_groups(model, 0.1)
