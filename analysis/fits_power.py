@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from inheritlab.analysis.fits import TINY, FitResult, Form, as_2d, fit_form
+from inheritlab.analysis.fits import TINY, FitResult, Form, check_inputs, fit_form, stack_columns
 
 
 def _pl_fn(X: np.ndarray, th: np.ndarray) -> np.ndarray:
@@ -106,7 +106,8 @@ def fit_best_power_law(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.
     Four or more scales: with the irreducible term, unless the floor-free law extrapolates
     better on held-out scales. Two or three: without it (a note says so). One: nothing.
     """
-    n_distinct = len(np.unique(as_2d(x), axis=0))
+    X, _, _ = check_inputs(POWER_LAW, x, y)  # bad input is an error here too, not a None
+    n_distinct = len(np.unique(X, axis=0))
     if n_distinct < 2:
         return None
     if n_distinct < POWER_LAW.needs:
@@ -160,13 +161,14 @@ def joint_power_law(n_groups: int) -> Form:
         name=f"joint_power_law_{G}",
         params=tuple(f"a_{k}" for k in range(G)) + ("b",) + tuple(f"c_{k}" for k in range(G)),
         fn=fn, bounds=bounds, grid=grid, log_params=(True,) * G + (False,) + (False,) * G, to_units=units,
-        min_points=3, scale_dims=1,
+        min_points=3, scale_dims=1, columns=("x", "group"), n_groups=G,
     )
 
 
 def fit_joint_power_law(x: Sequence[float] | np.ndarray, group: Sequence[int] | np.ndarray, y: Sequence[float] | np.ndarray, **kw: Any) -> FitResult:
-    """Fit :func:`joint_power_law` to points tagged with group indices 0 … G-1."""
-    g = np.asarray(group, dtype=int)
-    G = int(g.max()) + 1
-    X = np.column_stack([np.asarray(x, dtype=float), g.astype(float)])
+    """Fit :func:`joint_power_law` to points tagged with group indices 0 … G-1 (each present)."""
+    X = stack_columns("joint power law fit", x=x, group=group)
+    finite = X[np.isfinite(X[:, 1]), 1]
+    # G from the largest index; check_inputs then refuses a gap (0 and 2 without 1) by name.
+    G = int(max(finite.max(), 0)) + 1 if len(finite) else 1
     return fit_form(joint_power_law(G), X, y, **kw)

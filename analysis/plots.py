@@ -20,6 +20,12 @@ import polars as pl  # noqa: E402
 IMAGE_FORMATS = ("png", "pdf")
 
 
+def _caption(fig: Any, lines: Sequence[str]) -> None:
+    """Small print under the axes: where the bands come from (saved with bbox_inches="tight")."""
+    if lines:
+        fig.text(0.01, -0.02, "\n".join(lines), ha="left", va="top", fontsize=6)
+
+
 def _save(fig: Any, stem: Path, formats: Sequence[str]) -> list[Path]:
     out = []
     for fmt in formats:
@@ -60,12 +66,13 @@ class FittedCurve(Protocol):
 
 def plot_curves(
     curves: Sequence[FittedCurve], stem: Path, *, x: str, metric: str, title: str, formats: Sequence[str],
-    to_metric: Callable[[np.ndarray], np.ndarray] = lambda e: e,
+    to_metric: Callable[[np.ndarray], np.ndarray] = lambda e: e, caption: Sequence[str] = (),
 ) -> list[Path]:
     """Metric vs scale, one series per curve: points ± seed std, fitted line and 95 % band.
 
     Points (``x``, ``mean``, ``std``) are in metric units; ``fit``, when there is one, is on the
-    fit target and mapped back with ``to_metric``. Colour follows ``level``.
+    fit target and mapped back with ``to_metric``. Colour follows ``level``. ``caption`` lines
+    are printed under the axes (the bands' provenance).
     """
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     colors = _colors([c.level for c in curves] or [0.0])
@@ -85,6 +92,7 @@ def plot_curves(
     ax.grid(True, which="both", alpha=0.3)
     if curves:
         ax.legend(fontsize=7, frameon=False)
+    _caption(fig, caption)
     return _save(fig, stem, formats)
 
 
@@ -137,9 +145,9 @@ def plot_id_ood(gap: pl.DataFrame, stem: Path, *, metric: str, title: str, forma
 def plot_frontier(
     x: np.ndarray, y: np.ndarray, fx: np.ndarray, fy: np.ndarray, fit_line: Callable[[np.ndarray], np.ndarray],
     stem: Path, *, xlabel: str, ylabel: str, title: str, formats: Sequence[str], groups: Sequence[str] | None = None,
-    band: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    band: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, caption: Sequence[str] = (),
 ) -> list[Path]:
-    """All points (grey or by group), the frontier points (black) and the fitted line."""
+    """All points (grey or by group), the frontier points (black), the fitted line, a caption."""
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     if groups is not None:
         for g in sorted(set(groups)):
@@ -159,4 +167,5 @@ def plot_frontier(
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
+    _caption(fig, caption)
     return _save(fig, stem, formats)

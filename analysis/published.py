@@ -58,7 +58,9 @@ def plot_openclip_frontier(data_dir: str | Path, out_dir: str | Path, *, dataset
              f"E = {fit.beta:.2f}·$C^{{{fit.alpha:.3f}}}$")
     paths = plot_frontier(x, y, fit.frontier_x, fit.frontier_y, fit.predict, Path(out_dir) / "openclip_frontier",
                           xlabel="training compute C (GMACs)", ylabel="zero-shot error (1 − top-1)", title=title,
-                          formats=("png",), groups=df["upstream_dataset"].to_list(), band=(xs, lo, hi))
+                          formats=("png",), groups=df["upstream_dataset"].to_list(), band=(xs, lo, hi),
+                          caption=[f"Band: {fit.provenance.caption()}; {fit.n_points} runs, "
+                                   f"{len(fit.frontier_x)} frontier points."])
     return paths[0]
 
 

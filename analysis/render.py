@@ -2,7 +2,9 @@
 
 Every renderer takes a computed :class:`~inheritlab.analysis.report_data.Report` and nothing
 else: it formats numbers the report already holds and never fits, so all formats agree and a
-format can be rendered again (or added later) at no cost. Text renderers return the text;
+format can be rendered again (or added later) at no cost. Every interval travels with its
+provenance — resamples kept of those requested, the bootstrap seed and method, and the seeds
+behind each point — in every format: a table column, a JSON object, a figure caption. Text renderers return the text;
 :func:`build_report <inheritlab.analysis.report.build_report>` writes it atomically.
 :func:`render_plots` draws with :mod:`inheritlab.analysis.plots` and returns the files.
 """
@@ -33,6 +35,21 @@ def _fmt(v: float | None) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
 
 
+def _prov(f: FitResult | None) -> str:
+    """Short provenance of a fit's intervals: "200/200 wild, seed 123; 2 seeds/pt"."""
+    if f is None:
+        return "—"
+    b = f.boot
+    if b.reason:
+        return f"no interval: {b.reason}; {b.seeds_text()} seed(s)/pt"
+    return f"{b.kept}/{b.requested} {b.method}, seed {b.seed}; {b.seeds_text()} seed(s)/pt"
+
+
+def _seeds(c: Curve) -> str:
+    lo, hi = (int(c.n_seeds.min()), int(c.n_seeds.max())) if len(c.n_seeds) else (0, 0)
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
 def _bullets(heading: str, items: Sequence[str]) -> list[str]:
     """A markdown section: a bold heading and one bullet per item; nothing when there are none."""
     return ["", heading, ""] + [f"- {item}" for item in items] if items else []
@@ -48,22 +65,36 @@ def render_markdown(report: Report) -> str:
     out += _bullets("**Model comparison** (held-out RMSLE, best first):", [
         f"{c.label}: " + ", ".join(f"{row['form']} {_fmt(row['holdout_rmsle'])}" for row in c.comparison)
         for c in r.curves if c.comparison])
+    out += _bullets("**Number of breaks** (0–3, chosen by held-out RMSLE on the largest scales; more breaks only "
+                    "when below 0.9 × the fewer's score):", [
+        f"{c.label}: chose {next(s['n_breaks'] for s in c.break_selection if s['chosen'])} — " + ", ".join(
+            f"{s['n_breaks']}: " + (_fmt(s['holdout_rmsle']) if not s.get("skipped") else f"not scored ({s['skipped']})")
+            for s in c.break_selection)
+        for c in r.curves if c.break_selection])
     out += _bullets(f"**Critical scale** (break of the broken scaling law, `{x}`):", [
         f"{c.label}: {b['d']:.4g} [{_fmt(b['d_lo'])}, {_fmt(b['d_hi'])}], slope change {b['slope_change']:+.3g}"
+        + (f" — {b['beyond_data']} the observed scales: the data only begin to show it" if b.get("beyond_data") else "")
+        + f" ({_prov(c.fit)})"
         for c in r.curves for b in c.breaks])
     out += _bullets("**Compute frontier** (best result per bin of log FLOPs over all models, E = β·C^α):", [
         f"{fr.label}: E = {fr.fit.beta:.4g}·C^{fr.fit.alpha:.4f} (α 95 % CI [{_fmt(_ci(fr.fit.ci, 'alpha')[0])}, "
-        f"{_fmt(_ci(fr.fit.ci, 'alpha')[1])}]; {len(fr.fit.frontier_x)} frontier points of {fr.fit.n_points})"
+        f"{_fmt(_ci(fr.fit.ci, 'alpha')[1])}]; {len(fr.fit.frontier_x)} frontier points of {fr.fit.n_points}; "
+        f"{fr.fit.provenance.caption()})"
         for fr in r.frontier])
     out += _bullets("**Joint fits** (one exponent b shared by all levels, own a and c per level):", [
-        f"{j.label or 'all'}: b = {j.fit.params['b']:.3g} [{_ci(j.fit.ci, 'b')[0]:.3g}, {_ci(j.fit.ci, 'b')[1]:.3g}] "
-        f"over levels {', '.join(f'{v:g}' for v in j.levels)}"
+        f"{j.label or 'all'}: b = {j.fit.params['b']:.3g} [{_fmt(_ci(j.fit.ci, 'b')[0])}, {_fmt(_ci(j.fit.ci, 'b')[1])}] "
+        f"over levels {', '.join(f'{v:g}' for v in j.levels)} ({_prov(j.fit)})"
         for j in r.joint])
     out += _bullets("**Two-variable fits** (E = E0 + A/N^α + B/D^β over model size N and data D; what a bias "
-                    "costs in capacity, in data and in the floor):", [
-        f"{t.label}: " + "; ".join(f"{n} = {t.fit.params[n]:.3g} [{_fmt(_ci(t.fit.ci, n)[0])}, {_fmt(_ci(t.fit.ci, n)[1])}]"
-                                   for n in ("alpha", "beta", "E0"))
-        for t in r.two_variable])
+                    "costs in capacity, in data and in the floor; least squares, then the Huber loss as "
+                    "Besiroglu et al. 2024 fit it):", [
+        f"{t.label} ({f.form.name}): " + "; ".join(
+            f"{n} = {f.params[n]:.3g} [{_fmt(_ci(f.ci, n)[0])}, {_fmt(_ci(f.ci, n)[1])}]" for n in ("alpha", "beta", "E0"))
+        + f" ({_prov(f)})"
+        for t in r.two_variable for f in (t.fit, t.huber) if f is not None])
+    out += _decision_md(r)
+    out += _bullets("**Two-step task prediction** (scale → loss → accuracy, Bhagia et al. 2024; fitted below the "
+                    "largest scale, scored at it):", [_two_step_md(p) for p in r.task_prediction])
     out += _delta_table(r)
     out += _bullets("**Critical level** (lowest level whose Δ at the largest scale is below −tol and beyond 2 s.e.):", [
         f"{row.get('bias_type', '')}: " + (f"{row['critical_level']:g}" if row["critical_level"] is not None else "none")
@@ -85,16 +116,47 @@ def render_markdown(report: Report) -> str:
 def _fits_table(r: Report) -> list[str]:
     tgt = f"E = 1 − {r.metric}" if r.hib else f"E = {r.metric}"
     out = [f"# Scaling report — {r.title}", "", f"Fits of {tgt} against `{r.x}` (final checkpoint of each cell; "
-           "95 % bootstrap intervals; held-out RMSLE = error on the largest scales of a refit on the smaller ones).", ""]
-    out += ["| curve | scales | form | parameters [95 % CI] | held-out RMSLE |", "|---|---|---|---|---|"]
+           "95 % bootstrap intervals, with the resamples kept of those requested, the bootstrap method and seed, "
+           "and the training seeds behind each point; held-out RMSLE = error on the largest scales of a refit "
+           "on the smaller ones).", ""]
+    out += ["| curve | scales | seeds/point | form | parameters [95 % CI] | held-out RMSLE | intervals from |",
+            "|---|---|---|---|---|---|---|"]
     for c in r.curves:
         f = c.fit
         if f is None:
-            out.append(f"| {c.label} | {len(c.x)} | — | — | — |")
+            out.append(f"| {c.label} | {len(c.x)} | {_seeds(c)} | — | — | — | — |")
             continue
         ho = (f.holdout or {}).get("rmsle", math.nan)
-        out.append(f"| {c.label} | {len(c.x)} | {f.form.name} | {'; '.join(_param_md(f, n) for n in f.form.params)} | {_fmt(ho)} |")
+        out.append(f"| {c.label} | {len(c.x)} | {_seeds(c)} | {f.form.name} | {'; '.join(_param_md(f, n) for n in f.form.params)} "
+                   f"| {_fmt(ho)} | {_prov(f)} |")
     return out
+
+
+def _decision_md(r: Report) -> list[str]:
+    d = r.decision
+    if d.is_empty():
+        return []
+    keys = [k for k in ("bias_type", "model", "data_scale") if k in d.columns and k != "scale"]
+    out = ["", f"**Decision accuracy** (DataDecide, Magnusson et al. 2025): the share of pairs of bias levels whose "
+           f"order at a smaller `{r.x}` matches their order at the largest; 95 % interval from a bootstrap over seeds.", "",
+           "| curve | scale | target | levels (pairs) | decision accuracy [95 % CI] | intervals from |", "|---|---|---|---|---|---|"]
+    for row in d.iter_rows(named=True):
+        ci = f" [{row['lo']:.2f}, {row['hi']:.2f}]" if row["lo"] is not None and not math.isnan(row["lo"]) else ""
+        prov = (f"{row['n_boot_kept']}/{row['n_boot_requested']} seed resamples, seed {row['boot_seed']}"
+                if row["boot_seed"] is not None else f"no interval: {row['note']}")
+        seeds = f"{row['seeds_min']}" if row["seeds_min"] == row["seeds_max"] else f"{row['seeds_min']}–{row['seeds_max']}"
+        out.append(f"| {curve_label(keys, [row[k] for k in keys])} | {row['scale']:.4g} | {row['target_scale']:.4g} | "
+                   f"{row['n_levels']} ({row['n_pairs']}) | {_fmt(row['decision_accuracy'])}{ci} | {prov}; {seeds} seed(s)/pt |")
+    return out
+
+
+def _two_step_md(p: Any) -> str:
+    if p.predicted is None:
+        return f"{p.label}: no prediction — {p.note}"
+    ci = f" [{p.interval[0]:.3f}, {p.interval[1]:.3f}]" if p.interval else ""
+    prov = f"; {_prov(p.step1)}" if p.step1 is not None else ""
+    return (f"{p.label}: at {p.target_scale:.4g} predicted {p.predicted:.3f}{ci}, measured {p.actual:.3f} "
+            f"(|error| {p.abs_error:.3f}; loss predicted {p.loss_predicted:.4g}, measured {p.loss_actual:.4g}; {p.note}{prov})")
 
 
 def _param_md(f: FitResult, name: str) -> str:
@@ -132,8 +194,16 @@ def _fit_rows(curves: Sequence[Curve]) -> list[dict[str, Any]]:
         ho = f.holdout or {}
         row["holdout_rmsle"] = ho.get("rmsle", math.nan)
         row["holdout_rel_err"] = ho.get("rel_err", math.nan)
+        row.update(_prov_cols(f, c))
         rows.append(row)
     return rows
+
+
+def _prov_cols(f: FitResult, c: Curve) -> dict[str, Any]:
+    b = f.boot
+    return {"ci_level": b.level, "boot_method": b.method, "n_boot_requested": b.requested, "n_boot_kept": b.kept,
+            "boot_seed": b.seed, "seeds_min": int(c.n_seeds.min()), "seeds_max": int(c.n_seeds.max()),
+            "n_dropped_nonfinite": f.n_dropped}
 
 
 def render_fits_csv(report: Report) -> str:
@@ -143,8 +213,9 @@ def render_fits_csv(report: Report) -> str:
 
 
 def render_tables_csv(report: Report) -> dict[str, str]:
-    """CSV text of the inheritance tables the study gives: ``delta``, ``id_ood_gap``, ``multiplier``."""
-    tables = (("delta", report.delta), ("id_ood_gap", report.id_ood_gap), ("multiplier", report.multiplier))
+    """CSV text of the tables the study gives: ``delta``, ``id_ood_gap``, ``multiplier``, ``decision``."""
+    tables = (("delta", report.delta), ("id_ood_gap", report.id_ood_gap), ("multiplier", report.multiplier),
+              ("decision", report.decision))
     return {name: frame.write_csv() for name, frame in tables if not frame.is_empty()}
 
 
@@ -158,9 +229,11 @@ def render_latex(report: Report) -> str:
     lines = [
         f"% scaling fits of E = {tgt} against {report.x}; power_law: E = a x^{{-b}} + c;",
         "% bnsl_n: E = a + b x^{-c_0} prod_i (1 + (x/d_i)^{1/f_i})^{-c_i f_i}",
-        r"\begin{tabular}{llp{0.5\linewidth}rr}",
+        "% intervals: 95% bootstrap; 'resamples' = kept/requested, the method and the bootstrap seed;",
+        "% 'seeds' = training seeds behind each point",
+        r"\begin{tabular}{llp{0.4\linewidth}rrrl}",
         r"\toprule",
-        r"curve & form & parameters [95\% CI] & held-out RMSLE & scales \\",
+        r"curve & form & parameters [95\% CI] & held-out RMSLE & scales & seeds & resamples (seed) \\",
         r"\midrule",
     ]
     for r in _fit_rows(report.curves):
@@ -173,8 +246,12 @@ def render_latex(report: Report) -> str:
         ho = r.get("holdout_rmsle", math.nan)
         name = r["label"].replace("_", "\\_")
         form = r["form"].replace("_", "\\_")
+        seeds = "--" if "seeds_min" not in r else (f"{r['seeds_min']}" if r["seeds_min"] == r["seeds_max"]
+                                                   else f"{r['seeds_min']}--{r['seeds_max']}")
+        prov = "--" if "boot_seed" not in r else (f"{r['n_boot_kept']}/{r['n_boot_requested']} {r['boot_method']} ({r['boot_seed']})"
+                                                  if r["n_boot_kept"] else "none")
         lines.append(f"{name} & {form} & {'; '.join(parts) or '--'} & "
-                     f"{'--' if ho is None or math.isnan(ho) else f'{ho:.3g}'} & {r['n_scales']} \\\\")
+                     f"{'--' if ho is None or math.isnan(ho) else f'{ho:.3g}'} & {r['n_scales']} & {seeds} & {prov} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)
 
@@ -184,11 +261,15 @@ def render_json(report: Report) -> dict[str, Any]:
     r = report
     return _jsonable({
         "metric": r.metric, "task": r.task, "split": r.split, "x": r.x, "target": r.target,
-        "curves": [{"label": c.label, **c.key, "fit": c.fit.to_dict() if c.fit else None, "note": c.note,
-                    "comparison": c.comparison, "breaks": c.breaks} for c in r.curves],
+        "curves": [{"label": c.label, **c.key, "seeds_per_point": c.n_seeds.tolist(),
+                    "fit": c.fit.to_dict() if c.fit else None, "note": c.note,
+                    "comparison": c.comparison, "break_selection": c.break_selection, "breaks": c.breaks} for c in r.curves],
         "joint": [{"label": j.label, "levels": j.levels, "fit": j.fit.to_dict()} for j in r.joint],
         "frontier": [{"label": f.label, "fit": f.fit.to_dict()} for f in r.frontier],
-        "two_variable": [{"label": t.label, "fit": t.fit.to_dict()} for t in r.two_variable],
+        "two_variable": [{"label": t.label, "fit": t.fit.to_dict(), "huber": t.huber.to_dict() if t.huber else None}
+                         for t in r.two_variable],
+        "decision_accuracy": r.decision.to_dicts() if not r.decision.is_empty() else [],
+        "task_prediction": [p.to_dict() for p in r.task_prediction],
         "critical_level": r.critical_level.to_dicts() if not r.critical_level.is_empty() else [],
         "effective_data_multiplier": r.multiplier.to_dicts() if not r.multiplier.is_empty() else [],
         "notes": r.notes,
@@ -221,8 +302,11 @@ def render_plots(report: Report, out_dir: Path, formats: Sequence[str]) -> dict[
     img = [f for f in formats if f in plots.IMAGE_FORMATS]
     if not img:
         return paths
+    caption = [f"{c.label}: {_prov(c.fit)}" for c in r.curves if c.fit is not None]
+    if caption:
+        caption = ["Bands: 95 % bootstrap intervals of the fit (resamples kept/requested, method, seed; seeds per point)."] + caption
     for p in plots.plot_curves(r.curves, out_dir / f"curves_{r.tag}", x=r.x, metric=r.metric, title=r.title,
-                               formats=img, to_metric=r.to_metric):
+                               formats=img, to_metric=r.to_metric, caption=caption):
         paths[f"curves_{p.suffix[1:]}"] = p
     if not r.delta.is_empty() and r.delta.filter(pl.col("bias_level") > 0).height:
         for p in plots.plot_delta(r.delta, out_dir / f"delta_{r.tag}", x=r.x, metric=r.metric, title=r.title, formats=img):

@@ -11,12 +11,17 @@ level gives no Δ — each said in ``Report.notes``.
 
 Accuracy-like metrics (acc1, recall@k) are fitted as error = 1 − metric, the quantity that
 follows a power law towards a floor; points and tables keep the metric itself.
+
+Beside the fits: the number of breaks of each long curve chosen by held-out error (every
+candidate's score kept), the two-variable law fitted by least squares and by the Huber loss,
+the decision accuracy of the smaller scales (:mod:`.decision`) and, for LM cells, the two-step
+prediction of task accuracy through the loss (:mod:`.task_prediction`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
@@ -24,8 +29,9 @@ import numpy as np
 import polars as pl
 
 from inheritlab.analysis import inheritance as inh
-from inheritlab.analysis.fits import FitResult, InsufficientData, compare_forms
-from inheritlab.analysis.fits_bnsl import break_scales, fit_bnsl
+from inheritlab.analysis.decision import decision_accuracy
+from inheritlab.analysis.fits import FitResult, compare_forms
+from inheritlab.analysis.fits_bnsl import break_scales, select_breaks
 from inheritlab.analysis.fits_chinchilla import fit_chinchilla
 from inheritlab.analysis.fits_frontier import FrontierFit, fit_frontier
 from inheritlab.analysis.fits_power import fit_best_power_law, fit_joint_power_law
@@ -38,14 +44,18 @@ from inheritlab.analysis.results import (
     select,
     with_clean_controls,
 )
+from inheritlab.analysis.task_prediction import TwoStepPrediction, two_step_prediction
+from inheritlab.infra.errors import InheritlabError
 from inheritlab.infra.hashing import stable_int
 
 N_BOOT = 200
 # A one-break BNSL has six parameters; with eight scales two are left for the held-out score.
 BNSL_MIN_SCALES = 8
-# ... and it replaces the power law only when its held-out error is this much lower (and the
-# break is significant and inside the data): extra parameters must earn their place.
+# ... and it replaces the power law only when its held-out error is this much lower (and every
+# break is significant): extra parameters must earn their place.
 BNSL_MARGIN = 0.8
+# The LM loss that two-step task prediction goes through (task, metric), per split when it has one.
+LOSS_TASK, LOSS_METRIC = "perplexity", "loss"
 
 
 def _read_only(a: Any) -> np.ndarray:
@@ -73,7 +83,8 @@ class Curve:
     fit: FitResult | None
     note: str = ""
     comparison: tuple[dict[str, Any], ...] = ()  # power law vs BNSL, best held-out score first
-    breaks: tuple[dict[str, float], ...] = ()  # breaks of an accepted BNSL, original x units
+    breaks: tuple[dict[str, Any], ...] = ()  # breaks of an accepted BNSL, original x units
+    break_selection: tuple[dict[str, Any], ...] = ()  # 0–3 breaks: held-out score of each, the chosen one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", MappingProxyType(dict(self.key)))
@@ -100,10 +111,15 @@ class ComputeFrontier:
 
 @dataclass(frozen=True, kw_only=True)
 class TwoVariableFit:
-    """E = E0 + A/N^α + B/D^β over model size N (params) and data D, for one (bias type, level)."""
+    """E = E0 + A/N^α + B/D^β over model size N (params) and data D, for one (bias type, level).
+
+    ``fit`` by least squares on log residuals; ``huber`` by the Huber loss as Besiroglu et al.
+    (2024) recommend (None when it could not be fitted; the report's notes say why).
+    """
 
     label: str
     fit: FitResult
+    huber: FitResult | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +146,8 @@ class Report:
     multiplier: pl.DataFrame  # effective-data multiplier per biased point
     id_ood_gap: pl.DataFrame  # ID − OOD metric per (curve, scale), both splits of task and metric
     notes: tuple[str, ...]
+    decision: pl.DataFrame = field(default_factory=pl.DataFrame)  # decision accuracy per smaller scale
+    task_prediction: tuple[TwoStepPrediction, ...] = ()  # LM cells: scale → loss → accuracy
 
     @property
     def target(self) -> str:
@@ -167,11 +185,14 @@ def compute_report(
     gap = inh.id_ood_gap(final_checkpoints(both), x=x, keys=keys) if not both.is_empty() else pl.DataFrame()
     if gap.is_empty() and not df.is_empty():
         notes.append("no ID/OOD pair for this task and metric: no ID–OOD gap")
+    decision = _decision(sub, x=x, keys=keys, notes=notes) if not sub.is_empty() else pl.DataFrame()
+    predictions = _task_predictions(df, task=task, split=split, metric=metric, x=x, keys=keys, hib=hib, notes=notes)
     return Report(
         metric=metric, task=task, split=split, x=x, hib=hib,
         tag=f"{task}_{split}_{metric}".replace("@", "at").replace("/", "_"), title=f"{task} / {split} / {metric}",
         curves=curves, joint=joint, frontier=frontier, two_variable=two_variable,
         delta=delta, critical_level=crit, multiplier=mult, id_ood_gap=gap, notes=tuple(notes),
+        decision=decision, task_prediction=predictions,
     )
 
 
@@ -195,14 +216,14 @@ def _fit_curves(sub: pl.DataFrame, *, x: str, keys: list[str], hib: bool, notes:
         cond = pl.all_horizontal([pl.col(k) == v for k, v in zip(keys, key)])
         raw = rows.filter(cond).sort([x, "seed"])
         label = curve_label(keys, key)
-        fit, note, comparison = _fit_curve(raw[x].to_numpy(), raw["_target"].to_numpy(), grp.height, key)
+        fit, note, comparison, selection = _fit_curve(raw[x].to_numpy(), raw["_target"].to_numpy(), grp.height, key)
         if note or (fit is not None and fit.note):
             notes.append(f"{label}: {note or fit.note}")
         curves.append(Curve(
             label=label, key=dict(zip(keys, key)), level=float(key[keys.index("bias_level")]),
             x=grp[x].to_numpy(), mean=grp["mean"].to_numpy(), std=grp["std"].to_numpy(),
             n_seeds=grp["n_seeds"].to_numpy(), fit=fit, note=fit.note if fit else note,
-            comparison=tuple(comparison),
+            comparison=tuple(comparison), break_selection=tuple(selection),
             breaks=tuple(break_scales(fit)) if fit is not None and fit.form.name.startswith("bnsl") else (),
         ))
     if pts.height and int(pts["n_seeds"].max()) <= 1:
@@ -212,48 +233,55 @@ def _fit_curves(sub: pl.DataFrame, *, x: str, keys: list[str], hib: bool, notes:
 
 def _fit_curve(
     x: np.ndarray, y: np.ndarray, n_scales: int, key: Sequence[Any],
-) -> tuple[FitResult | None, str, list[dict[str, Any]]]:
-    """The curve's fit (power law, or a BNSL that earned its place), why there is none, the ranking."""
+) -> tuple[FitResult | None, str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The curve's fit (power law, or a BNSL that earned its place), why there is none, the
+    ranking of forms and the break-count candidates."""
     fit: FitResult | None = None
     note = ""
     comparison: list[dict[str, Any]] = []
+    selection: list[dict[str, Any]] = []
     try:
         fit = fit_best_power_law(x, y, n_boot=N_BOOT, seed=_fit_seed(*key))
         if fit is None:
             note = "one scale: no fit"
         elif n_scales >= BNSL_MIN_SCALES:
-            fit, comparison = _maybe_broken(fit, x, y, key)
-    except InsufficientData as exc:
+            fit, comparison, selection = _maybe_broken(fit, x, y, key)
+    except InheritlabError as exc:  # too few scales, or input a fit refuses (said by name)
         note = str(exc)
     except Exception as exc:  # a pathological curve must not sink the whole report
         note = f"fit failed: {type(exc).__name__}: {exc}"
-    return fit, note, comparison
+    return fit, note, comparison, selection
 
 
-def _maybe_broken(pl_fit: FitResult, x: np.ndarray, y: np.ndarray, key: Sequence[Any]) -> tuple[FitResult, list[dict[str, Any]]]:
-    """Also fit a one-break BNSL; keep it only when the break is real and it extrapolates better.
+def _maybe_broken(pl_fit: FitResult, x: np.ndarray, y: np.ndarray, key: Sequence[Any]) -> tuple[FitResult, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Choose 0–3 breaks by held-out error; keep a broken law only when its breaks are real.
 
-    A BNSL has three more parameters than a power law and will always fit a little better, so a
-    break is declared only when (1) its held-out error is at most ``BNSL_MARGIN`` × the power
-    law's, (2) the bootstrap interval of the slope change c1 excludes 0, and (3) the break d1
-    lies inside the observed scale range. Otherwise the power law stays (fewer parameters).
+    A BNSL has three more parameters per break than a power law and will always fit a little
+    better, so breaks are declared only when (1) the chosen count is at least one, (2) its
+    held-out error is at most ``BNSL_MARGIN`` × the power law's, and (3) the bootstrap interval
+    of every slope change c_i excludes 0. Otherwise the power law stays (fewer parameters). A
+    break outside the observed scales is kept and marked: the data only begin to show it.
     """
     try:
-        broken = fit_bnsl(x, y, n_breaks=1, n_boot=N_BOOT, seed=_fit_seed("bnsl", *key))
-    except (InsufficientData, ValueError):
-        return pl_fit, []
+        sel = select_breaks(x, y, n_boot=N_BOOT, seed=_fit_seed("bnsl", *key))
+    except (InheritlabError, ValueError):
+        return pl_fit, [], []
+    broken = sel.fit
     ranked = compare_forms([pl_fit, broken])
     ho_pl, ho_b = (pl_fit.holdout or {}).get("rmsle"), (broken.holdout or {}).get("rmsle")
-    c_lo, c_hi = broken.ci.get("c1", (math.nan, math.nan))
-    d = broken.params["d1"]
-    real = (
-        ho_pl is not None and ho_b is not None and ho_b <= BNSL_MARGIN * ho_pl
-        and (c_lo > 0 or c_hi < 0)
-        and float(np.min(x)) < d < float(np.max(x))
-    )
-    if real:
-        return replace(broken, note=f"broken law extrapolates better on held-out scales (break at {d:.3g})"), ranked
-    return pl_fit, ranked
+    n = sel.n_breaks
+    significant = all(_excludes_zero(broken.ci.get(f"c{i}", (math.nan, math.nan))) for i in range(1, n + 1))
+    real = n >= 1 and ho_pl is not None and ho_b is not None and ho_b <= BNSL_MARGIN * ho_pl and significant
+    if not real:
+        return pl_fit, ranked, list(sel.candidates)
+    where = [f"{b['d']:.3g}" + (f" ({b['beyond_data']} the data)" if b["beyond_data"] else "") for b in break_scales(broken)]
+    note = f"broken law ({n} break(s), chosen by held-out error) extrapolates better on held-out scales (break at {', '.join(where)})"
+    return broken.with_note(note), ranked, list(sel.candidates)
+
+
+def _excludes_zero(ci: tuple[float, float]) -> bool:
+    lo, hi = ci
+    return lo > 0 or hi < 0  # False for (nan, nan): no interval, no evidence
 
 
 def _joint_fits(sub: pl.DataFrame, *, x: str, keys: list[str], hib: bool, notes: list[str]) -> tuple[JointFit, ...]:
@@ -269,7 +297,7 @@ def _joint_fits(sub: pl.DataFrame, *, x: str, keys: list[str], hib: bool, notes:
         label = curve_label(outer, key)
         try:
             r = fit_joint_power_law(grp[x].to_numpy(), gi, grp["_t"].to_numpy(), n_boot=N_BOOT, seed=_fit_seed("joint", *key))
-        except (InsufficientData, ValueError) as exc:
+        except (InheritlabError, ValueError) as exc:
             notes.append(f"joint fit {label}: {exc}")
             continue
         if grp[x].n_unique() < 4:
@@ -292,7 +320,7 @@ def _frontier_fits(sub: pl.DataFrame, *, hib: bool, notes: list[str]) -> tuple[C
         try:
             fit = fit_frontier(grp["flops"].to_numpy(), grp["_t"].to_numpy(), n_bins=min(5, grp["flops"].n_unique()),
                                n_boot=N_BOOT, seed=_fit_seed("frontier", *key))
-        except ValueError as exc:
+        except (InheritlabError, ValueError) as exc:
             notes.append(f"frontier {label}: {exc}")
             continue
         out.append(ComputeFrontier(label=label, fit=fit))
@@ -312,13 +340,60 @@ def _two_variable_fits(sub: pl.DataFrame, *, hib: bool, notes: list[str]) -> tup
         if grp["params"].n_unique() < 2 or grp["data_scale"].n_unique() < 2 or points.height < 6:
             continue
         label = curve_label(["bias_type", "bias_level"], key)
+        cols = (grp["params"].to_numpy(), grp["data_scale"].to_numpy(), grp["_t"].to_numpy())
         try:
-            fit = fit_chinchilla(grp["params"].to_numpy(), grp["data_scale"].to_numpy(), grp["_t"].to_numpy(),
-                                 n_boot=N_BOOT, seed=_fit_seed("two-variable", *key))
-        except (InsufficientData, ValueError) as exc:
+            fit = fit_chinchilla(*cols, n_boot=N_BOOT, seed=_fit_seed("two-variable", *key))
+        except (InheritlabError, ValueError) as exc:
             notes.append(f"two-variable fit {label}: {exc}")
             continue
-        out.append(TwoVariableFit(label=label, fit=fit))
+        huber = None
+        try:
+            huber = fit_chinchilla(*cols, loss="huber", n_boot=N_BOOT, seed=_fit_seed("two-variable-huber", *key))
+        except (InheritlabError, ValueError) as exc:
+            notes.append(f"two-variable Huber fit {label}: {exc}")
+        out.append(TwoVariableFit(label=label, fit=fit, huber=huber))
+    return tuple(out)
+
+
+def _decision(sub: pl.DataFrame, *, x: str, keys: list[str], notes: list[str]) -> pl.DataFrame:
+    """Decision accuracy of each smaller scale against the largest, per bias type (and model)."""
+    outer = [k for k in keys if k != "bias_level"]
+    seed = _fit_seed("decision", *outer)
+    table = decision_accuracy(sub.select(outer + ["bias_level", x, "seed", "value"]), x=x, keys=outer, seed=seed)
+    if table.is_empty():
+        notes.append("decision accuracy needs two levels at two or more common scales: none")
+    return table
+
+
+def _task_predictions(
+    df: pl.DataFrame, *, task: str, split: str, metric: str, x: str, keys: list[str], hib: bool, notes: list[str],
+) -> tuple[TwoStepPrediction, ...]:
+    """LM cells, accuracy-like metric: predict the largest scale through the LM loss, per curve."""
+    if df.is_empty() or "lm" not in df["modality"].unique().to_list() or not hib:
+        return ()
+    if task == LOSS_TASK:
+        return ()
+    loss_rows = df.filter((pl.col("task") == LOSS_TASK) & (pl.col("metric") == LOSS_METRIC))
+    if loss_rows.is_empty():
+        notes.append(f"two-step task prediction: no {LOSS_TASK}/{LOSS_METRIC} rows to go through")
+        return ()
+    loss_split = split if split in loss_rows["split"].unique().to_list() else "id"
+    loss_rows = loss_rows.filter(pl.col("split") == loss_split).select("cell_id", "checkpoint_step", pl.col("value").alias("_loss"))
+    acc = df.filter((pl.col("task") == task) & (pl.col("split") == split) & (pl.col("metric") == metric))
+    rows = acc.join(loss_rows, on=["cell_id", "checkpoint_step"], how="inner")
+    if rows.is_empty():
+        notes.append(f"two-step task prediction: no checkpoint has both {task}/{split}/{metric} and "
+                     f"{LOSS_TASK}/{loss_split}/{LOSS_METRIC}")
+        return ()
+    out = []
+    for key, grp in rows.sort(keys + [x, "seed", "checkpoint_step"]).group_by(keys, maintain_order=True):
+        final = final_checkpoints(grp)
+        label = curve_label(keys, key)
+        pred = two_step_prediction(
+            label, final[x].to_numpy(), final["_loss"].to_numpy(), final["value"].to_numpy(),
+            grp[x].to_numpy(), grp["_loss"].to_numpy(), grp["value"].to_numpy(),
+            n_boot=N_BOOT, seed=_fit_seed("two-step", *key))
+        out.append(pred)
     return tuple(out)
 
 

@@ -129,6 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     img = torch.randn(args.batch, 3, 224, 224, device=DEV)
     txt = torch.randint(0, 49408, (args.batch, 77), device=DEV)
     rows: list[dict[str, Any]] = []
+    import deepspeed
+    import open_clip
+    import triton
+
+    record = {"benchmark": "clip_step", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "device": torch.cuda.get_device_name(), "bf16_matmul_tflops": round(rate / 1e12, 1),
+              "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "triton": triton.__version__,
+                           "deepspeed": deepspeed.__version__, "open_clip": open_clip.__version__},
+              "rows": rows}
+    print({"bf16_matmul_tflops": record["bf16_matmul_tflops"]}, flush=True)
     for row in filter(None, args.rows.split(",")):
         kind, mode = row.split("-")
         try:
@@ -147,18 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # one failing row must not lose the others
             rows.append({"method": row, "error": f"{type(exc).__name__}: {exc}"[:1000]})
         print(rows[-1], flush=True)
+        write_record(args.out, record)  # after every row: a run cut short keeps what it measured
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    import deepspeed
-    import open_clip
-    import triton
-
-    record = {"benchmark": "clip_step", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "device": torch.cuda.get_device_name(), "bf16_matmul_tflops": round(rate / 1e12, 1),
-              "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "triton": triton.__version__,
-                           "deepspeed": deepspeed.__version__, "open_clip": open_clip.__version__},
-              "rows": rows}
-    write_record(args.out, record)
     return 0
 
 
