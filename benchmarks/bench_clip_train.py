@@ -5,10 +5,13 @@ Launch alone or under torchrun; rank 0 appends one JSON record to ``--out``::
     torchrun --nproc-per-node 2 benchmarks/bench_clip_train.py --rung clip-tiny \
         --world /tmp/world --cell /tmp/cell --batch-size 1024 --steps 40 --out results.jsonl
 
-The world (built-in shards) is generated first when ``--world`` holds none. Samples/s is end
-to end (loader, transfer, step); the steady figure leaves out the first steps of the run. MFU
-divides the model FLOPs (``clip_models.flops_per_sample``, fwd+bwd) by the dense bf16 peak of
-the device.
+The data is generated first when ``--world`` holds none: the built-in world (``--data world``)
+or img2dataset-style 256-px JPEG shards with labels in ``.json`` (``--data jpeg``, the loader
+benchmark's writer). ``--label-noise L`` trains through the corruptor chain; checkpoints are
+committed every ``--ckpt-every`` steps. Samples/s is end to end (loader, transfer, step); the
+steady figure leaves out the first steps of the run. MFU divides the model FLOPs
+(``clip_models.flops_per_sample``, fwd+bwd) by the bf16 matmul rate measured in this run (and,
+for reference, by the device's dense bf16 spec peak).
 """
 
 from __future__ import annotations
@@ -41,6 +44,18 @@ def make_world(root: Path, image_size: int, train_size: int, per_shard: int) -> 
                                        test_ood_size=64, samples_per_shard=per_shard), root)
 
 
+def make_jpeg_shards(root: Path, train_size: int, per_shard: int) -> list[str]:
+    """img2dataset's layout at 256 px (``bench_loader.write_foreign_shards``), once."""
+    from bench_loader import write_foreign_shards  # beside this script
+
+    done = root / "train.done"
+    if done.is_file():
+        return sorted(str(p) for p in (root / "train").glob("*.tar"))
+    paths = write_foreign_shards(root / "train", "JPEG", train_size, per_shard)
+    done.write_text("\n".join(paths))
+    return paths
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rung", default="clip-tiny")
@@ -51,7 +66,10 @@ def main() -> None:
     ap.add_argument("--per-shard", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=256, help="global batch")
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--zero-stage", type=int, default=2)
+    ap.add_argument("--zero-stage", default="auto", help="0-3 or auto (what a cell gets)")
+    ap.add_argument("--data", choices=("world", "jpeg"), default="world")
+    ap.add_argument("--label-noise", type=float, default=0.0, help="train through the corruptor chain")
+    ap.add_argument("--ckpt-every", type=int, default=0, help="commit a checkpoint every N steps (0: at the end)")
     ap.add_argument("--loader-workers", type=int, default=4)
     ap.add_argument("--loss-impl", default="auto", help="auto = the Triton kernel on GPU")
     ap.add_argument("--out", required=True)
@@ -61,22 +79,38 @@ def main() -> None:
     world_root = Path(args.world)
     if args.make_world_only:
         t0 = time.perf_counter()
-        make_world(world_root, args.image_size, args.train_size, args.per_shard)
-        print(f"world {world_root}: {time.perf_counter() - t0:.1f}s")
+        if args.data == "jpeg":
+            make_jpeg_shards(world_root, args.train_size, args.per_shard)
+        else:
+            make_world(world_root, args.image_size, args.train_size, args.per_shard)
+        print(f"data {world_root}: {time.perf_counter() - t0:.1f}s")
         return
 
-    from inheritlab.corruptors.world import load_world_info
     from inheritlab.trainers.clip_pretrain import ClipTrainConfig, train_clip
 
-    world = load_world_info(world_root)
+    if args.data == "jpeg":
+        shards, classes, label_key = make_jpeg_shards(world_root, args.train_size, args.per_shard), 10, "label"
+    else:
+        from inheritlab.corruptors.world import load_world_info
+
+        world = load_world_info(world_root)
+        shards, classes, label_key = list(world.splits["train"]), world.num_classes, None
     if Path(args.cell).exists():
         raise SystemExit(f"--cell {args.cell} exists: a benchmark trains a fresh cell")
+    noise = ({"type": "label_noise", "level": args.label_noise},) if args.label_noise else ()
+    stage = args.zero_stage if args.zero_stage == "auto" else int(args.zero_stage)
     cfg = ClipTrainConfig(
-        rung=args.rung, train_shards=tuple(world.splits["train"]), cell_dir=args.cell,
-        samples_seen=args.batch_size * args.steps, batch_size=args.batch_size, zero_stage=args.zero_stage,
-        ckpt_every=args.steps, loader_workers=args.loader_workers, num_classes=world.num_classes,
-        unique_samples=args.train_size, log_every=5, loss_impl=args.loss_impl,
+        rung=args.rung, train_shards=tuple(shards), cell_dir=args.cell, corruptors=noise,
+        samples_seen=args.batch_size * args.steps, batch_size=args.batch_size, zero_stage=stage,
+        ckpt_every=args.ckpt_every or args.steps, loader_workers=args.loader_workers, num_classes=classes,
+        class_names=tuple(f"class {i}" for i in range(classes)), label_key=label_key,
+        unique_samples=args.train_size, log_every=5, loss_impl=args.loss_impl, bad_sample_ceiling=0.01,
     )
+    rate = None
+    if torch.cuda.is_available():
+        from bench_clip_step import _matmul_rate  # beside this script: the same measurement
+
+        rate = _matmul_rate()
     t0 = time.perf_counter()
     s = train_clip(cfg)
     wall = time.perf_counter() - t0
@@ -95,11 +129,15 @@ def main() -> None:
             "device": gpu, "gpus": s.world_size if torch.cuda.is_available() else 0,
             "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__, "triton": triton.__version__,
                          "open_clip": open_clip.__version__, "python": platform.python_version()},
-            "rung": args.rung, "global_batch": args.batch_size, "steps": s.steps, "zero_stage": args.zero_stage,
+            "rung": args.rung, "global_batch": args.batch_size, "steps": s.steps, "zero_stage": s.zero_stage,
+            "data": args.data, "label_noise": args.label_noise, "ckpt_every": cfg.ckpt_every,
+            "bf16_matmul_tflops_measured": rate / 1e12 if rate else None,
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             "precision": s.precision, "loader_workers": args.loader_workers, "loss_impl": args.loss_impl, "image_size": args.image_size,
             "params": s.params, "flops_per_sample": s.flops_per_sample,
             "samples_per_s": s.samples_per_s, "samples_per_s_steady": steady,
-            "mfu_steady": (steady * s.flops_per_sample / (s.world_size * peak * 1e12)) if (peak and steady) else None,
+            "mfu_steady_measured_rate": (steady * s.flops_per_sample / (s.world_size * rate)) if (rate and steady) else None,
+            "mfu_steady_spec_peak": (steady * s.flops_per_sample / (s.world_size * peak * 1e12)) if (peak and steady) else None,
             "final_loss": s.final_loss, "loss_curve": list(s.loss_curve), "wall_s": wall,
         }
         with open(args.out, "a") as fh:

@@ -2,7 +2,10 @@
 # Every GPU check of the one-GPU run in one command, on a GPU node with torch (and triton)
 # installed but not this package: the kernel and trainer GPU tests, then the benchmarks.
 #
-#   benchmarks/gpu_checks.sh OUT_DIR [PARTS]        PARTS: comma list of tests,step,lm,lmcheck (default all)
+#   benchmarks/gpu_checks.sh OUT_DIR [PARTS]        PARTS: comma list of tests,step,e2e,lm,lmcheck (default all)
+#
+# e2e trains ViT-B/32 (rung datacomp-small, batch 512) from img2dataset-style 256-px JPEG shards
+# through label noise 0.2 with checkpoints on; it needs polars on the node (a 1.x wheel in .whl).
 #
 # GPU_TESTS (pytest node ids, default tests/gpu) and STEP_ROWS (bench_clip_step.py --rows) narrow a
 # part when the device time is short.
@@ -10,7 +13,7 @@
 # target, never over the node's own torch). Results: OUT_DIR/*.json and OUT_DIR/gpu_checks.log.
 set -uo pipefail
 out=${1:?usage: gpu_checks.sh OUT_DIR [PARTS]}
-parts=${2:-tests,step,lm,lmcheck}
+parts=${2:-tests,step,e2e,lm,lmcheck}
 mkdir -p "$out"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -36,6 +39,9 @@ run() {  # name, timeout seconds, command...
 [[ $parts == *tests* ]] && run gpu-tests "${TESTS_TIMEOUT:-420}" python3 -m pytest ${GPU_TESTS:-tests/gpu} -q -p no:cacheprovider -o addopts="" --durations=0
 [[ $parts == *step* ]] && run clip-step "${STEP_TIMEOUT:-360}" python3 benchmarks/bench_clip_step.py --out "$out/clip_step.json" \
   ${STEP_ROWS:+--rows "$STEP_ROWS"}
+[[ $parts == *e2e* ]] && run e2e-jpeg "${E2E_TIMEOUT:-420}" bash -c "cd benchmarks && python3 bench_clip_train.py \
+  --rung datacomp-small --data jpeg --world /tmp/e2e-data --cell /tmp/e2e-cell --train-size 32768 --per-shard 1024 \
+  --batch-size 512 --steps ${E2E_STEPS:-80} --ckpt-every 40 --label-noise 0.2 --loader-workers 14 --out $out/clip_train_e2e.jsonl"
 [[ $parts == *lm,* || $parts == *lm ]] && run lm-mfu 300 python3 benchmarks/bench_lm_train.py --out "$out/lm_train.json" --modes compile
 [[ $parts == *lmcheck* ]] && run lm-trainer 420 python3 benchmarks/check_lm_trainer_gpu.py "$out/lm_trainer_gpu.json"
 exit 0
