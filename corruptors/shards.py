@@ -184,6 +184,12 @@ def _build_sample(shard: str, key: str, parts: dict[str, tuple[str, bytes]], dec
     ``parts`` is keyed by the lower-cased extension (``.JPG`` is a JPEG); members keep their
     own names in every message.
     """
+    if key.startswith("/") or ".." in key.split("/"):
+        # Nothing is ever extracted, but a key is a name others may join to a path (exports,
+        # a user's own tools): one that could climb out of a directory is refused, and counted.
+        member = next(iter(parts.values()))[0]
+        raise _BadSample("unsafe_member_name", member,
+                         f"member name {member!r} is absolute or climbs with '..'; sample keys must be relative names")
     for ext, (member, data) in parts.items():
         if "." in ext and ext.rsplit(".", 1)[-1] in KNOWN_EXTS:
             raise _BadSample(

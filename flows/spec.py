@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from inheritlab.corruptors.chain import validate_corruptor
 from inheritlab.corruptors.world import image_format_for
-from inheritlab.infra.cell import Auto, DataConfig, EvalConfig, Frozen, RecipeConfig, WorldSpec
+from inheritlab.infra.cell import MAX_SAMPLES, MAX_SEED, Auto, DataConfig, EvalConfig, Frozen, RecipeConfig, WorldSpec
 from inheritlab.infra.errors import SpecError
 from inheritlab.trainers.modality import get_modality, modality_names
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -73,7 +73,7 @@ class DataScaleAxis(Frozen):
     samples of a nested ordering, so each cell sees its pool about once.
     """
 
-    values: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
+    values: Annotated[list[Annotated[int, Field(ge=1, le=MAX_SAMPLES)]], Field(min_length=1)]
     unique: Literal["fixed", "scaled"] = "fixed"
 
     _values = field_validator("values")(lambda v: _sorted_unique(v, "values"))
@@ -83,7 +83,7 @@ class GridSpec(Frozen):
     bias: Annotated[list[BiasAxis], Field(min_length=1)]
     model: Annotated[list[str], Field(min_length=1)]
     data_scale: DataScaleAxis
-    seeds: Annotated[list[int], Field(min_length=1)] = [0]
+    seeds: Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]], Field(min_length=1)] = [0]
 
     @model_validator(mode="after")
     def _distinct_axes(self) -> "GridSpec":
@@ -144,7 +144,7 @@ class ExecutionSpec(Frozen):
 class StudySpec(Frozen):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)]
     modality: str = "clip"
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     data: DataConfig = DataConfig()
     grid: GridSpec
     train: TrainSpec = TrainSpec()

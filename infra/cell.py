@@ -17,10 +17,10 @@ read cells; which modalities, rungs and tasks exist is checked by the layers tha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from inheritlab.infra.hashing import config_id
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # Bump when a code change makes old cell results incomparable with new ones (the ids change).
 # 2: the typed cell (its canonical dump differs from the epoch-1 dict).
@@ -29,10 +29,35 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 CODE_EPOCH = 3
 
 
+# Sizes a spec may ask for: far beyond any study (a thousand times DataComp xlarge's 12.8 B
+# samples seen; a global batch of 4 M), but a typo such as 1e30 is refused, not overflowed.
+MAX_SAMPLES = 10**13
+MAX_BATCH = 2**22
+MAX_SEED = 2**32 - 1           # seeds feed 32-bit RNG seeding (infra.seeds)
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a boolean (anywhere in a union or container)."""
+    if annotation is bool:
+        return True
+    return any(_takes_bool(a) for a in get_args(annotation))
+
+
 class Frozen(BaseModel):
-    """Base of every config model: unknown keys are refused, instances are immutable."""
+    """Base of every config model: unknown keys are refused, instances are immutable, and a
+    boolean is never taken for a number (pydantic would read ``levels: [true]`` as 1.0)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, bool) for v in items) and info.field_name is not None:
+            if not _takes_bool(cls.model_fields[info.field_name].annotation):
+                raise ValueError(f"got {value!r}: a boolean where a number or a name is expected (YAML reads "
+                                 "yes/no/on/off/true/false as booleans: quote the value)")
+        return value
 
 
 # ----------------------------------------------------------------------------------- data
@@ -163,7 +188,7 @@ CLEAN = BiasConfig(type="none", level=0.0)
 class RecipeConfig(Frozen):
     """Training settings that change results (in the id); ``None`` takes the rung's recipe."""
 
-    batch_size: Annotated[int, Field(ge=1)] | None = None
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] | None = None
     lr: Annotated[float, Field(gt=0)] | None = None
     warmup_steps: Annotated[int, Field(ge=0)] | None = None
     # "auto": stage 0 when a model's whole training state fits in a quarter of one device (the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -334,3 +335,26 @@ def test_world_left_alone_without_a_builtin_image_world(tmp_path: Path) -> None:
     lm = parse_spec({"name": "lm", "modality": "lm", "grid": {
         "bias": [{"type": "token_noise", "levels": [0.0, 0.1]}], "model": ["lm-tiny"], "data_scale": {"values": [64]}}})
     assert lm.data.world == WorldSpec()
+
+
+@pytest.mark.parametrize("change, where", [
+    (lambda d: d["grid"]["data_scale"].update(values=[10**30]), "grid.data_scale.values"),
+    (lambda d: d["grid"]["data_scale"].update(values=[1e30]), "grid.data_scale.values"),
+    (lambda d: d.setdefault("train", {}).update(batch_size=10**9), "train.batch_size"),
+    (lambda d: d.setdefault("train", {}).update(workers=10**6), "train.workers"),
+    (lambda d: d["grid"].update(seeds=[10**40]), "grid.seeds"),
+    (lambda d: d.update(seed=-1), "seed"),
+    (lambda d: d["grid"]["bias"][0].update(levels=[True]), "a boolean where a number"),
+    (lambda d: d.setdefault("train", {}).update(ckpt_every=True), "a boolean where a number"),
+    (lambda d: d.setdefault("train", {}).update(use_gpu=True), "quote the value"),
+])
+def test_absurd_sizes_and_booleans_as_numbers_are_refused(change, where) -> None:
+    import copy
+    from importlib import resources
+
+    base = yaml.safe_load(resources.files("inheritlab.flows").joinpath("studies", "demo.yaml").read_text())
+    parse_spec(base)
+    spec = copy.deepcopy(base)
+    change(spec)
+    with pytest.raises(SpecError, match=re.escape(where)):
+        parse_spec(spec)

@@ -199,3 +199,24 @@ def test_a_fraction_ceiling_is_judged_on_the_whole_read(tmp_path):
     stats = ReadStats()
     assert len(list(iter_samples([str(first), str(second)], bad_sample_ceiling=0.25, stats=stats))) == 8
     assert stats.skipped == {"undecodable_image": 2}
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/x", "a/../../x"])
+def test_member_names_that_climb_are_refused_and_counted(tmp_path, name: str) -> None:
+    import io
+    import tarfile
+
+    from inheritlab.corruptors.shards import ReadStats, ShardError, iter_samples
+
+    path = tmp_path / "evil.tar"
+    with tarfile.open(path, "w") as tar:
+        for member, data in [(f"{name}.txt", b"a caption"), (f"{name}.cls", b"1"), ("ok.txt", b"fine"), ("ok.cls", b"0")]:
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ShardError, match="climbs with '..'"):
+        list(iter_samples([str(path)], kind="text"))
+    stats = ReadStats()
+    got = list(iter_samples([str(path)], kind="text", bad_sample_ceiling=1.0, stats=stats))
+    assert [s["__key__"] for s in got] == ["ok"] and stats.skipped == {"unsafe_member_name": 1}
+    assert not (tmp_path.parent / "x").exists()  # and nothing was written anywhere
