@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
-from inheritlab.analysis.fits import FitInputError
+from inheritlab.analysis.fit_inputs import FitInputError
 
 N_BOOT = 1000
 LEVEL = 0.95

@@ -36,7 +36,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from inheritlab.analysis.fits import FitResult, Form, _fit_core, _sorted, check_inputs, fit_form, holdout_score, split_holdout
+from inheritlab.analysis.fit_inputs import check_inputs
+from inheritlab.analysis.fits import FitResult, Form, _fit_core, _sorted, fit_form, holdout_score, split_holdout
 
 _TINY = 1e-300
 # Search box (normalised x): published optima must sit well inside it (see the module docstring).

@@ -26,7 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from inheritlab.analysis.fits import FitInputError, FitResult, Form, fit_form, stack_columns
+from inheritlab.analysis.fit_inputs import FitInputError, stack_columns
+from inheritlab.analysis.fits import FitResult, Form, fit_form
 
 HUBER_DELTA = 1e-3
 LOSSES = ("squares", "huber")

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from inheritlab.analysis.fits import MIN_KEPT_SHARE, Bootstrap, FitInputError, InsufficientData, check_inputs
+from inheritlab.analysis.fit_inputs import FitInputError, InsufficientData, check_inputs
+from inheritlab.analysis.fits import MIN_KEPT_SHARE, Bootstrap
 from inheritlab.analysis.fits_power import POWER_LAW_NO_FLOOR
 
 # The line on log-log axes, for its input checks: compute > 0 and error > 0.

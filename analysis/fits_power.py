@@ -11,7 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from inheritlab.analysis.fits import TINY, FitResult, Form, check_inputs, fit_form, stack_columns
+from inheritlab.analysis.fit_inputs import check_inputs, stack_columns
+from inheritlab.analysis.fits import TINY, FitResult, Form, fit_form
 
 
 def _pl_fn(X: np.ndarray, th: np.ndarray) -> np.ndarray:

@@ -30,7 +30,8 @@ import numpy as np
 from scipy import stats
 from scipy.optimize import least_squares
 
-from inheritlab.analysis.fits import FitInputError, FitResult, InsufficientData, stack_columns
+from inheritlab.analysis.fit_inputs import FitInputError, InsufficientData, stack_columns
+from inheritlab.analysis.fits import FitResult
 from inheritlab.analysis.fits_power import fit_best_power_law
 
 # Accuracy that moves less than this over the training scales is treated as flat (at chance).
