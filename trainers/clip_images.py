@@ -27,6 +27,7 @@ of border.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Sequence
@@ -113,7 +114,7 @@ def _resized_crops(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Ten
     """Each image of ``x`` ``[B, 3, L, L]`` cropped to its box and resized to ``size`` (PIL's
     bicubic), batched as two matrix products per image: columns, then rows."""
     in_size = x.shape[-1]
-    b = boxes.to(x.device, torch.float32)
+    b = boxes.to(x.device, torch.float32, non_blocking=True)
     rows = _resize_weights(b[:, 0], b[:, 2], size, in_size)      # [B, size, L]
     cols = _resize_weights(b[:, 1], b[:, 3], size, in_size)
     # PIL resamples horizontally first and clips to the pixel range between the passes: a
@@ -133,10 +134,18 @@ def device_images(images: torch.Tensor, *, size: int, dtype: torch.dtype, boxes:
     if boxes is None and side != size:
         boxes = np.tile(np.array([[0, 0, side, side]]), (x.shape[0], 1))
     if boxes is not None:
-        x = _resized_crops(x, torch.from_numpy(boxes), size)
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+        b = torch.from_numpy(boxes)
+        # A pageable host-to-device copy would wait for the GPU's queue: pinned, it does not.
+        b = b.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else b
+        x = _resized_crops(x, b, size)
+    mean, std = _normalisation(x.device)
     return x.sub_(mean).div_(std).to(dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and std as ``[1, 3, 1, 1]`` tensors on ``device``, made once (not every step)."""
+    return (torch.tensor(MEAN, device=device).view(1, 3, 1, 1), torch.tensor(STD, device=device).view(1, 3, 1, 1))
 
 
 def transfer_size(shards: Sequence[str], size: int) -> int:

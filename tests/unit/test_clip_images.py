@@ -16,7 +16,7 @@ from PIL import Image
 from inheritlab.corruptors import shards as shards_mod
 from inheritlab.corruptors.shards import write_shards
 from inheritlab.trainers.clip_data import ClipBatchStream, SlotPosition, StreamSpec, rank_batches
-from inheritlab.trainers.clip_images import crop_boxes, device_images, to_uint8
+from inheritlab.trainers.clip_images import MEAN, STD, crop_boxes, device_images, to_uint8
 from inheritlab.trainers.clip_models import build_clip
 
 
@@ -63,7 +63,7 @@ def test_reduced_jpeg_decode_stays_close_to_the_full_decode() -> None:
     fast = _ours(fast_image, 224)
     # In [0, 1] pixel units (undo the normalisation): the DCT-scaled decode differs by under
     # 1 % on average — below JPEG's own quantisation error at quality 95.
-    std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
+    std = torch.tensor(STD).view(3, 1, 1)
     diff = ((fast - full) * std).abs()
     assert diff.mean().item() < 0.01 and diff.max().item() < 0.25
     # A stored image smaller than twice the target decodes at full size.
@@ -83,47 +83,43 @@ def test_crop_boxes_are_seeded_per_step_and_slot_and_in_range() -> None:
     assert area.min() > 0.88 and area.max() <= 1.0 and (h != w).any()
 
 
-def test_device_crop_is_open_clips_crop_of_the_pil_image() -> None:
+def _open_clip_crop(image: Image.Image, box: tuple[int, int, int, int], size: int = 224) -> torch.Tensor:
+    """What open_clip's RandomResizedCrop gives for this box: a PIL crop, a bicubic resize, normalised."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
+    pil = TF.resized_crop(image, *box, size=[size, size], interpolation=InterpolationMode.BICUBIC)
+    return TF.normalize(TF.to_tensor(pil), mean=list(MEAN), std=list(STD))
+
+
+def _within_pil_rounding(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """PIL rounds to 8 bits between its two passes and at the end; we stay in float: within 1.5
+    grey levels everywhere, a quarter of one on average."""
+    diff = ((got - want) * torch.tensor(STD).view(3, 1, 1)).abs()
+    return diff.max().item() < 1.5 / 255 and diff.mean().item() < 0.25 / 255
+
+
+def test_device_crop_is_open_clips_crop_of_the_pil_image() -> None:
     image = _photo(224, 224, 7)
     u8 = torch.from_numpy(np.array(to_uint8(image, 224)))[None]
     identity = np.array([[0, 0, 224, 224]])
     assert (device_images(u8, size=224, dtype=torch.float32, boxes=identity) - device_images(u8, size=224, dtype=torch.float32)).abs().max() < 1e-5
-    std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
     for box in [(10, 14, 205, 210), (0, 0, 212, 224), (0, 30, 224, 190), (12, 3, 200, 221)]:
         got = device_images(u8, size=224, dtype=torch.float32, boxes=np.array([box]))[0]
-        # What open_clip's RandomResizedCrop does with these parameters: PIL crop + bicubic resize.
-        pil = TF.resized_crop(image, *box, size=[224, 224], interpolation=InterpolationMode.BICUBIC)
-        want = TF.normalize(TF.to_tensor(pil), mean=[0.48145466, 0.4578275, 0.40821073],
-                            std=[0.26862954, 0.26130258, 0.27577711])
-        # PIL rounds to 8 bits between its two passes and at the end; we stay in float: within
-        # 1.5 grey levels everywhere, a quarter of one on average.
-        diff = ((got - want) * std).abs()
-        assert diff.max().item() < 1.5 / 255 and diff.mean().item() < 0.25 / 255
+        assert _within_pil_rounding(got, _open_clip_crop(image, box))
 
 
 def test_images_shipped_at_their_stored_size_are_resized_on_the_device_as_open_clip_does() -> None:
     import open_clip
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
 
-    std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
     image = Image.open(io.BytesIO(_encoded(_photo(256, 256, 11), "JPEG"))).convert("RGB")
     shipped = torch.from_numpy(np.array(to_uint8(image, 256)))[None]      # img2dataset's 256 px, untouched
     got = device_images(shipped, size=224, dtype=torch.float32)[0]
-    want = open_clip.image_transform(224, is_train=False)(image)
-    diff = ((got - want) * std).abs()
-    assert diff.max().item() < 1.5 / 255 and diff.mean().item() < 0.25 / 255
+    assert _within_pil_rounding(got, open_clip.image_transform(224, is_train=False)(image))
     # A crop drawn on the shipped 256-px image, resized to 224: open_clip's crop of the same box.
     box = (9, 12, 231, 240)
     got = device_images(shipped, size=224, dtype=torch.float32, boxes=np.array([box]))[0]
-    pil = TF.resized_crop(image, *box, size=[224, 224], interpolation=InterpolationMode.BICUBIC)
-    want = TF.normalize(TF.to_tensor(pil), mean=[0.48145466, 0.4578275, 0.40821073],
-                        std=[0.26862954, 0.26130258, 0.27577711])
-    diff = ((got - want) * std).abs()
-    assert diff.max().item() < 1.5 / 255 and diff.mean().item() < 0.25 / 255
+    assert _within_pil_rounding(got, _open_clip_crop(image, box))
 
 
 def test_transfer_size_rule(tmp_path: Path) -> None:
