@@ -169,3 +169,38 @@ def plot_frontier(
     ax.legend(fontsize=7, frameon=False)
     _caption(fig, caption)
     return _save(fig, stem, formats)
+
+
+def plot_spectrum(table: pl.DataFrame, stem: Path, *, title: str, formats: Sequence[str]) -> list[Path]:
+    """Feature spectrum against bias level: rows singular-value entropy and largest-singular-value
+    ratio, columns the splits; one colour per feature set (the frozen checkpoint's, and after each
+    adaptation that changes them), one line style per data scale; bars one standard deviation
+    over seeds (``table`` is ``analysis.adaptation.spectrum_table``)."""
+    splits = sorted(table.get_column("split").unique().to_list()) if not table.is_empty() else ["id"]
+    fig, axes = plt.subplots(2, len(splits), figsize=(4.6 * len(splits), 6.4), squeeze=False)
+    if table.is_empty():
+        return _save(fig, stem, formats)
+    features = list(dict.fromkeys(["frozen", *sorted(table.get_column("features").unique().to_list())]))
+    cmap = plt.get_cmap("tab10")
+    colour = {f: cmap(i) for i, f in enumerate(features)}
+    scales = sorted(table.get_column("data_scale").unique().to_list())
+    styles = ("-", "--", ":", "-.")
+    names = {"sv_entropy": "Singular-value entropy", "sv_top_ratio": "Largest singular value / sum"}
+    seeds = int(table.get_column("n_seeds").max())
+    for r, metric in enumerate(("sv_entropy", "sv_top_ratio")):
+        for c, split in enumerate(splits):
+            ax = axes[r][c]
+            part = table.filter((pl.col("metric") == metric) & (pl.col("split") == split))
+            for (feat, scale), grp in part.sort("features", "data_scale", "bias_level").group_by(
+                    ["features", "data_scale"], maintain_order=True):
+                ax.errorbar(grp["bias_level"].to_numpy(), grp["mean"].to_numpy(), yerr=grp["std"].to_numpy(),
+                            fmt="o", ls=styles[scales.index(scale) % len(styles)], ms=3, capsize=2,
+                            color=colour[feat], label=f"{feat}, {scale:.3g} samples")
+            ax.set_xlabel("Pre-training bias level")
+            ax.set_ylabel(f"{names[metric]}, {split.upper()}")
+            ax.grid(True, alpha=0.3)
+    axes[0][-1].legend(fontsize=6, frameon=False, loc="best")
+    fig.suptitle(title, fontsize=10)
+    _caption(fig, [f"Bars: one standard deviation over up to {seeds} seeds. 'frozen': the pre-trained features; "
+                   "the rest: after each adaptation."])
+    return _save(fig, stem, formats)

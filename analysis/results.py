@@ -20,7 +20,7 @@ import polars as pl
 
 from inheritlab.infra.errors import InheritlabError
 from inheritlab.infra.rundir import COMPLETE_MARKER
-from inheritlab.infra.schema import RESULT_COLUMNS
+from inheritlab.infra.schema import DRAW_COLUMN, RESULT_COLUMNS
 
 # How the schema's type names map to polars dtypes, and which stored dtypes are accepted for
 # each (an integer column written as int32 is fine; a string where a number belongs is not).
@@ -79,7 +79,22 @@ def _is_complete(fs: fsspec.AbstractFileSystem, cell: str) -> bool:
         return False
 
 
-def _read_cell(fs: fsspec.AbstractFileSystem, path: str, shown: str) -> pl.DataFrame:
+def _mean_over_draws(df: pl.DataFrame, source: str) -> pl.DataFrame:
+    """One row per measurement: the draws of a sampled adaptation (rows with a ``draw_seed``)
+    replaced by their mean, so a cell counts once in every seed average and fit downstream."""
+    if DRAW_COLUMN not in df.columns:
+        return df
+    draws = df.filter(pl.col(DRAW_COLUMN).is_not_null())
+    if draws.is_empty():
+        return df.drop(DRAW_COLUMN)
+    if draws.get_column("value").is_nan().any():
+        raise ResultsError(f"{source}: a draw of an adaptation has a NaN value")
+    keys = [c for c in df.columns if c not in ("value", DRAW_COLUMN)]
+    merged = draws.group_by(keys, maintain_order=True).agg(pl.col("value").mean())
+    return pl.concat([df.filter(pl.col(DRAW_COLUMN).is_null()).drop(DRAW_COLUMN), merged.select(df.drop(DRAW_COLUMN).columns)])
+
+
+def _read_cell(fs: fsspec.AbstractFileSystem, path: str, shown: str, draws: bool = False) -> pl.DataFrame:
     try:
         with fs.open(path, "rb") as fh:
             data = fh.read()
@@ -89,11 +104,17 @@ def _read_cell(fs: fsspec.AbstractFileSystem, path: str, shown: str) -> pl.DataF
         df = pl.read_parquet(io.BytesIO(data))
     except Exception as exc:  # polars raises several types for a torn or foreign file
         raise ResultsError(f"{shown}: not a readable parquet file ({type(exc).__name__}: {exc})") from exc
-    return validate_results(df, shown)
+    if draws:
+        seeds = df.get_column(DRAW_COLUMN).cast(pl.Int64) if DRAW_COLUMN in df.columns else pl.Series(DRAW_COLUMN, [None] * df.height, pl.Int64)
+        return validate_results(df, shown).with_columns(seeds.alias(DRAW_COLUMN))
+    return validate_results(_mean_over_draws(df, shown), shown)
 
 
-def load_results(run_dir: str) -> pl.DataFrame:
+def load_results(run_dir: str, *, draws: bool = False) -> pl.DataFrame:
     """Read every completed cell of ``run_dir`` into one tidy table (schema columns, sorted).
+
+    The draws of a sampled adaptation (few-shot) are averaged into one row per measurement;
+    ``draws=True`` keeps them, one row each, with their ``draw_seed`` (null for the rest).
 
     Cells without ``_COMPLETE.json`` are skipped (running, failed or half written). The rows are
     sorted by every column so the table — and every fit made from it — does not depend on the
@@ -108,10 +129,11 @@ def load_results(run_dir: str) -> pl.DataFrame:
         if not _is_complete(fs, cell):
             continue
         path = posixpath.join(cell, "eval", "results.parquet")
-        frames.append(_read_cell(fs, path, shown=_shown(run_dir, root, path)))
+        frames.append(_read_cell(fs, path, shown=_shown(run_dir, root, path), draws=draws))
     if not frames:
-        return empty_results()
-    return pl.concat(frames).sort(list(RESULT_COLUMNS), nulls_last=True)
+        return empty_results() if not draws else empty_results().with_columns(pl.lit(None, pl.Int64).alias(DRAW_COLUMN))
+    columns = list(RESULT_COLUMNS) + ([DRAW_COLUMN] if draws else [])
+    return pl.concat(frames).sort(columns, nulls_last=True)
 
 
 def _shown(run_dir: str, root: str, path: str) -> str:

@@ -4,6 +4,7 @@
 #
 #   benchmarks/gpu_checks.sh OUT_DIR [PARTS]        PARTS: comma list of tests,step,e2e,lm,lmcheck (default all)
 #
+# lm measures LM MFU at the recipe batch on random ids and on packed built-in-world text (one call, both).
 # e2e trains ViT-B/32 (rung datacomp-small, batch 512) from img2dataset-style 256-px JPEG shards
 # through label noise 0.2 with checkpoints on; it needs polars on the node (a 1.x wheel in .whl).
 #
@@ -42,6 +43,10 @@ run() {  # name, timeout seconds, command...
 [[ $parts == *e2e* ]] && run e2e-jpeg "${E2E_TIMEOUT:-420}" bash -c "cd benchmarks && python3 bench_clip_train.py \
   --rung datacomp-small --data jpeg --world /tmp/e2e-data --cell /tmp/e2e-cell --train-size 32768 --per-shard 1024 \
   --batch-size 512 --steps ${E2E_STEPS:-80} --ckpt-every 40 --label-noise 0.2 --loader-workers 14 --out $out/clip_train_e2e.jsonl"
-[[ $parts == *lm,* || $parts == *lm ]] && run lm-mfu 300 python3 benchmarks/bench_lm_train.py --out "$out/lm_train.json" --modes compile
+# lm: lm-125m at the recipe batch (16 x 16 micro-batches = 256 x 2048 tokens), compiled blocks, random ids and
+# packed text of a built-in text world (through the trainer's loader, its worker processes) side by side on one
+# engine; the record's "comparison" has both tokens/s and MFUs and their ratio. The world is built untimed in /tmp.
+[[ $parts == *lm,* || $parts == *lm ]] && run lm-mfu "${LM_TIMEOUT:-480}" python3 benchmarks/bench_lm_train.py \
+  --out "$out/lm_train.json" --modes compile --accum 16 --warmup 2 --steps 8 --profile --data both
 [[ $parts == *lmcheck* ]] && run lm-trainer 420 python3 benchmarks/check_lm_trainer_gpu.py "$out/lm_trainer_gpu.json"
 exit 0

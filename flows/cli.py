@@ -177,11 +177,12 @@ def list_corruptors() -> None:
 
 @app.command()
 def example(
-    name: str = typer.Argument(..., help="The example: own-data."),
+    name: str = typer.Argument(..., help="The example: own-data or real-digits."),
     directory: Path = typer.Argument(..., help="Where its data and spec are written."),
 ) -> None:
     """Write an example's data and spec: ``own-data`` is img2dataset shards and a CLIP_benchmark
-    suite (built offline from handwritten digits) and a study on them."""
+    suite (built offline from handwritten digits) and a study on them; ``real-digits`` the same
+    digits with real MNIST digits as the OOD split, and a label-noise study over three seeds."""
     from inheritlab.flows.example_data import write_example
 
     try:

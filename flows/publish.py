@@ -34,6 +34,10 @@ def analyse(run: RunDir, spec: StudySpec, formats: tuple[str, ...] = ("png", "cs
     paths = build_report(
         df, run.results, metric=a.metric, task=a.task, split=a.split, x=a.x, formats=formats
     )
+    from inheritlab.analysis.adaptation import write_adaptation_report
+
+    adapted, adapted_md = write_adaptation_report(df, run.results, formats, metric=a.metric)
+    paths.update(adapted)
     bad = bad_sample_table(run)
     if "csv" in formats:
         paths["bad_samples_csv"] = run.results / "bad_samples.csv"
@@ -41,7 +45,8 @@ def analyse(run: RunDir, spec: StudySpec, formats: tuple[str, ...] = ("png", "cs
             bad.write_csv(fh)
     if "summary_md" in paths:
         md = Path(paths["summary_md"])
-        tail = render_conventions(spec.modality, df["task"].unique().to_list()) + "\n" + render_bad_samples(bad)
+        tail = (adapted_md + "\n" if adapted_md else "") + render_conventions(spec.modality, df["task"].unique().to_list()) \
+            + "\n" + render_bad_samples(bad)
         atomic_write_text(md, md.read_text(encoding="utf-8") + "\n" + tail)
     return paths
 

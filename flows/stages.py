@@ -18,7 +18,7 @@ from inheritlab.infra.cell import Cell, CellConfig
 from inheritlab.infra.errors import SpecError
 from inheritlab.infra.raycluster import get
 from inheritlab.infra.rundir import CellDir, RunDir
-from inheritlab.infra.schema import RESULT_COLUMNS
+from inheritlab.infra.schema import DRAW_COLUMN, RESULT_COLUMNS
 from inheritlab.trainers.checkpoint import Export, TrainSummary
 from inheritlab.trainers.modality import DataSources, get_modality
 from inheritlab.trainers.ray_launch import Placement
@@ -108,8 +108,8 @@ def stage_record(
     full = []
     for r in rows:
         row = {**base, **r, "flops": summary.flops_per_sample * float(r["samples_seen"])}
-        full.append({k: row.get(k) for k in RESULT_COLUMNS})
-    schema = {k: _POLARS_TYPES[t] for k, t in RESULT_COLUMNS.items()}
+        full.append({k: row.get(k) for k in (*RESULT_COLUMNS, DRAW_COLUMN)})
+    schema = {**{k: _POLARS_TYPES[t] for k, t in RESULT_COLUMNS.items()}, DRAW_COLUMN: _POLARS_TYPES["int"]}
     df = pl.DataFrame(full, schema=schema, orient="row") if full else pl.DataFrame(schema=schema)
     cdir.eval.mkdir(parents=True, exist_ok=True)
     with atomic_open(cdir.results, "wb") as fh:

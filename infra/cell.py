@@ -217,6 +217,10 @@ class SuitesConfig(Frozen):
         return self
 
 
+# The CLIP adaptations (eval.adaptations), in the order a study's report lists them.
+CLIP_ADAPTATIONS = ("zeroshot", "linear_probe", "few_shot", "finetune", "lora", "nmtune")
+
+
 class EvalConfig(Frozen):
     """Downstream evaluation of every chosen checkpoint.
 
@@ -226,6 +230,14 @@ class EvalConfig(Frozen):
     world's ``qa_train`` split (rows ``qa_finetune``); ``finetune_steps``/``finetune_lr``
     override that fine-tune's defaults. ``suites`` (CLIP): evaluation sets on disk, scored by
     the task ``suites`` (added to the defaults when set).
+
+    ``adaptations`` (CLIP studies): how the frozen checkpoint meets the downstream task, each a
+    task of its own run on the ID and OOD splits (``trainers/clip_tasks.py``): ``zeroshot``,
+    ``linear_probe``, ``few_shot`` (``few_shot_k`` samples per class, ``few_shot_draws`` seeded
+    draws each; rows ``few_shot_k<k>``, one per draw with its ``draw_seed``), ``finetune`` (the
+    whole image tower), ``lora`` (low-rank adapters) and ``nmtune`` (black-box: an MLP over the
+    frozen features, with the MLP-only baseline ``mlp_tune`` beside it). Setting it also runs
+    ``diagnostics``, the spectrum before adaptation.
     """
 
     tasks: Annotated[tuple[str, ...], Field(min_length=1)] | None = None
@@ -233,9 +245,19 @@ class EvalConfig(Frozen):
     lm_adaptation: Annotated[tuple[Literal["prompting", "finetune"], ...], Field(min_length=1)] = ("prompting",)
     finetune_steps: Annotated[int, Field(ge=1, le=100_000)] | None = None
     finetune_lr: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    adaptations: Annotated[tuple[Literal[CLIP_ADAPTATIONS], ...], Field(min_length=1)] | None = None
+    few_shot_k: Annotated[tuple[Annotated[int, Field(ge=1, le=10_000)], ...], Field(min_length=1)] = (1, 2, 4, 8, 16)
+    few_shot_draws: Annotated[int, Field(ge=1, le=1000)] = 3
 
     @model_validator(mode="after")
     def _consistent(self) -> "EvalConfig":
+        if self.adaptations is not None and len(set(self.adaptations)) != len(self.adaptations):
+            raise ValueError(f"adaptations {list(self.adaptations)} repeat a value")
+        if len(set(self.few_shot_k)) != len(self.few_shot_k):
+            raise ValueError(f"few_shot_k {list(self.few_shot_k)} repeats a value")
+        shot = [k for k in ("few_shot_k", "few_shot_draws") if k in self.model_fields_set]
+        if shot and "few_shot" not in (self.adaptations or ()) and "few_shot" not in (self.tasks or ()):
+            raise ValueError(f"{shot}: only used by the few_shot adaptation (add it to eval.adaptations)")
         if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks {list(self.tasks)} repeat a name")
         if len(set(self.lm_adaptation)) != len(self.lm_adaptation):

@@ -33,3 +33,9 @@ MEASURE_COLUMNS: dict[str, str] = {
 }
 
 RESULT_COLUMNS: dict[str, str] = {**CELL_COLUMNS, **MEASURE_COLUMNS}
+
+# An optional column of a cell's results file: the seed of one draw of a sampled adaptation
+# (few-shot's k samples per class), null for a measurement that is not a draw. A cell's value
+# for such a task is the mean over its draws (``analysis.results.load_results``); the draws
+# themselves stay in the file (``load_results(..., draws=True)``).
+DRAW_COLUMN = "draw_seed"

@@ -80,7 +80,9 @@ class ClipModality(Modality):
                                "name one in data.shards.classnames, or leave the task out of eval.tasks (docs/data.md)"}
 
     def implied_tasks(self, ev: EvalConfig) -> tuple[str, ...]:
-        return ("suites",) if ev.suites is not None else ()
+        # Each adaptation is a task; the spectrum before adaptation (diagnostics) goes with them.
+        adapted = (*ev.adaptations, "diagnostics") if ev.adaptations else ()
+        return adapted + (("suites",) if ev.suites is not None else ())
 
     def check_settings(self, data: DataConfig, ev: EvalConfig, tasks: Sequence[str]) -> list[str]:
         errors = []
@@ -139,4 +141,5 @@ class ClipModality(Modality):
                                         seed=cell.seed, checkpoint_step=export.step,
                                         samples_seen=export.samples_seen, device=device, label_key=data.label_key,
                                         bad_sample_ceiling=cell.data.bad_sample_ceiling, suites=opened,
-                                        suite_split=suites.split if suites else "test", read_log=str(read_log))
+                                        suite_split=suites.split if suites else "test", read_log=str(read_log),
+                                        few_shot_k=cell.eval.few_shot_k, few_shot_draws=cell.eval.few_shot_draws)

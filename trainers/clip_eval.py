@@ -138,8 +138,27 @@ def multi_caption_recall(f: SplitFeatures, ks: tuple[int, ...] = (1, 5, 10)) -> 
     return out
 
 
-def fit_linear_probe(train: SplitFeatures, tests: dict[str, SplitFeatures], num_classes: int, *,
-                 l2: float = 1e-3, max_iter: int = 200) -> dict[str, float]:
+@dataclass(frozen=True)
+class LinearProbe:
+    """A fitted multinomial logistic regression on standardised image features.
+
+    Kept as an object (not only its accuracies) so adaptations that need more than top-1
+    (mean per-class recall, few-shot draws) score the same fitted probe through
+    :meth:`logits` instead of refitting or copying the solver.
+    """
+
+    mu: torch.Tensor     # [d] train feature mean
+    sd: torch.Tensor     # [d] train feature standard deviation (+1e-6)
+    w: torch.Tensor      # [d, C] float64
+    b: torch.Tensor      # [C] float64
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """[N, C] float64 class scores of image features [N, d], standardised with the train statistics."""
+        return ((image - self.mu) / self.sd).double() @ self.w + self.b
+
+
+def train_linear_probe(train: SplitFeatures, num_classes: int, *, l2: float = 1e-3,
+                       max_iter: int = 200) -> LinearProbe:
     """Multinomial logistic regression on frozen image features, full-batch L-BFGS from zero.
 
     Deterministic (no sampling; zero init), so the seed only enters through the train subset.
@@ -159,11 +178,17 @@ def fit_linear_probe(train: SplitFeatures, tests: dict[str, SplitFeatures], num_
         return loss
 
     opt.step(closure)
+    return LinearProbe(mu=mu, sd=sd, w=w.detach(), b=b.detach())
+
+
+def fit_linear_probe(train: SplitFeatures, tests: dict[str, SplitFeatures], num_classes: int, *,
+                 l2: float = 1e-3, max_iter: int = 200) -> dict[str, float]:
+    """Top-1 accuracy per test split of :func:`train_linear_probe` fitted on ``train``."""
+    probe = train_linear_probe(train, num_classes, l2=l2, max_iter=max_iter)
     out = {}
     with torch.no_grad():
         for split, f in tests.items():
-            logits = ((f.image - mu) / sd).double() @ w + b
-            out[split] = float((logits.argmax(1) == f.labels).float().mean())
+            out[split] = float((probe.logits(f.image).argmax(1) == f.labels).float().mean())
     return out
 
 

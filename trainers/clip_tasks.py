@@ -25,6 +25,7 @@ from inheritlab.trainers.clip_eval import (
     multi_caption_recall,
     spectrum_diagnostics,
 )
+from inheritlab.trainers import clip_adapt
 from inheritlab.trainers.eval_tasks import Row, eval_task, measure, run_tasks
 
 EVAL_SPLITS = {"id": "test_id", "ood": "test_ood"}
@@ -49,8 +50,11 @@ class ClipEvalContext:
     bad_sample_ceiling: float | int = 0
     suites: list[Any] = field(default_factory=list)          # corruptors.suites.SuiteTask of eval.suites
     suite_split: str = "test"
+    few_shot_k: tuple[int, ...] = (1, 2, 4, 8, 16)
+    few_shot_draws: int = 3
     read: dict[str, Any] = field(default_factory=dict)       # split → ReadStats of what was read
     _features: dict[str, SplitFeatures] | None = field(default=None, repr=False)
+    _probe_train: SplitFeatures | None = field(default=None, repr=False)
 
     def row(self, task: str, split: str, metric: str, value: float) -> Row:
         return measure(self.checkpoint_step, self.samples_seen, task, split, metric, value)
@@ -82,7 +86,14 @@ class ClipEvalContext:
 
     def probe_train(self) -> SplitFeatures:
         """Image features of a seeded subset of ``probe_train_size`` clean train samples, drawn
-        from the first 4× that many of the train split so a large pool is never read whole."""
+        from the first 4× that many of the train split so a large pool is never read whole.
+        Computed once: every adaptation on frozen features trains on the same samples, so they
+        differ only by method."""
+        if self._probe_train is None:
+            self._probe_train = self._draw_probe_train()
+        return self._probe_train
+
+    def _draw_probe_train(self) -> SplitFeatures:
         n = self.probe_train_size
         full = self.encode("train", list(self.world.splits["train"]), with_text=False, limit=4 * n)
         if len(full.labels) <= n:
@@ -119,6 +130,69 @@ def linear_probe(ctx: ClipEvalContext) -> list[Row]:
     accs = fit_linear_probe(labelled("linear_probe", "train", ctx.probe_train()), tests,
                             len(ctx.class_names("linear_probe")))
     return [ctx.row("linear_probe", split, "acc1", acc) for split, acc in accs.items()]
+
+
+def _adapted_rows(ctx: ClipEvalContext, task: str, scores: dict[str, dict[str, float]],
+                  spectrum: dict[str, dict[str, float]] | None = None, **extra: Any) -> list[Row]:
+    """Rows of one adaptation: per split its classification metrics and, when it changed the
+    features, their spectrum after adaptation (``diagnostics`` holds the frozen one)."""
+    return [{**ctx.row(task, split, metric, v), **extra} for split in scores
+            for metric, v in {**scores[split], **(spectrum or {}).get(split, {})}.items()]
+
+
+def _frozen(ctx: ClipEvalContext, task: str) -> tuple[SplitFeatures, dict[str, SplitFeatures], int]:
+    """The labelled train subset, the labelled test splits and the class count a frozen-feature
+    adaptation needs."""
+    num_classes = len(ctx.class_names(task))
+    tests = {split: labelled(task, split, f) for split, f in ctx.features().items()}
+    return labelled(task, "train", ctx.probe_train()), tests, num_classes
+
+
+@eval_task("clip", needs=("class_names",))
+def few_shot(ctx: ClipEvalContext) -> list[Row]:
+    """The linear probe on ``k`` clean samples per class (``eval.few_shot_k``), over
+    ``eval.few_shot_draws`` seeded draws: rows ``few_shot_k<k>``, one per draw with its
+    ``draw_seed`` (a cell's value is the mean over its draws)."""
+    train, tests, num_classes = _frozen(ctx, "few_shot")
+    rows: list[Row] = []
+    for k in ctx.few_shot_k:
+        for d in clip_adapt.few_shot_draws(train, tests, num_classes, k=k, draws=ctx.few_shot_draws, seed=ctx.seed):
+            rows += _adapted_rows(ctx, f"few_shot_k{k}", d.scores, draw_seed=d.draw_seed)
+    return rows
+
+
+@eval_task("clip", needs=("class_names",))
+def nmtune(ctx: ClipEvalContext) -> list[Row]:
+    """NMTune (black-box mitigation): an MLP over the frozen features with the paper's
+    regularisers, and beside it the same MLP without them (``mlp_tune``), so the regularisers'
+    share of any gain is visible. Accuracy and the transformed features' spectrum per split."""
+    train, tests, num_classes = _frozen(ctx, "nmtune")
+    rows: list[Row] = []
+    for task, cfg in (("nmtune", clip_adapt.NMTuneConfig()), ("mlp_tune", clip_adapt.NMTuneConfig().mlp_tuning())):
+        r = clip_adapt.nmtune(train, tests, num_classes, seed=ctx.seed, config=cfg)
+        rows += _adapted_rows(ctx, task, r.scores, r.spectrum_after)
+    return rows
+
+
+def _tuned(ctx: ClipEvalContext, method: str) -> list[Row]:
+    from inheritlab.trainers.clip_finetune import FinetuneConfig, evaluate_finetune
+
+    r = evaluate_finetune(ctx, FinetuneConfig(method=method, train_size=ctx.probe_train_size), task=method)
+    return _adapted_rows(ctx, method if method == "lora" else "finetune", r.scores, r.spectrum)
+
+
+@eval_task("clip", needs=("class_names",))
+def finetune(ctx: ClipEvalContext) -> list[Row]:
+    """The whole image tower fine-tuned (small learning rate) on clean train samples, its head
+    starting from the zero-shot classifier; accuracy and the adapted features' spectrum."""
+    return _tuned(ctx, "full")
+
+
+@eval_task("clip", needs=("class_names",))
+def lora(ctx: ClipEvalContext) -> list[Row]:
+    """Low-rank adapters (LoRA, peft) on the image tower's attention and MLP, and the head,
+    trained on clean train samples; the pre-trained weights stay frozen."""
+    return _tuned(ctx, "lora")
 
 
 @eval_task("clip")
@@ -183,6 +257,8 @@ def evaluate_clip(
     suites: list[Any] | None = None,
     suite_split: str = "test",
     read_log: str | None = None,
+    few_shot_k: tuple[int, ...] = (1, 2, 4, 8, 16),
+    few_shot_draws: int = 3,
 ) -> list[Row]:
     """Evaluate the open_clip weights at ``weights_path`` on the world's splits; tidy rows.
 
@@ -200,7 +276,7 @@ def evaluate_clip(
     ctx = ClipEvalContext(built=built, world=world_info, seed=seed, device=dev, checkpoint_step=checkpoint_step,
                           samples_seen=samples_seen, probe_train_size=probe_train_size, batch_size=batch_size,
                           label_key=label_key, bad_sample_ceiling=bad_sample_ceiling, suites=list(suites or []),
-                          suite_split=suite_split)
+                          suite_split=suite_split, few_shot_k=tuple(few_shot_k), few_shot_draws=few_shot_draws)
     rows = run_tasks("clip", list(tasks), ctx)
     if read_log:
         atomic_write_json(read_log, {split: st.to_dict() for split, st in ctx.read.items()})

@@ -68,6 +68,9 @@ class LMModality(Modality):
             errors.append(f"data.shards: {image_only} apply to CLIP studies (modality: clip) only")
         if ev.suites is not None:
             errors.append("eval.suites: image evaluation sets apply to CLIP studies (modality: clip) only")
+        if ev.adaptations is not None:
+            errors.append("eval.adaptations: the CLIP adaptations apply to CLIP studies only; an LM study names "
+                          "its own in eval.lm_adaptation (prompting, finetune)")
         if "finetune" not in ev.lm_adaptation:
             return errors
         if "qa" not in tasks:

@@ -127,6 +127,22 @@ def test_train_commit_resume_export_evaluate(world: WorldInfo, tmp_path: Path) -
     assert all(0.0 <= r["value"] <= 1.0 for r in rows if r["metric"] != "sv_entropy")
 
 
+def test_every_adaptation_yields_rows_per_split_with_draw_seeds(world: WorldInfo, tmp_path: Path) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(build_clip("clip-tiny").model.state_dict(), path)
+    rows = evaluate_clip(str(path), "clip-tiny", world, tasks=("few_shot", "nmtune", "finetune", "lora"), seed=3,
+                         probe_train_size=128, few_shot_k=(1, 2), few_shot_draws=2)
+    got = {(r["task"], r["split"], r["metric"]) for r in rows}
+    for split in ("id", "ood"):
+        for task in ("few_shot_k1", "few_shot_k2", "nmtune", "mlp_tune", "finetune", "lora"):
+            assert (task, split, "acc1") in got, (task, split)
+        for task in ("nmtune", "mlp_tune", "finetune", "lora"):  # the adapted features' spectrum
+            assert (task, split, "sv_entropy") in got and (task, split, "sv_top_ratio") in got
+    shots = [r for r in rows if r["task"] == "few_shot_k2" and r["split"] == "id" and r["metric"] == "acc1"]
+    assert len(shots) == 2 and len({r["draw_seed"] for r in shots}) == 2   # one row per draw, each seeded
+    assert all("draw_seed" not in r for r in rows if not r["task"].startswith("few_shot"))
+
+
 def test_a_dangling_pointer_is_a_checkpoint_error(world: WorldInfo, tmp_path: Path) -> None:
     from inheritlab.infra.atomic import atomic_write_json
 
