@@ -1,4 +1,4 @@
-"""How a report is written: markdown summary, LaTeX fit table, JSON fits, CSV tables, plots.
+"""How a report is written: markdown summary, LaTeX fit and Δ tables, JSON fits, CSV tables, plots.
 
 Every renderer takes a computed :class:`~inheritlab.analysis.report_data.Report` and nothing
 else: it formats numbers the report already holds and never fits, so all formats agree and a
@@ -12,6 +12,7 @@ behind each point — in every format: a table column, a JSON object, a figure c
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -109,6 +110,8 @@ def render_markdown(report: Report) -> str:
         per = r.id_ood_gap.group_by("bias_level").agg(pl.col("gap").mean()).sort("bias_level")
         out += ["", f"**ID − OOD gap** ({r.metric}, mean over scales): " +
                 ", ".join(f"level {a:g}: {b:+.4f}" for a, b in per.iter_rows())]
+    if r.chance is not None:
+        out += ["", f"**Chance level** ({r.metric}): {r.chance:.4g} — drawn in the figures as a dotted grey line."]
     out += _bullets("**Notes**", r.notes)
     return "\n".join(out) + "\n"
 
@@ -220,47 +223,117 @@ def render_tables_csv(report: Report) -> dict[str, str]:
 
 
 _PARAM_TEX = {"a": "a", "b": "b", "c": "c", "c0": "c_0", "alpha": r"\alpha", "beta": r"\beta", "E0": "E_0"}
+_FORM_TEX = {
+    "power_law": r"$E = a x^{-b} + c$",
+    "power_law_no_floor": r"$E = a x^{-b}$",
+    "bnsl": r"$E = a + b x^{-c_0} \prod_i (1 + (x/d_i)^{1/f_i})^{-c_i f_i}$",
+}
+_TEX_CHARS = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "Δ": r"$\Delta$", "→": r"$\rightarrow$", "−": "$-$",
+    "±": r"$\pm$", "–": "--", "—": "---", "·": r"$\cdot$", "√": r"$\surd$", "²": r"$^2$", "₀": r"$_0$",
+}
+
+
+def tex_escape(text: str) -> str:
+    """Plain text (a label, a curve name) as LaTeX source that pdflatex reads without extra packages."""
+    return "".join(_TEX_CHARS.get(ch, ch) for ch in str(text))
+
+
+def _tex_label(report: Report, what: str) -> str:
+    # A \\label may hold letters, digits and - _ : . but no spaces or braces.
+    return f"tab:{re.sub(r'[^A-Za-z0-9_:.-]', '-', report.tag)}-{what}"
+
+
+def _tex_table(caption: str, label: str, colspec: str, header: str, rows: Sequence[str], comments: Sequence[str] = ()) -> str:
+    """A booktabs table float: caption above (as journals ask), label, rule lines."""
+    lines = ["% needs \\usepackage{booktabs}", *[f"% {c}" for c in comments],
+             r"\begin{table}[tbp]", r"\centering", r"\small", f"\\caption{{{caption}}}", f"\\label{{{label}}}",
+             f"\\begin{{tabular}}{{{colspec}}}", r"\toprule", header + r" \\", r"\midrule", *rows,
+             r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def _form_tex(name: str) -> str:
+    return _FORM_TEX["bnsl"] if name.startswith("bnsl") else _FORM_TEX.get(name, "")
 
 
 def render_latex(report: Report) -> str:
-    """A booktabs table: one row per curve, its form, parameters with 95 % intervals."""
-    tgt = f"1-{report.metric}" if report.hib else report.metric
-    forms = {c.fit.form.name: c.fit.form.params for c in report.curves if c.fit is not None}
-    lines = [
-        f"% scaling fits of E = {tgt} against {report.x}; power_law: E = a x^{{-b}} + c;",
-        "% bnsl_n: E = a + b x^{-c_0} prod_i (1 + (x/d_i)^{1/f_i})^{-c_i f_i}",
-        "% intervals: 95% bootstrap; 'resamples' = kept/requested, the method and the bootstrap seed;",
-        "% 'seeds' = training seeds behind each point",
-        r"\begin{tabular}{llp{0.4\linewidth}rrrl}",
-        r"\toprule",
-        r"curve & form & parameters [95\% CI] & held-out RMSLE & scales & seeds & resamples (seed) \\",
-        r"\midrule",
-    ]
-    for r in _fit_rows(report.curves):
+    """The fit table as a booktabs float: one row per curve, its form, parameters with their
+    bootstrap intervals, held-out error, scales, seeds and resamples; a caption saying what the
+    numbers are (metric, split, axis, interval level and provenance) and ``\\label{tab:<tag>-fits}``."""
+    r = report
+    forms = {c.fit.form.name: c.fit.form.params for c in r.curves if c.fit is not None}
+    fitted = [c for c in r.curves if c.fit is not None]
+    lv = "/".join(f"{100 * v:g}\\%" for v in sorted({c.fit.boot.level for c in fitted})) or "95\\%"
+    methods = ", ".join(sorted({c.fit.boot.method for c in fitted})) or "--"
+    seeds = (f"{min(int(c.n_seeds.min()) for c in r.curves)}" if r.curves else "0")
+    hi_seeds = max((int(c.n_seeds.max()) for c in r.curves), default=0)
+    seeds = seeds if seeds == f"{hi_seeds}" else f"{seeds}--{hi_seeds}"
+    metric = tex_escape(f"{plots.lower_first(plots.metric_label(r.task, None, r.metric))} ({plots.split_label(r.split)})")
+    target = tex_escape(f"the error E = 1 − {r.metric}" if r.hib else f"E = {r.metric}")
+    form_text = "; ".join(f"{tex_escape(n)}: {_form_tex(n)}" for n in forms if _form_tex(n))
+    caption = (f"Scaling fits of {metric} against {tex_escape(_x_words(r))}, one row per curve, fitted as {target} "
+               f"on the final checkpoint of every cell" + (f" ({form_text})" if form_text else "") + ". "
+               f"Brackets: {lv} bootstrap intervals ({tex_escape(methods)} bootstrap; resamples kept/requested and the "
+               f"bootstrap seed per row). Seeds: training seeds behind each point ({seeds}). Held-out RMSLE: error on "
+               "the largest scales of a refit on the smaller ones. A curve with fewer scales than its law needs has "
+               "no fit (--).")
+    if r.chance is not None:
+        caption += f" Chance level: {r.chance:.3g}."
+    rows = []
+    for row, c in zip(_fit_rows(r.curves), r.curves):
         parts = []
-        for n in forms.get(r["form"], ()):
+        for n in forms.get(row["form"], ()):
             sym = _PARAM_TEX.get(n, f"{n[0]}_{{{n[1:]}}}" if len(n) > 1 else n)
-            lo, hi = r.get(f"{n}_lo", math.nan), r.get(f"{n}_hi", math.nan)
+            lo, hi = row.get(f"{n}_lo", math.nan), row.get(f"{n}_hi", math.nan)
             ci = "" if lo is None or math.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]"
-            parts.append(f"${sym}={r[n]:.3g}${ci}")
-        ho = r.get("holdout_rmsle", math.nan)
-        name = r["label"].replace("_", "\\_")
-        form = r["form"].replace("_", "\\_")
-        seeds = "--" if "seeds_min" not in r else (f"{r['seeds_min']}" if r["seeds_min"] == r["seeds_max"]
-                                                   else f"{r['seeds_min']}--{r['seeds_max']}")
-        prov = "--" if "boot_seed" not in r else (f"{r['n_boot_kept']}/{r['n_boot_requested']} {r['boot_method']} ({r['boot_seed']})"
-                                                  if r["n_boot_kept"] else "none")
-        lines.append(f"{name} & {form} & {'; '.join(parts) or '--'} & "
-                     f"{'--' if ho is None or math.isnan(ho) else f'{ho:.3g}'} & {r['n_scales']} & {seeds} & {prov} \\\\")
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
-    return "\n".join(lines)
+            parts.append(f"${sym}={row[n]:.3g}${ci}")
+        ho = row.get("holdout_rmsle", math.nan)
+        name = tex_escape(row["label"])
+        form = tex_escape(row["form"]) if row["form"] != "none" else "--"
+        sd = _seeds(c).replace("–", "--")
+        prov = "--" if "boot_seed" not in row else (f"{row['n_boot_kept']}/{row['n_boot_requested']} {row['boot_method']} ({row['boot_seed']})"
+                                                    if row["n_boot_kept"] else "none")
+        rows.append(f"{name} & {form} & {'; '.join(parts) or '--'} & "
+                    f"{'--' if ho is None or math.isnan(ho) else f'{ho:.3g}'} & {row['n_scales']} & {sd} & {prov} \\\\")
+    return _tex_table(
+        caption, _tex_label(r, "fits"), r"llp{0.4\linewidth}rrrl",
+        f"curve & form & parameters [{lv} CI] & held-out RMSLE & scales & seeds & resamples (seed)", rows,
+        comments=[f"scaling fits of E = {r.target} against {r.x} ({r.task} / {r.split} / {r.metric})"])
+
+
+def render_latex_delta(report: Report) -> str:
+    """The Δ-vs-clean table as a booktabs float (``\\label{tab:<tag>-delta}``): per biased curve and
+    scale, Δ with its standard error and the seeds on each side; "" when the study has no Δ."""
+    r, delta = report, report.delta
+    if delta.is_empty() or not delta.filter(pl.col("bias_level") > 0).height:
+        return ""
+    biased = delta.filter(pl.col("bias_level") > 0)
+    keys = [k for k in ("bias_type", "bias_level", "model", "data_scale") if k in delta.columns and k != r.x]
+    xw = tex_escape(_x_words(r))
+    caption = (f"{tex_escape(plots.metric_label(r.task, None, r.metric, delta=True))} "
+               f"({tex_escape(plots.split_label(r.split))}) at equal {xw}: the mean over training seeds of each biased "
+               "cell minus that of the clean control (level 0), final checkpoints. "
+               r"s.e.: one standard error, $\sqrt{s^2/n + s_0^2/n_0}$ from the seed spread on both sides "
+               r"(-- with one seed on each side: no seed spread to estimate it from); $\Delta \pm 2$\,s.e. is a rough "
+               f"95\\% interval. Seeds: biased/clean ({tex_escape(_seed_range(biased, 'n_seeds', 'clean_n'))}).")
+    rows = []
+    for row in biased.iter_rows(named=True):
+        one = int(row["n_seeds"]) <= 1 and int(row["clean_n"]) <= 1
+        se = "--" if one or row["delta_se"] is None or math.isnan(row["delta_se"]) else f"{row['delta_se']:.4f}"
+        rows.append(f"{tex_escape(curve_label(keys, [row[k] for k in keys]))} & {plots.scale_text(float(row[r.x]))} & "
+                    f"${row['delta']:+.4f}$ & {se} & {int(row['n_seeds'])}/{int(row['clean_n'])} \\\\")
+    return _tex_table(caption, _tex_label(r, "delta"), "lrrrr",
+                      rf"curve & {tex_escape(plots.axis_label(r.x))} & $\Delta$ & s.e. & seeds", rows,
+                      comments=[f"delta of {r.task} / {r.split} / {r.metric} vs the clean control at equal {r.x}"])
 
 
 def render_json(report: Report) -> dict[str, Any]:
     """The fits as plain JSON values (NaN and ±inf become null): what other tools read."""
     r = report
     return _jsonable({
-        "metric": r.metric, "task": r.task, "split": r.split, "x": r.x, "target": r.target,
+        "metric": r.metric, "task": r.task, "split": r.split, "x": r.x, "target": r.target, "chance": r.chance,
         "curves": [{"label": c.label, **c.key, "seeds_per_point": c.n_seeds.tolist(),
                     "fit": c.fit.to_dict() if c.fit else None, "note": c.note,
                     "comparison": c.comparison, "break_selection": c.break_selection, "breaks": c.breaks} for c in r.curves],
@@ -292,31 +365,96 @@ def _jsonable(obj: Any) -> Any:
 # --- plots --------------------------------------------------------------------------------------
 
 
-def render_plots(report: Report, out_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
-    """Curves with fits, Δ vs level and ID vs OOD, in each image format; name → path.
+def _x_words(r: Report) -> str:
+    return plots.lower_first(plots.axis_label(r.x))
+
+
+def _curves_caption(r: Report, extrapolate_to: float | None) -> list[str]:
+    """Where the curves figure's bars, lines and bands come from, one line each."""
+    lines = [plots.points_caption(np.concatenate([c.n_seeds for c in r.curves]) if r.curves else [])]
+    fitted = [c for c in r.curves if c.fit is not None]
+    if fitted:
+        tgt = f"E = 1 − {r.metric}" if r.hib else f"E = {r.metric}"
+        levels = sorted({c.fit.boot.level for c in fitted})
+        lv = "/".join(f"{100 * v:g} %" for v in levels)
+        lines.append(f"Lines: fit of {tgt} over the scales it was fitted on; bands: pointwise {lv} bootstrap interval "
+                     "of the fit (per curve: resamples kept/requested, method, bootstrap seed; seeds per point).")
+        lines += [f"  {c.label}: {_prov(c.fit)}" for c in fitted]
+        if extrapolate_to is not None:
+            lines.append(f"Dashed: the fit extrapolated beyond the observed {_x_words(r)} to {extrapolate_to:.3g}.")
+    bare = [c for c in r.curves if c.fit is None]
+    if bare:
+        lines.append("No fit drawn (too few scales for the law's parameters, or the fit failed; the notes say which): "
+                     + "; ".join(c.label for c in bare) + ".")
+    if r.chance is not None and r.hib:
+        lines.append(f"Dotted grey: chance ({r.chance:.3g}).")
+    return [ln for ln in lines if ln]
+
+
+def _seed_range(frame: pl.DataFrame, *cols: str) -> str:
+    vals = [int(v) for c in cols if c in frame.columns for v in frame.get_column(c).to_list() if v is not None]
+    return "" if not vals else (f"{min(vals)}" if min(vals) == max(vals) else f"{min(vals)}–{max(vals)}")
+
+
+def report_figures(report: Report, *, extrapolate_to: float | None = None) -> dict[str, Any]:
+    """The report's figures, drawn and not saved: ``curves`` (metric vs scale with fits), ``delta``
+    (Δ vs clean against level) and ``id_ood`` (OOD vs ID); a figure without data is left out.
+
+    Every figure uses one colour per bias level of the study (``report.levels``), the readable
+    names of :func:`~inheritlab.analysis.plots.metric_label` and
+    :func:`~inheritlab.analysis.plots.axis_label`, and a caption saying what the bars and bands are.
+    """
+    r = report
+    colors = plots.level_colors([*r.levels, *(c.level for c in r.curves)])
+    chance = r.chance if r.hib else None
+    ylabel = plots.metric_label(r.task, r.split, r.metric)
+    figs: dict[str, Any] = {}
+    figs["curves"] = plots.draw_curves(
+        r.curves, xlabel=plots.axis_label(r.x), ylabel=ylabel, title=f"{ylabel}, vs {_x_words(r)}",
+        to_metric=r.to_metric, caption=_curves_caption(r, extrapolate_to), colors=colors, chance=chance,
+        extrapolate_to=extrapolate_to)
+    if not r.delta.is_empty() and r.delta.filter(pl.col("bias_level") > 0).height:
+        n = _seed_range(r.delta.filter(pl.col("bias_level") > 0), "n_seeds", "clean_n")
+        figs["delta"] = plots.draw_delta(
+            r.delta, x=r.x, ylabel=plots.metric_label(r.task, r.split, r.metric, delta=True),
+            title=f"Cost of bias at equal {_x_words(r)}", colors=colors,
+            caption=[(f"Δ: mean over seeds at each biased level minus that of the clean control (level 0) at the same "
+                      f"{_x_words(r)}; bars ± 1 standard error, √(sd²/n + sd₀²/n₀), over {n} seed(s) per side "
+                      "(no bar with one seed each)."),
+                     f"Marker colour: bias level, as in every figure of the study; line shade: {_x_words(r)}, darker = larger."])
+    if not r.id_ood_gap.is_empty():
+        g = r.id_ood_gap
+        n_scales = g.get_column(r.x).n_unique()
+        figs["id_ood"] = plots.draw_id_ood(
+            g, xlabel=plots.metric_label(r.task, "id", r.metric), ylabel=plots.metric_label(r.task, "ood", r.metric),
+            gap_label=f"ID − OOD gap, {plots.lower_first(plots.metric_label(r.task, None, r.metric))}",
+            title=f"{plots.metric_label(r.task, None, r.metric)}: in- vs out-of-distribution", colors=colors, chance=chance,
+            caption=[f"Left: one point per curve and {_x_words(r)}, each the mean over its seeds; dashed: no gap."
+                     + (f" Dotted grey: chance ({chance:.3g})." if chance is not None else ""),
+                     (f"Right: the gap averaged over the {n_scales} scale(s) ({_x_words(r)}), bars ± 1 sd over them "
+                      "(the spread across scales, not a seed interval).")])
+    return figs
+
+
+def render_plots(report: Report, out_dir: Path, formats: Sequence[str], *, extrapolate_to: float | None = None) -> dict[str, Path]:
+    """Curves with fits, Δ vs level and ID vs OOD (:func:`report_figures`), in each image format; name → path.
 
     Names are ``curves_<fmt>``, ``delta_<fmt>`` and ``id_ood_<fmt>``; a figure without data
-    (no biased level, no OOD split) is not drawn.
+    (no biased level, no OOD split) is not drawn. Fitted lines stop at the largest observed scale
+    unless ``extrapolate_to`` names a scale to draw them to (dashed beyond the data).
     """
     r, paths = report, {}
     img = [f for f in formats if f in plots.IMAGE_FORMATS]
     if not img:
         return paths
-    caption = [f"{c.label}: {_prov(c.fit)}" for c in r.curves if c.fit is not None]
-    if caption:
-        caption = ["Bands: 95 % bootstrap intervals of the fit (resamples kept/requested, method, seed; seeds per point)."] + caption
-    for p in plots.plot_curves(r.curves, out_dir / f"curves_{r.tag}", x=r.x, metric=r.metric, title=r.title,
-                               formats=img, to_metric=r.to_metric, caption=caption):
-        paths[f"curves_{p.suffix[1:]}"] = p
-    if not r.delta.is_empty() and r.delta.filter(pl.col("bias_level") > 0).height:
-        for p in plots.plot_delta(r.delta, out_dir / f"delta_{r.tag}", x=r.x, metric=r.metric, title=r.title, formats=img):
-            paths[f"delta_{p.suffix[1:]}"] = p
-    if not r.id_ood_gap.is_empty():
-        # One ID-vs-OOD figure per task and metric, whichever split the report is for.
-        stem = out_dir / f"id_ood_{r.task}_{r.metric}".replace("@", "at")
-        for p in plots.plot_id_ood(r.id_ood_gap, stem, metric=r.metric, title=f"{r.task} / {r.metric}", formats=img):
-            paths[f"id_ood_{p.suffix[1:]}"] = p
+    # One ID-vs-OOD figure per task and metric, whichever split the report is for.
+    stems = {"curves": out_dir / f"curves_{r.tag}", "delta": out_dir / f"delta_{r.tag}",
+             "id_ood": out_dir / f"id_ood_{r.task}_{r.metric}".replace("@", "at").replace("/", "_")}
+    for name, fig in report_figures(r, extrapolate_to=extrapolate_to).items():
+        for p in plots.save(fig, stems[name], img):
+            paths[f"{name}_{p.suffix[1:]}"] = p
     return paths
 
 
-__all__ = ["render_fits_csv", "render_json", "render_latex", "render_markdown", "render_plots", "render_tables_csv"]
+__all__ = ["render_fits_csv", "render_json", "render_latex", "render_latex_delta", "render_markdown", "render_plots",
+           "render_tables_csv", "report_figures"]

@@ -16,7 +16,7 @@ import polars as pl
 
 from inheritlab.analysis import render
 from inheritlab.analysis.report_data import Curve, Report, compute_report
-from inheritlab.analysis.results import load_results
+from inheritlab.analysis.results import check_selection, load_results
 from inheritlab.infra.atomic import atomic_open, atomic_write_json, atomic_write_text
 
 FORMATS = ("png", "pdf", "csv", "md", "latex")
@@ -31,27 +31,34 @@ def build_report(
     split: str = "id",
     x: str = "data_scale",
     formats: Sequence[str] = ("png", "csv", "md"),
+    chance: float | None = None,
+    extrapolate_to: float | None = None,
 ) -> dict[str, Path]:
     """Write the tidy table, fits per level and jointly, plots and a summary; return name→path.
 
-    Formats: ``png``/``pdf`` plots, ``csv`` tables, ``md`` summary, ``latex`` fit table. The
-    parquet table and ``fits.json`` are always written (they are what other tools read). The
-    summary, when written, comes first.
+    Formats: ``png``/``pdf`` plots, ``csv`` tables, ``md`` summary, ``latex`` fit and Δ
+    tables. The parquet table and ``fits.json`` are always written (they are what other tools
+    read). The summary, when written, comes first. ``chance``: the metric's chance level (e.g.
+    ``plots.chance_level(metric, n_classes)``; the results table does not know the class count),
+    drawn as a dotted line. ``extrapolate_to``: draw fitted lines on to this scale (dashed
+    beyond the data); by default they stop at the largest observed scale.
     """
     _check_formats(formats)
-    report = compute_report(df, metric=metric, task=task, split=split, x=x)
+    report = compute_report(df, metric=metric, task=task, split=split, x=x, chance=chance)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The table is written as given (each cell once); the report repeated the clean control
     # under every bias type for its curves only.
     table = _write_table(df, out_dir, formats)
-    return _summary_first({**table, **write_report(report, out_dir, formats)})
+    return _summary_first({**table, **write_report(report, out_dir, formats, extrapolate_to=extrapolate_to)})
 
 
-def write_report(report: Report, out_dir: Path, formats: Sequence[str] = ("png", "csv", "md")) -> dict[str, Path]:
+def write_report(
+    report: Report, out_dir: Path, formats: Sequence[str] = ("png", "csv", "md"), *, extrapolate_to: float | None = None,
+) -> dict[str, Path]:
     """Write a computed report in each requested format (and always its JSON fits); name → path.
 
-    Files are named by ``report.tag``: ``fits_<tag>.json``/``.csv``/``.tex``, ``delta_<tag>.csv``,
+    Files are named by ``report.tag``: ``fits_<tag>.json``/``.csv``/``.tex``, ``delta_<tag>.csv``/``.tex``,
     ``id_ood_gap_<tag>.csv``, ``multiplier_<tag>.csv``, ``summary_<tag>.md`` and the plots of
     :func:`~inheritlab.analysis.render.render_plots`. Nothing is refitted.
     """
@@ -67,7 +74,9 @@ def write_report(report: Report, out_dir: Path, formats: Sequence[str] = ("png",
             paths[f"{name}_csv"] = _write(out_dir / f"{name}_{tag}.csv", text)
     if "latex" in formats:
         paths["fits_latex"] = _write(out_dir / f"fits_{tag}.tex", render.render_latex(report))
-    paths.update(render.render_plots(report, out_dir, formats))
+        if delta_tex := render.render_latex_delta(report):
+            paths["delta_latex"] = _write(out_dir / f"delta_{tag}.tex", delta_tex)
+    paths.update(render.render_plots(report, out_dir, formats, extrapolate_to=extrapolate_to))
     if "md" in formats:
         paths["summary_md"] = _write(out_dir / f"summary_{tag}.md", render.render_markdown(report))
     return _summary_first(paths)
@@ -75,20 +84,23 @@ def write_report(report: Report, out_dir: Path, formats: Sequence[str] = ("png",
 
 def curves(
     run_dir: str, *, metric: str = "acc1", task: str = "zeroshot", split: str = "id", x: str = "data_scale",
-    fmt: str = "png", out: Path | None = None,
+    fmt: str = "png", out: Path | None = None, chance: float | None = None, extrapolate_to: float | None = None,
 ) -> list[Path]:
     """``inheritlab curves``: load a run directory and write the report in one format.
 
     ``png``/``pdf``: the plots; ``csv``: the tidy table, fits and inheritance tables; ``latex``:
-    the fit table. The JSON fits are always written beside them.
+    the fit and Δ tables. The JSON fits are always written beside them. ``chance`` and
+    ``extrapolate_to`` as in :func:`build_report`.
     """
     if fmt not in ("png", "pdf", "csv", "latex"):
         raise ValueError(f"format {fmt!r}: expected png, pdf, csv or latex")
     df = load_results(str(run_dir))
     if df.is_empty():
         raise FileNotFoundError(f"{run_dir}: no completed cells yet")
+    check_selection(df, metric=metric, task=task, split=split, source=str(run_dir))
     out_dir = Path(out) if out is not None else Path(str(run_dir)) / "curves"
-    paths = build_report(df, out_dir, metric=metric, task=task, split=split, x=x, formats=(fmt,))
+    paths = build_report(df, out_dir, metric=metric, task=task, split=split, x=x, formats=(fmt,),
+                         chance=chance, extrapolate_to=extrapolate_to)
     ext = {"png": ".png", "pdf": ".pdf", "csv": ".csv", "latex": ".tex"}[fmt]
     return [p for p in paths.values() if p.suffix == ext] + [paths["fits_json"]]
 

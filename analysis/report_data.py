@@ -5,9 +5,11 @@ on one scale axis. The renderers in :mod:`inheritlab.analysis.render` only forma
 ``Report`` holds, so the markdown summary, the LaTeX table, the JSON fits and the plots always
 show the same numbers, and writing one more format never refits.
 
-Small studies degrade instead of failing: one scale gives points without a fit, two or three
-scales give a power law without the irreducible term, one seed gives no seed error bars, one
-level gives no Δ — each said in ``Report.notes``.
+Small studies degrade instead of failing: a curve is never fitted through as few points as its
+law has parameters, so one or two scales give points without a fit (a two-parameter power law
+through two points passes through both, checks nothing and has no interval), three scales give a
+power law without the irreducible term, one seed gives no seed error bars, one level gives no Δ
+— each said in ``Report.notes``.
 
 Accuracy-like metrics (acc1, recall@k) are fitted as error = 1 − metric, the quantity that
 follows a power law towards a floor; points and tables keep the metric itself.
@@ -34,7 +36,7 @@ from inheritlab.analysis.fits import FitResult, compare_forms
 from inheritlab.analysis.fits_bnsl import break_scales, select_breaks
 from inheritlab.analysis.fits_chinchilla import fit_chinchilla
 from inheritlab.analysis.fits_frontier import FrontierFit, fit_frontier
-from inheritlab.analysis.fits_power import fit_best_power_law, fit_joint_power_law
+from inheritlab.analysis.fits_power import POWER_LAW_NO_FLOOR, fit_best_power_law, fit_joint_power_law
 from inheritlab.analysis.results import (
     aggregate_seeds,
     curve_keys,
@@ -56,6 +58,9 @@ BNSL_MIN_SCALES = 8
 BNSL_MARGIN = 0.8
 # The LM loss that two-step task prediction goes through (task, metric), per split when it has one.
 LOSS_TASK, LOSS_METRIC = "perplexity", "loss"
+# The fewest scales a curve is fitted on: the simplest law's parameters and one more to check
+# them (the power law with a floor asks for four itself).
+MIN_FIT_SCALES = POWER_LAW_NO_FLOOR.n_params + 1
 
 
 def _read_only(a: Any) -> np.ndarray:
@@ -148,6 +153,8 @@ class Report:
     notes: tuple[str, ...]
     decision: pl.DataFrame = field(default_factory=pl.DataFrame)  # decision accuracy per smaller scale
     task_prediction: tuple[TwoStepPrediction, ...] = ()  # LM cells: scale → loss → accuracy
+    chance: float | None = None  # the metric's chance level, when given and the metric is an accuracy
+    levels: tuple[float, ...] = ()  # every bias level of the study (any task): one colour each in every figure
 
     @property
     def target(self) -> str:
@@ -161,16 +168,26 @@ class Report:
 
 def compute_report(
     df: pl.DataFrame, *, metric: str = "acc1", task: str = "zeroshot", split: str = "id", x: str = "data_scale",
+    chance: float | None = None,
 ) -> Report:
     """Fit every curve and compute every inheritance table of one (task, split, metric) on ``x``.
 
     ``df`` is the results table as loaded: the clean control is recorded once (``bias_type =
     "none"``) and repeated here as level 0 of every bias type, since each curve needs its own.
     Every fit is seeded by what its curve is, so the same table gives the same report.
+    ``chance`` is the metric's chance level (1/K for top-1 accuracy over K classes; see
+    ``plots.chance_level``), which the results table does not hold: the figures draw it when
+    the metric is an accuracy.
     """
     notes: list[str] = []
+    if chance is not None and not (isinstance(chance, (int, float)) and 0.0 <= float(chance) <= 1.0):
+        raise ValueError(f"chance={chance!r}: expected an accuracy in [0, 1] (1/K for K classes), or None")
     df = with_clean_controls(df)
     hib = higher_is_better(metric)
+    if chance is not None and not hib:
+        notes.append(f"chance level {chance:g} given for {metric!r}, which is not an accuracy: not drawn")
+        chance = None
+    levels = tuple(sorted(float(v) for v in df.get_column("bias_level").unique().to_list())) if not df.is_empty() else ()
     sub = select(df, metric=metric, task=task, split=split) if not df.is_empty() else df
     if sub.is_empty():
         notes.append(f"no completed rows for task={task!r}, split={split!r}, metric={metric!r}")
@@ -193,6 +210,7 @@ def compute_report(
         curves=curves, joint=joint, frontier=frontier, two_variable=two_variable,
         delta=delta, critical_level=crit, multiplier=mult, id_ood_gap=gap, notes=tuple(notes),
         decision=decision, task_prediction=predictions,
+        chance=None if chance is None else float(chance), levels=levels,
     )
 
 
@@ -240,6 +258,13 @@ def _fit_curve(
     note = ""
     comparison: list[dict[str, Any]] = []
     selection: list[dict[str, Any]] = []
+    if n_scales == 1:
+        return None, "one scale: no fit", comparison, selection
+    if n_scales < MIN_FIT_SCALES:
+        return None, (f"only {n_scales} scales: no fit — the simplest law, E = a·x^-b, has "
+                      f"{POWER_LAW_NO_FLOOR.n_params} parameters and would pass through every point, with nothing "
+                      f"left to check it and no interval; at least {MIN_FIT_SCALES} scales are needed "
+                      "(points and seed bars only)"), comparison, selection
     try:
         fit = fit_best_power_law(x, y, n_boot=N_BOOT, seed=_fit_seed(*key))
         if fit is None:
@@ -429,5 +454,5 @@ def _multipliers(curves: Sequence[Curve], keys: list[str], x: str, hib: bool) ->
     return pl.DataFrame(rows) if rows else pl.DataFrame()
 
 
-__all__ = ["BNSL_MARGIN", "BNSL_MIN_SCALES", "N_BOOT", "ComputeFrontier", "Curve", "JointFit", "Report",
+__all__ = ["BNSL_MARGIN", "BNSL_MIN_SCALES", "MIN_FIT_SCALES", "N_BOOT", "ComputeFrontier", "Curve", "JointFit", "Report",
            "TwoVariableFit", "compute_report"]

@@ -3,6 +3,7 @@
 # installed but not this package: the kernel and trainer GPU tests, then the benchmarks.
 #
 #   benchmarks/gpu_checks.sh OUT_DIR [PARTS]        PARTS: comma list of tests,step,e2e,lm,lmcheck (default all)
+#                                                   (and input, run only when named)
 #
 # lm measures LM MFU at the recipe batch on random ids and on packed built-in-world text (one call, both).
 # e2e trains ViT-B/32 (rung datacomp-small, batch 512) from img2dataset-style 256-px JPEG shards
@@ -49,4 +50,9 @@ run() {  # name, timeout seconds, command...
 [[ $parts == *lm,* || $parts == *lm ]] && run lm-mfu "${LM_TIMEOUT:-480}" python3 benchmarks/bench_lm_train.py \
   --out "$out/lm_train.json" --modes compile --accum 16 --warmup 2 --steps 8 --profile --data both
 [[ $parts == *lmcheck* ]] && run lm-trainer 420 python3 benchmarks/check_lm_trainer_gpu.py "$out/lm_trainer_gpu.json"
+# input: the CLIP input pipeline alone (benchmarks/probe_clip_input.py), as train_clip builds it: loader workers
+# 14,1,8,4 x label noise 0.2,0 at batch 512 (datacomp-small, 224 px), one sample's CPU stages, and the device side
+# (H2D copy pageable vs pinned, device_images). It writes an 8192-image JPEG world first (one process, ~1-2 min).
+[[ $parts == *input* ]] && run clip-input "${INPUT_TIMEOUT:-450}" python3 benchmarks/probe_clip_input.py \
+  --out "$out/clip_input.json" --world /tmp/probe-world
 exit 0

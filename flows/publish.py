@@ -31,8 +31,11 @@ def analyse(run: RunDir, spec: StudySpec, formats: tuple[str, ...] = ("png", "cs
     if df.is_empty():
         return {}
     a = spec.analysis
+    from inheritlab.analysis.plots import chance_level
+
+    chance = chance_level(a.metric, num_classes(spec)) if a.task in CLASSIFICATION_TASKS or a.task.startswith("few_shot_k") else None
     paths = build_report(
-        df, run.results, metric=a.metric, task=a.task, split=a.split, x=a.x, formats=formats
+        df, run.results, metric=a.metric, task=a.task, split=a.split, x=a.x, formats=formats, chance=chance
     )
     from inheritlab.analysis.adaptation import write_adaptation_report
 
@@ -49,6 +52,28 @@ def analyse(run: RunDir, spec: StudySpec, formats: tuple[str, ...] = ("png", "cs
             + "\n" + render_bad_samples(bad)
         atomic_write_text(md, md.read_text(encoding="utf-8") + "\n" + tail)
     return paths
+
+
+# Tasks whose accuracy a uniform guess over the study's classes bounds from below (the plots'
+# chance line); retrieval and suite tasks have their own item counts.
+CLASSIFICATION_TASKS = ("zeroshot", "linear_probe", "nmtune", "mlp_tune", "finetune", "lora")
+
+
+def num_classes(spec: StudySpec) -> int | None:
+    """The number of classes of a CLIP study's data (the built-in world's, or the class names
+    beside the user's train shards); ``None`` when unknown or not a classification study."""
+    if spec.modality != "clip":
+        return None
+    if spec.data.source == "builtin":
+        return spec.data.world.num_classes
+    from inheritlab.corruptors.classes import class_info, metadata_dir
+
+    shards = spec.data.shards
+    try:
+        info = class_info(metadata_dir(shards.train), classnames=shards.classnames)
+    except Exception:  # noqa: BLE001 - the chance line is a courtesy; a report never fails for it
+        return None
+    return len(info.names) if info else None
 
 
 def render_conventions(modality: str, tasks: list[str]) -> str:

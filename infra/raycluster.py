@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,14 +65,49 @@ def init_ray(
         if runtime_env:
             kwargs["runtime_env"] = runtime_env
         if address:
+            # A cluster binds what its deploy files say (infra/deploy/); nothing is changed here.
             kwargs["address"] = address
+            ray.init(**kwargs)
         else:
-            kwargs["include_dashboard"] = False
+            kwargs.update(LOCAL_BIND)
             kwargs["num_cpus"] = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
             if num_gpus is not None:
                 kwargs["num_gpus"] = num_gpus
-        ray.init(**kwargs)
+            with _loopback_node():
+                ray.init(**kwargs)
     return cluster_info()
+
+
+# A local start (no address) listens on loopback only. Every Ray server picks its listen address
+# from the node's IP: when that IP is loopback, the GCS, the raylet's node and object managers, each
+# core worker (driver, tasks, actors), the dashboard agent (gRPC, HTTP, metrics export), the
+# runtime-env agent and the autoscaler monitor's and dashboard head's metrics servers bind
+# 127.0.0.1; otherwise most of them bind every interface. No dashboard is started.
+LOCAL_BIND: dict[str, Any] = {
+    "_node_ip_address": "127.0.0.1",
+    "include_dashboard": False,
+    "dashboard_host": "127.0.0.1",
+}
+
+
+@contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Let ``ray.init`` keep ``_node_ip_address="127.0.0.1"`` for the node it starts.
+
+    Ray 2.60 replaces a loopback ``_node_ip_address`` by the machine's outward address
+    (``ray._private.services.resolve_ip_for_localhost``), except where ``ENABLE_RAY_CLUSTER`` is off,
+    as it is by default on macOS and Windows. It is switched off for the start only: once the node
+    exists, Ray reads its address from the node, and a later cluster connection in this process sees
+    Ray's default again. ``tests/unit/test_loopback.py`` checks the sockets this gives.
+    """
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 def cluster_info() -> ClusterInfo:

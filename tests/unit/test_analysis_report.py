@@ -49,7 +49,8 @@ def test_two_scales_single_seed_single_level(tmp_path: Path) -> None:
     run = write_synthetic_run(tmp_path / "run", levels=(0.0,), scales=(1e4, 1e5))
     paths = build_report(load_results(str(run.root)), run.results)
     summary = paths["summary_md"].read_text()
-    assert "power_law_no_floor" in summary and "only 2 scales" in summary
+    # two points fix a two-parameter law exactly: no fit, points only, and the summary says why
+    assert "power_law_no_floor" not in summary and "only 2 scales: no fit" in summary
     assert "one seed per point" in summary and "single (clean) level" in summary
     assert paths["curves_png"].is_file() and "delta_png" not in paths
 

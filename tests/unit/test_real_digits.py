@@ -126,7 +126,7 @@ def test_the_spec_loads_and_its_data_passes_the_check(example: Path) -> None:
     assert spec.data.shards.test_id == str(data / "suite" / "digits" / "test")
     assert spec.data.shards.test_ood == str(data / "suite" / "mnist" / "test")
     assert spec.eval.suites.root == str(data / "suite") and spec.eval.suites.tasks == ("digits", "mnist")
-    assert spec.eval_tasks == ("zeroshot", "linear_probe", "diagnostics", "suites")
+    assert spec.eval_tasks == ("zeroshot", "linear_probe", "diagnostics", "nmtune", "few_shot", "finetune", "suites")
     assert (spec.analysis.metric, spec.analysis.task, spec.analysis.split) == ("acc1", "zeroshot", "ood")
     assert spec.grid.bias[0].levels == [0.0, 0.3, 0.6] and spec.grid.data_scale.values == [6144, 12288]
     assert len(expand_grid(spec)) == 3 * 2 * 3  # levels x scales x seeds
