@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import fsspec
 import polars as pl
 
-from inheritlab.infra.errors import InheritlabError
+from inheritlab.infra.errors import InheritlabError, did_you_mean
 from inheritlab.infra.rundir import COMPLETE_MARKER
 from inheritlab.infra.schema import DRAW_COLUMN, RESULT_COLUMNS
 
@@ -178,6 +178,18 @@ def select(df: pl.DataFrame, *, metric: str, task: str, split: str) -> pl.DataFr
     """Rows of one (task, split, metric), final checkpoints only."""
     sub = df.filter((pl.col("metric") == metric) & (pl.col("task") == task) & (pl.col("split") == split))
     return final_checkpoints(sub)
+
+
+def check_selection(df: pl.DataFrame, *, metric: str, task: str, split: str, source: str) -> None:
+    """Refuse a task, split or metric the table lacks, listing those it has (the splits of the
+    task, the metrics of the task and split) and the nearest to what was asked."""
+    for option, value, has in (("task", task, df), ("split", split, df.filter(pl.col("task") == task)),
+                               ("metric", metric, df.filter((pl.col("task") == task) & (pl.col("split") == split)))):
+        known = sorted(has.get_column(option).drop_nulls().unique().to_list())
+        if value not in known:
+            scope = {"task": "", "split": f" of task {task!r}", "metric": f" of task {task!r}, split {split!r}"}[option]
+            raise ResultsError(f"--{option} {value!r}: the results of {source} have no such {option}"
+                               f"{did_you_mean(value, known)}; the {option}s{scope} there: {', '.join(known)}")
 
 
 def curve_keys(df: pl.DataFrame, x: str) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import polars as pl
 
-from inheritlab.infra.errors import SpecError
+from inheritlab.infra.errors import SpecError, did_you_mean
 from inheritlab.infra.hashing import stable_uniform_fn
 
 Sample = dict[str, Any]
@@ -75,7 +75,8 @@ class Param:
         if ok and self.kind in ("float", "int"):
             ok = (self.lo is None or value >= self.lo) and (self.hi is None or value <= self.hi)
         if not ok:
-            raise SpecError(f"{where}: got {value!r}; expected {self.allowed()} ({self.doc})")
+            hint = did_you_mean(value, self.choices) if self.kind == "choice" else ""
+            raise SpecError(f"{where}: got {value!r}{hint}; expected {self.allowed()} ({self.doc})")
         return value
 
 
@@ -263,7 +264,7 @@ def check_params(cls: type[Corruptor], spec: dict[str, Any], where: str) -> dict
             continue
         if key not in allowed:
             raise SpecError(
-                f"{where}.{key}: unknown parameter for corruptor {cls.type_name!r}; allowed: "
+                f"{where}.{key}: unknown parameter for corruptor {cls.type_name!r}{did_you_mean(key, allowed)}; allowed: "
                 + ", ".join(sorted(allowed))
             )
     for key, p in allowed.items():

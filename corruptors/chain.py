@@ -31,7 +31,7 @@ from inheritlab.corruptors.base import REGISTRY, Corruptor, Sample, check_params
 from inheritlab.corruptors.counters import ACCOUNTED, counter_mismatches, sum_counters  # noqa: F401 (re-exported)
 from inheritlab.corruptors.shards import ReadStats, iter_samples, list_shards, write_shards
 from inheritlab.infra.atomic import atomic_write_bytes, atomic_write_json
-from inheritlab.infra.errors import SpecError
+from inheritlab.infra.errors import SpecError, did_you_mean
 
 MANIFEST_NAME = "manifest.parquet"
 COUNTERS_NAME = "counters.json"
@@ -53,7 +53,8 @@ def validate_corruptor(spec: dict[str, Any], where: str) -> None:
     if typ is None:
         raise SpecError(f"{where}.type: missing; allowed: {', '.join(corruptor_types())}")
     if typ not in REGISTRY:
-        raise SpecError(f"{where}.type: got {typ!r}; allowed: {', '.join(corruptor_types())}")
+        raise SpecError(f"{where}.type: got {typ!r}{did_you_mean(typ, corruptor_types())}; allowed: "
+                        f"{', '.join(corruptor_types())}")
     check_params(REGISTRY[typ], spec, where)
 
 

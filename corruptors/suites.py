@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inheritlab.corruptors.classes import class_info
-from inheritlab.infra.errors import SpecError
+from inheritlab.infra.errors import SpecError, did_you_mean
 
 TASK_KINDS = ("classification", "retrieval")
 
@@ -43,8 +43,8 @@ def _task(root: Path, name: str, split: str) -> SuiteTask:
     d = root / name
     if not d.is_dir():
         known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise SpecError(f"eval.suites.tasks: {name!r} — expected a directory {d}; the suite root holds "
-                        f"{known[:20] or 'nothing'}")
+        raise SpecError(f"eval.suites.tasks: {name!r} — expected a directory {d}{did_you_mean(name, known)}; the "
+                        f"suite root holds {known[:20] or 'nothing'}")
     nshards = d / split / "nshards.txt"
     if not nshards.is_file():
         raise SpecError(f"eval.suites.tasks: {name!r} — expected {nshards} (the number of shards of split {split!r}, "

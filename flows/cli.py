@@ -28,16 +28,18 @@ def run(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster: 'auto' on a head node, 'ray://head:10001' as client; default: a local Ray."),
 ) -> None:
     """Run every unfinished cell of a study, then fit and publish its curves."""
+    from inheritlab.flows.preflight import check_before_start
     from inheritlab.flows.spec import load_spec
 
     try:
         study = load_spec(spec)
+        # Before Prefect or Ray start: a missing path or an unwritable run directory fails now.
+        target = check_before_start(study, run_dir or Path("runs") / study.name)
     except InheritlabError as exc:
         _fail(exc)
         return
     from inheritlab.flows.study_flow import run_study
 
-    target = run_dir or Path("runs") / study.name
     try:
         out = run_study(study, target, ray_address)
     except InheritlabError as exc:
@@ -49,11 +51,13 @@ def run(
 @app.command()
 def validate(
     spec: str = typer.Argument(..., help="Study spec YAML or shipped study name."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="The run directory `run` would use, checked for "
+                                           "writing (not created); default: runs/<study name>."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Plan against this Ray cluster; default: this machine."),
 ) -> None:
     """Check a spec and print the plan: cells, resources per cell, estimated device-hours."""
     from inheritlab.flows.grid import expand_grid
-    from inheritlab.flows.preflight import check_data, left_out
+    from inheritlab.flows.preflight import check_data, check_paths, check_run_dir, left_out
     from inheritlab.flows.scheduler import check_fits, plan, resolve
     from inheritlab.flows.spec import load_spec
     from inheritlab.flows.stages import resolve_use_gpu
@@ -61,6 +65,8 @@ def validate(
 
     try:
         study = load_spec(spec)
+        check_paths(study)
+        target = check_run_dir(run_dir or Path("runs") / study.name, create=False)
         checked_s = check_data(study)
         cells = expand_grid(study)
         cluster = init_ray(ray_address) if ray_address else local_machine()
@@ -84,6 +90,7 @@ def validate(
                f"tasks {', '.join(study.eval_tasks)} and the biases have what they need")
     for task_name, why in left_out(study).items():
         typer.echo(f"  left out: {task_name} — needs {why}")
+    typer.echo(f"run directory {target} can be written")
 
 
 @app.command()

@@ -8,17 +8,18 @@ silently falls back to a default.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from inheritlab.corruptors.chain import validate_corruptor
 from inheritlab.corruptors.world import image_format_for
 from inheritlab.infra.cell import MAX_SAMPLES, MAX_SEED, Auto, DataConfig, EvalConfig, Frozen, RecipeConfig, WorldSpec
-from inheritlab.infra.errors import SpecError
-from inheritlab.trainers.modality import get_modality, modality_names
-from pydantic import Field, ValidationError, field_validator, model_validator
+from inheritlab.infra.errors import SpecError, did_you_mean
+from inheritlab.trainers.modality import Modality, get_modality, modality_names
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 
 def _sorted_unique(v: list[Any], what: str) -> list[Any]:
@@ -37,7 +38,9 @@ class BiasAxis(Frozen):
     """
 
     type: str
-    levels: Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=1)]
+    levels: Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(
+        min_length=1, description="a level is the fraction of samples the bias touches, from 0 (the clean "
+                                  "control) to 1 (every sample)")]
     params: dict[str, Any] = Field(default_factory=dict)
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=,\[\]-]*$", max_length=80)] | None = None
 
@@ -157,7 +160,7 @@ class StudySpec(Frozen):
     def _known_modality(cls, v: str) -> str:
         known = modality_names()
         if v not in known:
-            raise ValueError(f"got {v!r}; allowed: {known}")
+            raise ValueError(f"got {v!r}{did_you_mean(v, known)}; allowed: {', '.join(known)}")
         return v
 
     @property
@@ -168,8 +171,17 @@ class StudySpec(Frozen):
     @model_validator(mode="after")
     def _check_modality(self) -> "StudySpec":
         # The modality knows its rungs, tasks and what its data offers: a spec asking for what
-        # cannot run fails here, not after pre-training.
-        errors = get_modality(self.modality).check(self.data, self.eval, self.grid.model, self.grid.bias_types)
+        # cannot run fails here, not after pre-training. A name it does not know is said first,
+        # with the nearest it does.
+        modality = get_modality(self.modality)
+        errors = _unknown_names(modality, self.grid.model, self.eval.tasks or ())
+        if not errors and (errors := modality.check(self.data, self.eval, self.grid.model, self.grid.bias_types)):
+            from inheritlab.flows.preflight import describe_missing, missing_paths
+
+            # What the data offers is read from its files: a path that is not there comes first,
+            # as the likely cause of the rest.
+            missing = missing_paths(self.data, self.eval)
+            errors = ([describe_missing(missing)] if missing else []) + errors
         if self.modality != "clip" and self.train.augment != "auto":
             errors.append(f"train.augment: {self.train.augment!r} is image augmentation, for CLIP studies only")
         if errors:
@@ -227,6 +239,16 @@ class StudySpec(Frozen):
         return self.model_copy(update={"data": self.data.model_copy(update={"world": resolved})})
 
 
+def _unknown_names(modality: Modality, models: list[str], tasks: tuple[str, ...]) -> list[str]:
+    """An error per rung or task name the modality does not know, each with the nearest known."""
+    errors = []
+    for field, names, what, known in (("grid.model", models, "rung", modality.rungs()),
+                                      ("eval.tasks", tasks, "task", sorted(modality.tasks()))):
+        errors += [f"{field}[{i}]: {name!r} is not a {what} of modality {modality.name!r}{did_you_mean(name, known)}; "
+                   f"known: {', '.join(known)}" for i, name in enumerate(names) if name not in known]
+    return errors
+
+
 def _rung_image_size(models: list[str]) -> int | None:
     """The largest input size among the CLIP rungs named (``None`` if none is a known rung;
     an unknown name is reported by the modality's check)."""
@@ -236,21 +258,68 @@ def _rung_image_size(models: list[str]) -> int | None:
     return max(sizes) if sizes else None
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The spec model a field holds (itself, or inside a list or an optional), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
+
+
+def _located(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, str | None]:
+    """The model an error's location ends in, and the last name in it: the field at fault, or
+    the unknown key (then the model's fields are what was meant)."""
+    model: type[BaseModel] | None = StudySpec
+    holder, name = None, None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None or part not in model.model_fields:
+            return model, str(part)
+        holder, name, model = model, part, _model_in(model.model_fields[part].annotation)
+    return holder, name
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """``grid.bias[0].levels[1]``: how the error names the field (as the other checks do)."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(err: Any) -> str:
+    """One pydantic error as one line: the field path, what is wrong, the value and a hint."""
+    loc = tuple(err["loc"])
+    path = _field_path(loc)
+    if err["type"] == "missing":
+        return f"{path}: required field is missing"
+    value = err.get("input")
+    model, name = _located(loc)
+    msg = err["msg"].removeprefix("Value error, ")
+    hint = ""
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (not part of the spec)"
+        hint = did_you_mean(name, model.model_fields) if model is not None else ""
+    elif err["type"] == "literal_error":
+        hint = did_you_mean(value, re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", "")))
+    elif model is not None and name in model.model_fields and model.model_fields[name].description:
+        hint = f"; {model.model_fields[name].description}"
+    if err["type"] == "value_error" and isinstance(value, dict):
+        # A check across fields: its message names them; the whole mapping is no help.
+        return f"{path}: {msg}" if path else msg
+    shown = repr(value)
+    if err["type"] == "value_error" and shown in msg:  # the check's own message shows the value
+        return f"{path}: {msg}{hint}"
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{path}: {msg} (got {shown}){hint}"
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid study spec {source}:"]
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "<root>"
-        value = err.get("input")
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (not part of the spec)"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        lines.append(f"  - {path}: {msg} (got {shown})" if err["type"] != "missing" else f"  - {path}: {msg}")
-    return "\n".join(lines)
+    lines = [_describe(err) for err in exc.errors()]
+    if len(lines) == 1:
+        return f"invalid study spec {source}: {lines[0]}"
+    return "\n".join([f"invalid study spec {source}:", *(f"  - {line}" for line in lines)])
 
 
 def parse_spec(data: Any, source: str = "<spec>") -> StudySpec:
@@ -286,10 +355,9 @@ def load_spec(name_or_path: str) -> StudySpec:
     """Load a spec from a YAML file, or a shipped example by name."""
     path = resolve_spec_path(name_or_path)
     if path is None:
-        raise SpecError(
-            f"no study spec at {name_or_path!r}: not a file, and not one of the shipped studies "
-            f"{builtin_specs()}"
-        )
+        shipped = builtin_specs()
+        raise SpecError(f"no study spec at {name_or_path!r}: not a file, and not one of the shipped studies"
+                        f"{did_you_mean(Path(name_or_path).name.removesuffix('.yaml'), shipped)}: {', '.join(shipped)}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

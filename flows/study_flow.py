@@ -17,7 +17,7 @@ from typing import Any
 from inheritlab.flows import stages
 from inheritlab.flows.grid import expand_grid
 from inheritlab.flows.publish import publish_results
-from inheritlab.flows.preflight import check_data, left_out
+from inheritlab.flows.preflight import check_before_start, check_data, left_out
 from inheritlab.flows.scheduler import PlacementLog, check_fits, demand_of, resolve, run_admitted
 from inheritlab.flows.spec import StudySpec
 from inheritlab.infra.atomic import atomic_write_json, read_json
@@ -211,5 +211,7 @@ def _record_launch(run: RunDir, launch: dict[str, Any]) -> None:
 
 
 def run_study(spec: StudySpec, run_dir: str | Path, ray_address: str | None = None) -> dict[str, Any]:
-    """Entry point used by the CLI and tests."""
+    """Entry point used by the CLI and tests. The paths and the run directory are checked
+    before the flow (and with it Prefect and Ray) starts."""
+    run_dir = check_before_start(spec, run_dir)
     return study_flow.with_options(flow_run_name=f"study {spec.name}")(spec, str(run_dir), ray_address)

@@ -8,6 +8,27 @@ kind").
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+
+def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+    """`` (did you mean 'x'?)`` naming the choice closest to a mistyped ``value``, or ``""``
+    when none is close (or ``value`` is one of them): what every "unknown name" error appends."""
+    if not isinstance(value, str):
+        return ""
+    names = [str(c) for c in choices]
+    if value in names:
+        return ""
+    close = difflib.get_close_matches(value, names, n=1)
+    if not close:  # a difference in case only, or a typo in another case
+        lower = {n.lower(): n for n in names}
+        close = [lower[m] for m in difflib.get_close_matches(value.lower(), list(lower), n=1)]
+    if not close:
+        return ""
+    return f" (did you mean {close[0]!r}?)"
+
 
 class InheritlabError(Exception):
     """Base class: an application error (bad config, bad data) — never retried."""

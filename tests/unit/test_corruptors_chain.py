@@ -51,7 +51,7 @@ def _outcome(chain, samples) -> dict[str, tuple]:
 @pytest.mark.parametrize(
     "spec, needle",
     [
-        ({"type": "label_nois", "level": 0.1}, "grid.bias[0].type: got 'label_nois'; allowed: caption_noise"),
+        ({"type": "label_nois", "level": 0.1}, "grid.bias[0].type: got 'label_nois' (did you mean 'label_noise'?); allowed: caption_noise"),
         ({"level": 0.1}, "grid.bias[0].type: missing"),
         ({"type": "label_noise", "level": 1.5}, "grid.bias[0].level: got 1.5; expected a number in [0, 1]"),
         ({"type": "label_noise", "level": "high"}, "grid.bias[0].level: got 'high'"),

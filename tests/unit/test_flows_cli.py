@@ -41,7 +41,7 @@ def test_malformed_spec_is_named(tmp_path: Path) -> None:
     res = runner.invoke(app, ["run", str(p), "--run-dir", str(tmp_path / "run")])
     assert res.exit_code == 2
     out = res.output
-    assert "bad.yaml" in out and "grid.sedes: unknown key" in out and "grid.bias.0.levels.0" in out
+    assert "bad.yaml" in out and "grid.sedes: unknown key" in out and "grid.bias[0].levels[0]" in out
     assert not (tmp_path / "run").exists()  # nothing was started
 
 

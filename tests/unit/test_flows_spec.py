@@ -60,8 +60,8 @@ def test_demo_is_a_real_grid() -> None:
     [
         (lambda d: d.update(bogus=1), "bogus: unknown key"),
         (lambda d: d["grid"].update(modle=["x"]), "grid.modle: unknown key"),
-        (lambda d: d["grid"]["bias"][0].update(levels=[0.1, 1.5]), "grid.bias.0.levels.1"),
-        (lambda d: d["grid"]["data_scale"].update(values=[0]), "grid.data_scale.values.0"),
+        (lambda d: d["grid"]["bias"][0].update(levels=[0.1, 1.5]), "grid.bias[0].levels[1]"),
+        (lambda d: d["grid"]["data_scale"].update(values=[0]), "grid.data_scale.values[0]"),
         (lambda d: d["grid"]["data_scale"].update(unique="sometimes"), "grid.data_scale.unique"),
         (lambda d: d["grid"].pop("model"), "grid.model: required field is missing"),
         (lambda d: d.update(name="has space"), "name"),
@@ -136,10 +136,10 @@ def test_scaled_unique_pool() -> None:
     "mutate, needle",
     [
         # Rung names are checked against the modality's registry when the spec loads.
-        (lambda d: d["grid"].update(model=["clip-nonexistent"]), "grid.model: ['clip-nonexistent'] are not clip rungs"),
-        (lambda d: d.update(modality="lm") or d["grid"].update(model=["lm-huge"]), "grid.model: ['lm-huge'] are not lm rungs"),
-        (lambda d: d.update(modality="video"), "modality: Value error, got 'video'"),
-        (lambda d: d.update(eval={"tasks": ["zero_shot"]}), "eval.tasks: ['zero_shot'] are not clip tasks"),
+        (lambda d: d["grid"].update(model=["clip-nonexistent"]), "grid.model[0]: 'clip-nonexistent' is not a rung of modality 'clip'"),
+        (lambda d: d.update(modality="lm") or d["grid"].update(model=["lm-huge"]), "grid.model[0]: 'lm-huge' is not a rung of modality 'lm'"),
+        (lambda d: d.update(modality="video"), "modality: got 'video'"),
+        (lambda d: d.update(eval={"tasks": ["zero_shot"]}), "eval.tasks[0]: 'zero_shot' is not a task of modality 'clip' (did you mean 'zeroshot'?)"),
     ],
 )
 def test_registries_check_the_spec(mutate, needle: str) -> None:
