@@ -255,7 +255,9 @@ class EvalConfig(Frozen):
             raise ValueError(f"adaptations {list(self.adaptations)} repeat a value")
         if len(set(self.few_shot_k)) != len(self.few_shot_k):
             raise ValueError(f"few_shot_k {list(self.few_shot_k)} repeats a value")
-        shot = [k for k in ("few_shot_k", "few_shot_draws") if k in self.model_fields_set]
+        # Compared with the defaults, not the fields set: a dumped config sets every field.
+        shot = [k for k in ("few_shot_k", "few_shot_draws")
+                if getattr(self, k) != type(self).model_fields[k].default]
         if shot and "few_shot" not in (self.adaptations or ()) and "few_shot" not in (self.tasks or ()):
             raise ValueError(f"{shot}: only used by the few_shot adaptation (add it to eval.adaptations)")
         if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):

@@ -358,3 +358,29 @@ def test_absurd_sizes_and_booleans_as_numbers_are_refused(change, where) -> None
     change(spec)
     with pytest.raises(SpecError, match=re.escape(where)):
         parse_spec(spec)
+
+
+def test_clip_adaptations_become_tasks_and_are_checked() -> None:
+    data = copy.deepcopy(BASE)
+    data["eval"] = {"tasks": ["zeroshot"], "adaptations": ["linear_probe", "nmtune", "few_shot"], "few_shot_k": [2, 8]}
+    spec = parse_spec(data)
+    # Each adaptation is a task; the frozen spectrum (diagnostics) comes with them.
+    assert spec.eval_tasks == ("zeroshot", "linear_probe", "nmtune", "few_shot", "diagnostics")
+    cell = expand_grid(spec)[0].config
+    assert cell.eval.few_shot_k == (2, 8) and "few_shot" in cell.eval_tasks
+    for bad, msg in (({"adaptations": ["nmtune"], "few_shot_k": [4]}, "only used by the few_shot adaptation"),
+                     ({"adaptations": ["nmtune", "nmtune"]}, "repeat"),
+                     ({"adaptations": ["nmtunes"]}, "adaptations"),
+                     ({"adaptations": ["few_shot"], "few_shot_k": [0]}, "few_shot_k")):
+        d = copy.deepcopy(BASE)
+        d["eval"] = bad
+        with pytest.raises(SpecError, match=msg):
+            parse_spec(d, source="bad.yaml")
+
+
+def test_an_lm_study_is_told_where_its_adaptations_go() -> None:
+    spec = load_spec("lm-duplication")
+    d = spec.model_dump(mode="json", exclude_unset=True)
+    d.setdefault("eval", {})["adaptations"] = ["nmtune"]
+    with pytest.raises(SpecError, match="eval.lm_adaptation"):
+        parse_spec(d, source="lm.yaml")
