@@ -492,8 +492,11 @@ def plot_spectrum(table: pl.DataFrame, stem: Path, *, title: str, formats: Seque
             ax.set_xlabel("Pre-training bias level")
             ax.set_ylabel(f"{names[metric]}, {split.upper()}")
             ax.grid(True, alpha=0.3)
-    axes[0][-1].legend(fontsize=6, frameon=False, loc="best")
+    # One legend under the panels: inside an axis it covers the lines it names.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)), fontsize=6,
+               frameon=False)
     fig.suptitle(title, fontsize=10)
-    _caption(fig, [f"Bars: one standard deviation over up to {seeds} seeds. 'frozen': the pre-trained features; "
-                   "the rest: after each adaptation."])
+    fig.text(0.01, -0.08 - 0.02 * ((len(labels) + 3) // 4), f"Bars: one standard deviation over up to {seeds} seeds. "
+             "'frozen': the pre-trained features; the rest: after each adaptation.", ha="left", va="top", fontsize=6)
     return save(fig, stem, formats)
