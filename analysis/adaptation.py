@@ -135,8 +135,11 @@ def render_markdown(table: pl.DataFrame, mitigation: pl.DataFrame, *, metric: st
         out += ["", "**Mitigation.** Share of the OOD gap opened by pre-training bias under the linear probe that "
                 "NMTune wins back, (NMTune − probe) / (probe at clean − probe), 95 % bootstrap interval over seeds:", ""]
         for r in mitigation.iter_rows(named=True):
-            out.append(f"- {r['model']}, {r['data_scale']:.4g} samples, level {r['level']:g}: gap "
-                       f"{r['gap']:+.3f}, gain {r['gain']:+.3f}, fraction {r['fraction']:.2f} "
+            head = f"- {r['model']}, {r['data_scale']:.4g} samples, level {r['level']:g}: gap {r['gap']:+.3f}, "
+            if r["gap"] <= 0:  # bias did not lower the probe here: a share of it means nothing
+                out.append(head + f"gain {r['gain']:+.3f}; no gap to win back (n = {r['n_seeds']})")
+                continue
+            out.append(head + f"gain {r['gain']:+.3f}, fraction {r['fraction']:.2f} "
                        f"[{r['fraction_lo']:.2f}, {r['fraction_hi']:.2f}] (n = {r['n_seeds']})")
     return "\n".join(out + [""])
 

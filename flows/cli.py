@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +16,10 @@ import typer
 from inheritlab.infra.errors import InheritlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Controlled pre-training studies of bias inheritance.")
+
+# True when this process is the `inheritlab` command itself (main()), not a caller of `app`
+# (tests): `run` then leaves its logging set up until the process exits.
+_OWN_PROCESS = False
 
 
 def _fail(exc: Exception) -> None:
@@ -26,8 +32,15 @@ def run(
     spec: str = typer.Argument(..., help="Study spec YAML, or the name of a shipped study (e.g. 'demo')."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where the study's artifacts go (default: runs/<study name>)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster: 'auto' on a head node, 'ray://head:10001' as client; default: a local Ray."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show Prefect's, Ray's and the workers' own output "
+                                 "on the terminal (otherwise it is in RUN_DIR/logs/)."),
+    as_json: bool = typer.Option(False, "--json", help="At the end print the run's paths and timings as JSON "
+                                 "(stdout; progress lines go to stderr) instead of the summary table."),
 ) -> None:
-    """Run every unfinished cell of a study, then fit and publish its curves."""
+    """Run every unfinished cell of a study, then fit and publish its curves.
+
+    The terminal shows a line per cell stage, a study line every 30 s and a summary at the end; what Prefect, Ray and the training workers print goes to RUN_DIR/logs/ (with --verbose: here too).
+    """
     from inheritlab.flows.preflight import check_before_start
     from inheritlab.flows.spec import load_spec
 
@@ -38,14 +51,29 @@ def run(
     except InheritlabError as exc:
         _fail(exc)
         return
-    from inheritlab.flows.study_flow import run_study
+    from inheritlab.flows import console
 
-    try:
-        out = run_study(study, target, ray_address)
-    except InheritlabError as exc:
-        _fail(exc)
-        return
-    typer.echo(json.dumps(out, indent=2))
+    t0 = time.perf_counter()
+    # Set up before Prefect and Ray are imported: their settings are read when they start.
+    with console.session(target, verbose=verbose, progress_to_stderr=as_json, restore=not _OWN_PROCESS) as term:
+        from inheritlab.flows.study_flow import run_study
+
+        try:
+            out = run_study(study, target, ray_address)
+        except Exception as exc:  # told in one paragraph; the traceback is in the log
+            code = 2 if isinstance(exc, InheritlabError) else 1
+            if code == 1 and verbose:
+                raise
+            logging.getLogger("inheritlab.flows.cli").error("the run failed", exc_info=exc)
+            if not as_json and console.cells_started():
+                typer.echo(console.render_summary(study, target, took_s=time.perf_counter() - t0, log=term), err=True)
+            typer.secho("error: " + console.render_failure(exc, term), fg=typer.colors.RED, err=True)
+            raise typer.Exit(code) from None
+        if not as_json:
+            typer.echo(console.render_summary(study, target, took_s=time.perf_counter() - t0,
+                                              report=out.get("report") if isinstance(out, dict) else None, log=term))
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
 
 
 @app.command()
@@ -211,6 +239,8 @@ def list_studies() -> None:
 
 
 def main() -> None:  # pragma: no cover - console entry
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
     app()
 
 

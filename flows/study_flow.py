@@ -10,11 +10,12 @@ are not retried — they fail once with their message.
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from inheritlab.flows import stages
+from inheritlab.flows import progress, stages
 from inheritlab.flows.grid import expand_grid
 from inheritlab.flows.publish import publish_results
 from inheritlab.flows.preflight import check_before_start, check_data, left_out
@@ -24,7 +25,7 @@ from inheritlab.infra.atomic import atomic_write_json, read_json
 from inheritlab.infra.cell import Cell
 from inheritlab.infra.errors import InheritlabError
 from inheritlab.infra.lease import CellLease, Heartbeat, launch_id
-from inheritlab.infra.raycluster import check_shared_dir, init_ray, release, wait_for_resources
+from inheritlab.infra.raycluster import check_shared_dir, init_ray, release, session_log_dir, wait_for_resources
 from inheritlab.infra.rundir import RunDir
 from inheritlab.trainers.modality import DataSources, get_modality
 from inheritlab.trainers.ray_launch import Placement
@@ -60,28 +61,38 @@ def run_cell(cell: Cell, run: RunDir, data: DataSources, *, use_gpu: bool, retri
     """Body of a cell's sub-run: reserve its resources, the four stages (timed), release."""
     log = get_run_logger()
     cdir = run.cell(cell.cell_id)
-    stages.write_cell_config(cell, cdir)
     timings: dict[str, float] = {}
+    current = ["placement"]  # the stage running: named in the progress line if the cell fails
+    last: list[tuple[str, float]] = []
 
     def timed(stage: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        current[0] = stage
+        progress.stage_started(cell.label, stage, last[-1] if last else None)
         t0 = time.perf_counter()
         out = _stage_task(fn, f"{stage}", retries).with_options(task_run_name=f"{stage}[{cell.label}]")(*args, **kwargs)
         timings[stage] = round(time.perf_counter() - t0, 3)
+        last.append((stage, timings[stage]))
         log.info("cell %s: %s took %.1f s", cell.label, stage, timings[stage])
         return out
 
-    demand = demand_of(cell, use_gpu)
-    t0 = time.perf_counter()
-    group = wait_for_resources(demand.bundles, timeout_s=placement_timeout_s, what=f"cell {cell.label}")
-    timings["placement"] = round(time.perf_counter() - t0, 3)
-    placement = Placement(group=group, bundles=tuple(demand.bundles), wait_s=placement_timeout_s)
     try:
-        counters = timed("condition", stages.stage_condition, cell, cdir, data, placement)
-        summary = timed("pretrain", stages.stage_pretrain, cell, cdir, data, placement, use_gpu=use_gpu)
-        rows = timed("evaluate", stages.stage_evaluate, cell, cdir, data, summary, placement, use_gpu=use_gpu)
-        df = timed("record", stages.stage_record, cell, cdir, rows, summary, counters, timings)
-    finally:
-        release(group)  # however the cell ends
+        stages.write_cell_config(cell, cdir)
+        demand = demand_of(cell, use_gpu)
+        t0 = time.perf_counter()
+        group = wait_for_resources(demand.bundles, timeout_s=placement_timeout_s, what=f"cell {cell.label}")
+        timings["placement"] = round(time.perf_counter() - t0, 3)
+        placement = Placement(group=group, bundles=tuple(demand.bundles), wait_s=placement_timeout_s)
+        try:
+            counters = timed("condition", stages.stage_condition, cell, cdir, data, placement)
+            summary = timed("pretrain", stages.stage_pretrain, cell, cdir, data, placement, use_gpu=use_gpu)
+            rows = timed("evaluate", stages.stage_evaluate, cell, cdir, data, summary, placement, use_gpu=use_gpu)
+            df = timed("record", stages.stage_record, cell, cdir, rows, summary, counters, timings)
+        finally:
+            release(group)  # however the cell ends
+    except BaseException as exc:
+        progress.cell_failed(cell.label, current[0], exc)
+        raise
+    progress.cell_finished(cell.label, last[-1] if last else None)
     return {"cell_id": cell.cell_id, "rows": df.height, "timings": timings}
 
 
@@ -105,6 +116,7 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
     cells = expand_grid(spec)
     todo = [c for c in cells if not run.cell(c.cell_id).is_complete()]
     log.info("study %s: %d cells, %d already complete, %d to run", spec.name, len(cells), len(cells) - len(todo), len(todo))
+    progress.study_started(spec.name, len(cells), len(cells) - len(todo), [c.label for c in todo])
 
     timings: dict[str, float] = {}
     outcome: dict[str, Any] = {"ran": [], "elsewhere": [], "failed": []}
@@ -122,7 +134,8 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
         )
         timings["prepare_data"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
-        cluster = init_ray(ray_address)
+        cluster = init_ray(ray_address, log_to_driver=progress.workers_to_terminal())
+        _note_worker_logs()
         check_shared_dir(run.root)
         timings["ray_init"] = round(time.perf_counter() - t0, 3)
         log.info("ray: %s cpus=%s gpus=%s nodes=%s", cluster.address, cluster.cpus, cluster.gpus, cluster.nodes)
@@ -155,12 +168,14 @@ def _run_cells(spec: StudySpec, run: RunDir, data: DataSources, todo: list[Cell]
     def claim(cell: Cell) -> str:
         cdir = run.cell(cell.cell_id)
         if cdir.is_complete():
+            progress.cell_elsewhere(cell.label)
             return "done"
         lease = leases.setdefault(cell.cell_id, CellLease(cdir.root, owner, stale_s=stale))
         if not lease.acquire():
             return "busy"
         if cdir.is_complete():  # finished by another launch just before we took the lease
             lease.release()
+            progress.cell_elsewhere(cell.label)
             return "done"
         heartbeat.add(lease)
         return "mine"
@@ -191,15 +206,27 @@ def _run_cells(spec: StudySpec, run: RunDir, data: DataSources, todo: list[Cell]
         # A failed cell does not stop the others; the study fails at the end, naming it.
         if error is not None:
             outcome["failed"].append(f"{cell.label} ({cell.cell_id}): {error}")
+            progress.cell_failed(cell.label, "", error)  # a no-op where the cell reported it already
         elif state.is_completed():
             outcome["summaries"].append(state.result())
         else:
             try:
                 state.result()
                 outcome["failed"].append(f"{cell.label} ({cell.cell_id}): {state.message}")
+                progress.cell_failed(cell.label, "", str(state.message))
             except Exception as exc:  # the cell's own error, e.g. a bad shard
                 outcome["failed"].append(f"{cell.label} ({cell.cell_id}): {exc}")
+                progress.cell_failed(cell.label, "", exc)
     return outcome
+
+
+def _note_worker_logs() -> None:
+    """Say in the driver's log where Ray keeps the workers' stdout and stderr."""
+    where = session_log_dir()
+    logging.getLogger("inheritlab.flows").info(
+        "ray workers' stdout/stderr (training, evaluation; DeepSpeed, open_clip) are in %s%s",
+        where or "the Ray session directory of each node (/tmp/ray/session_latest/logs)",
+        "" if progress.workers_to_terminal() else " (not forwarded to this terminal: log_to_driver is off)")
 
 
 def _record_launch(run: RunDir, launch: dict[str, Any]) -> None:

@@ -47,11 +47,14 @@ def init_ray(
     num_gpus: int | None = None,
     namespace: str = "inheritlab",
     runtime_env: dict[str, Any] | None = None,
+    log_to_driver: bool = True,
 ) -> ClusterInfo:
     """Connect to Ray once per process and report the cluster's resources.
 
     ``num_cpus``/``num_gpus`` only apply to a local start; ``num_gpus`` on a CPU machine
     declares logical GPUs, which is how GPU placement logic is tested without GPUs.
+    ``log_to_driver=False`` leaves the workers' stdout and stderr in Ray's session logs
+    (:func:`session_log_dir`) instead of forwarding them to this process.
     """
     import ray
 
@@ -59,7 +62,7 @@ def init_ray(
         kwargs: dict[str, Any] = {
             "namespace": namespace,
             "ignore_reinit_error": True,
-            "log_to_driver": True,
+            "log_to_driver": log_to_driver,
             "configure_logging": False,
         }
         if runtime_env:
@@ -108,6 +111,18 @@ def _loopback_node() -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def session_log_dir() -> str | None:
+    """This node's Ray log directory (where workers' stdout/stderr go), when this process
+    started or joined a node; ``None`` for a client connection or before ``ray.init``."""
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        return str(node.get_logs_dir_path()) if node is not None else None
+    except Exception:  # noqa: BLE001 - a private API: say nothing rather than fail a run over it
+        return None
 
 
 def cluster_info() -> ClusterInfo:
