@@ -198,7 +198,7 @@ def test_two_launches_at_once_train_each_cell_once(tmp_path: Path) -> None:
     spec = tmp_path / "twice.yaml"
     spec.write_text(yaml.safe_dump(_spec("twice", levels=[0.0, 0.3], scales=[64], seeds=[0])))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "inheritlab.flows.cli", "run", str(spec), "--run-dir", str(tmp_path / "run")]
+    cmd = [sys.executable, "-m", "inheritlab.flows.cli", "run", str(spec), "--run-dir", str(tmp_path / "run"), "--json"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                               start_new_session=True) for _ in range(2)]
     outs = []
