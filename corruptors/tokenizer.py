@@ -104,7 +104,7 @@ def resolve_tokenizer_path(spec: str | os.PathLike[str]) -> Path:
         raise SpecError(f"tokenizer: directory {p} holds no tokenizer.json")
     if p.is_absolute() or str(spec).startswith((".", "~")) or p.suffix == ".json":  # a path, not a name
         raise SpecError(f"tokenizer: {str(spec)!r} — no such file or directory; name a tokenizer.json file, a "
-                        "directory holding one, or a tokenizer in the local Hugging Face cache")
+                        "directory holding one, or a tokenizer in the local Hugging Face cache (nothing is downloaded at run time)")
     try:
         from huggingface_hub import try_to_load_from_cache
 

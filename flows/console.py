@@ -202,9 +202,12 @@ def session(run_dir: Path, *, verbose: bool = False, progress_to_stderr: bool = 
                     _set_env("PREFECT_LOGGING_SETTINGS_PATH", str(config), undo)
             # The root logger's terminal handlers (Prefect's, if it was imported already) give way
             # to the file; with a handler of ours there, Prefect's set-up leaves the root alone.
+            saved = list(root.handlers)
             for h in [h for h in root.handlers if _writes_to_terminal(h)]:
                 root.removeHandler(h)
-                undo.append(lambda h=h: root.addHandler(h))
+            # Put back exactly as found (order included): another handler may come and go meanwhile.
+            undo.append(lambda: setattr(root, "handlers", [h for h in saved] + [h for h in root.handlers
+                                                                              if h not in saved]))
             _set_level(root, logging.INFO, undo)
             import ray  # noqa: F401 - its import gives the "ray" logger a terminal handler: moved here
 
