@@ -32,6 +32,11 @@ SPECTRUM_TASKS = {"diagnostics": "frozen", "mlp_tune": "mlp_tune", "nmtune": "nm
 SPECTRUM_METRICS = ("sv_entropy", "sv_top_ratio")
 
 
+def is_adaptation(task: str) -> bool:
+    """Whether a result task is a classification head's adaptation (accuracy bounded by chance)."""
+    return task in ADAPTATION_TASKS or task.startswith("few_shot_k")
+
+
 def _is_adaptation(task: pl.Expr) -> pl.Expr:
     return task.is_in(list(ADAPTATION_TASKS)) | task.str.starts_with("few_shot_k")
 
@@ -172,5 +177,5 @@ def write_adaptation_report(df: pl.DataFrame, out_dir: Path, formats: Sequence[s
     return paths, md
 
 
-__all__ = ["ADAPTATION_TASKS", "adaptation_table", "recovered_fraction", "render_markdown", "spectrum_table",
+__all__ = ["ADAPTATION_TASKS", "adaptation_table", "is_adaptation", "recovered_fraction", "render_markdown", "spectrum_table",
            "write_adaptation_report"]

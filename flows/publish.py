@@ -31,9 +31,12 @@ def analyse(run: RunDir, spec: StudySpec, formats: tuple[str, ...] = ("png", "cs
     if df.is_empty():
         return {}
     a = spec.analysis
+    from inheritlab.analysis.adaptation import is_adaptation
     from inheritlab.analysis.plots import chance_level
 
-    chance = chance_level(a.metric, num_classes(spec)) if a.task in CLASSIFICATION_TASKS or a.task.startswith("few_shot_k") else None
+    # A uniform guess over the study's classes bounds a classifier's accuracy from below;
+    # retrieval and suite tasks have item counts of their own.
+    chance = chance_level(a.metric, num_classes(spec)) if is_adaptation(a.task) else None
     paths = build_report(
         df, run.results, metric=a.metric, task=a.task, split=a.split, x=a.x, formats=formats, chance=chance
     )
@@ -52,11 +55,6 @@ def analyse(run: RunDir, spec: StudySpec, formats: tuple[str, ...] = ("png", "cs
             + "\n" + render_bad_samples(bad)
         atomic_write_text(md, md.read_text(encoding="utf-8") + "\n" + tail)
     return paths
-
-
-# Tasks whose accuracy a uniform guess over the study's classes bounds from below (the plots'
-# chance line); retrieval and suite tasks have their own item counts.
-CLASSIFICATION_TASKS = ("zeroshot", "linear_probe", "nmtune", "mlp_tune", "finetune", "lora")
 
 
 def num_classes(spec: StudySpec) -> int | None:

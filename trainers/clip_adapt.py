@@ -366,49 +366,24 @@ def _cosine_lr(step: int, total: int, cfg: NMTuneConfig) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
 
 
-def nmtune(train: SplitFeatures, tests: dict[str, SplitFeatures], num_classes: int, *, seed: int,
-           config: NMTuneConfig = NMTuneConfig()) -> NMTuneResult:
-    """NMTune on frozen image features: train h and a linear head on ``train``, score ``tests``.
-
-    Loss per batch: cross-entropy of the head on z = h(f), plus ``lambda_mse`` · consistency(z, f)
-    + ``lambda_cov`` · covariance(z) + ``lambda_svd`` · dominant_sv(z). Only the features are read;
-    ``train`` and ``tests`` are not modified. Parameters and the epoch shuffles come from one
-    generator seeded with ``derive_seed32(seed, "nmtune")``, so the same seed, config and features
-    give the same numbers. ``config.mlp_tuning()`` gives the unregularised baseline.
-
-    Cost on CPU: the default d → 4d → d MLP is about 8·d² multiply-adds per sample and pass, and
-    each step takes one SVD of a [64, d] batch. With the paper's 30 epochs, 2000 samples took
-    about 3 s at d=64, 7 s at d=256 and 20 s at d=512 on one core; lower ``hidden_ratio`` or
-    ``epochs`` where time matters more than the paper's setting.
-    """
-    _check_inputs("NMTune", train, tests, num_classes)
-    n = train.image.shape[0]
-    if n < 2:
-        raise SpecError(f"NMTune: split 'train' holds {n} sample; BatchNorm and the batch covariance need at least 2")
-    cfg = config
-    g = torch.Generator().manual_seed(derive_seed32(seed, "nmtune"))
-
-    x = train.image.float()
-    if cfg.standardize:
-        mu, sd = x.mean(0), x.std(0) + 1e-6
-    else:
-        mu, sd = torch.zeros(x.shape[1]), torch.ones(x.shape[1])
-
-    def prep(image: torch.Tensor) -> torch.Tensor:
-        return (image.float() - mu) / sd
-
-    x = prep(x)
-    y = train.labels.long()
-    dim = x.shape[1]
+def _nmtune_modules(dim: int, num_classes: int, cfg: NMTuneConfig,
+                    g: torch.Generator) -> tuple[torch.nn.Module, torch.nn.Linear]:
+    """The feature MLP and the linear head, initialised from ``g`` only."""
     h = _FeatureMLP(dim, cfg, g)
     head = torch.nn.utils.skip_init(torch.nn.Linear, dim, num_classes)
     # The release's head: Kaiming-uniform weights (bound √(6/fan_in)), zero bias.
     _uniform_(head.weight, math.sqrt(6 / dim), g)
     with torch.no_grad():
         head.bias.zero_()
-    params = list(h.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return h, head
 
+
+def _nmtune_train(h: torch.nn.Module, head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, cfg: NMTuneConfig,
+                  g: torch.Generator) -> dict[str, float]:
+    """Train ``h`` and ``head`` jointly on the NMTune loss; each switched-on term's mean over the
+    last epoch. A diverged run is an error, not a row of NaN accuracies that look like a result."""
+    n = x.shape[0]
+    opt = torch.optim.AdamW(list(h.parameters()) + list(head.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Batch sizes do not depend on the shuffle: ceil(n / batch), less one when a lone last
     # sample is folded into the batch before it.
     steps_per_epoch = math.ceil(n / cfg.batch_size) - (1 if n > cfg.batch_size and n % cfg.batch_size == 1 else 0)
@@ -443,9 +418,44 @@ def nmtune(train: SplitFeatures, tests: dict[str, SplitFeatures], num_classes: i
                 sums[k_] += float(v.detach())
         last = {k_: v / len(batches) for k_, v in sums.items() if k_ == "ce" or weights[k_]}
     if not all(math.isfinite(v) for v in last.values()):
-        # A diverged run must not become a row of NaN accuracies that look like a result.
         raise SpecError(f"NMTune diverged (last-epoch losses {last}); lower NMTuneConfig.lr or the λ weights")
+    return last
 
+
+def nmtune(train: SplitFeatures, tests: dict[str, SplitFeatures], num_classes: int, *, seed: int,
+           config: NMTuneConfig = NMTuneConfig()) -> NMTuneResult:
+    """NMTune on frozen image features: train h and a linear head on ``train``, score ``tests``.
+
+    Loss per batch: cross-entropy of the head on z = h(f), plus ``lambda_mse`` · consistency(z, f)
+    + ``lambda_cov`` · covariance(z) + ``lambda_svd`` · dominant_sv(z). Only the features are read;
+    ``train`` and ``tests`` are not modified. Parameters and the epoch shuffles come from one
+    generator seeded with ``derive_seed32(seed, "nmtune")``, so the same seed, config and features
+    give the same numbers. ``config.mlp_tuning()`` gives the unregularised baseline.
+
+    Cost on CPU: the default d → 4d → d MLP is about 8·d² multiply-adds per sample and pass, and
+    each step takes one SVD of a [64, d] batch. With the paper's 30 epochs, 2000 samples took
+    about 3 s at d=64, 7 s at d=256 and 20 s at d=512 on one core; lower ``hidden_ratio`` or
+    ``epochs`` where time matters more than the paper's setting.
+    """
+    _check_inputs("NMTune", train, tests, num_classes)
+    n = train.image.shape[0]
+    if n < 2:
+        raise SpecError(f"NMTune: split 'train' holds {n} sample; BatchNorm and the batch covariance need at least 2")
+    cfg = config
+    g = torch.Generator().manual_seed(derive_seed32(seed, "nmtune"))
+
+    x = train.image.float()
+    if cfg.standardize:
+        mu, sd = x.mean(0), x.std(0) + 1e-6
+    else:
+        mu, sd = torch.zeros(x.shape[1]), torch.ones(x.shape[1])
+
+    def prep(image: torch.Tensor) -> torch.Tensor:
+        return (image.float() - mu) / sd
+
+    x = prep(x)
+    h, head = _nmtune_modules(x.shape[1], num_classes, cfg, g)
+    last = _nmtune_train(h, head, x, train.labels.long(), cfg, g)
     h.eval()
     head.eval()
     with torch.no_grad():

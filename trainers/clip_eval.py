@@ -213,6 +213,20 @@ def retrieval_recall(f: SplitFeatures, ks: tuple[int, ...] = (1, 5)) -> dict[str
     return out
 
 
+def probe_subset(total: int, n: int, seed: int) -> torch.Tensor | None:
+    """Sorted indices of ``n`` of ``total`` samples drawn without replacement on the linear
+    probe's seed path (``None``: keep all, there are no more than ``n``). Every downstream
+    adaptation trains on this subset, so their numbers differ only by method."""
+    import numpy as np
+
+    from inheritlab.infra.seeds import derive_seed32
+
+    if total <= n:
+        return None
+    rng = np.random.default_rng(derive_seed32(seed, "linear-probe-subset"))
+    return torch.from_numpy(np.sort(rng.choice(total, size=n, replace=False)))
+
+
 def spectrum_diagnostics(features: torch.Tensor) -> dict[str, float]:
     """Singular-value entropy (of σ/Σσ, natural log) and σ₁/Σσ of a feature matrix [N, d].
 

@@ -26,11 +26,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from inheritlab.infra.errors import SpecError
 from inheritlab.infra.seeds import derive_seed, derive_seed32
-from inheritlab.trainers.clip_eval import class_embeddings, classification_scores, spectrum_diagnostics
+from inheritlab.trainers.clip_eval import class_embeddings, classification_scores, probe_subset, spectrum_diagnostics
 
 METHODS = ("full", "lora")
 
@@ -44,11 +43,6 @@ LR_FRACTION = {"full": 1 / 20, "lora": 1 / 3}
 # ``out_proj`` alone is a silent no-op, because MultiheadAttention reads ``out_proj.weight``
 # directly and never calls ``out_proj.forward`` — the adapter would get no gradient at all.
 _SILENT_TARGETS = {"out_proj": "attn"}
-
-# The downstream train subset is the one the linear probe draws (``ClipEvalContext.probe_train``:
-# same pool, same seed path), so with equal sizes a fine-tune and the probe see the same samples
-# and differ only by method.
-_SUBSET_SEED = "linear-probe-subset"
 
 Split = tuple[torch.Tensor, torch.Tensor]   # (images [N, 3, H, W] float32, labels [N] int64)
 
@@ -196,11 +190,8 @@ def load_split_images(transform: Any, shards: Sequence[str], *, limit: int | Non
 def seeded_subset(images: torch.Tensor, labels: torch.Tensor, n: int, seed: int) -> Split:
     """``n`` samples drawn without replacement (in their original order) with the linear
     probe's seed path, or all of them when there are no more than ``n``."""
-    if len(labels) <= n:
-        return images, labels
-    rng = np.random.default_rng(derive_seed32(seed, _SUBSET_SEED))
-    idx = torch.from_numpy(np.sort(rng.choice(len(labels), size=n, replace=False)))
-    return images[idx], labels[idx]
+    idx = probe_subset(len(labels), n, seed)
+    return (images, labels) if idx is None else (images[idx], labels[idx])
 
 
 def _check_labels(split: str, labels: torch.Tensor, num_classes: int) -> None:

@@ -11,10 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from inheritlab.infra.errors import SpecError
-from inheritlab.infra.seeds import derive_seed32
 from inheritlab.trainers.clip_eval import (
     SplitFeatures,
     class_embeddings,
@@ -23,6 +21,7 @@ from inheritlab.trainers.clip_eval import (
     retrieval_recall,
     classification_scores,
     multi_caption_recall,
+    probe_subset,
     spectrum_diagnostics,
 )
 from inheritlab.trainers import clip_adapt
@@ -96,10 +95,9 @@ class ClipEvalContext:
     def _draw_probe_train(self) -> SplitFeatures:
         n = self.probe_train_size
         full = self.encode("train", list(self.world.splits["train"]), with_text=False, limit=4 * n)
-        if len(full.labels) <= n:
+        idx = probe_subset(len(full.labels), n, self.seed)
+        if idx is None:
             return full
-        rng = np.random.default_rng(derive_seed32(self.seed, "linear-probe-subset"))
-        idx = torch.from_numpy(np.sort(rng.choice(len(full.labels), size=n, replace=False)))
         return SplitFeatures(image=full.image[idx], text=torch.empty(0), labels=full.labels[idx], captions=[])
 
 
