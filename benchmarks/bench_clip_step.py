@@ -8,12 +8,16 @@ Rows (ViT-B-32, batch 512, 224 px, 77 text tokens, the anchor's shape):
 ``open_clip + ClipLoss, AdamW``   the anchor recipe (``shared/anchors/clip_train_anchor.py``): fp32
                                   weights under bf16 autocast, fused AdamW; eager and compiled.
 ``inheritlab engine``             what a study cell runs per step, the fused Triton contrastive
-                                  loss, eager and with the towers under torch.compile, at the ZeRO
-                                  stage the rule picks (``auto``: stage 0 — fp32 weights under
-                                  bf16 autocast, torch's fused AdamW, a multi-tensor clip) and, for
+                                  loss, eager and compiled, at the ZeRO stage the rule picks
+                                  (``auto``: stage 0 — fp32 weights under bf16 autocast, torch's
+                                  fused AdamW, a multi-tensor clip, the module's forward called
+                                  outside DeepSpeed's hooks and compiled whole) and, for
                                   comparison, DeepSpeed's bf16 ZeRO-2 (FusedAdam, fp32 master
-                                  weights): rows ``ours-eager``, ``ours-compile``, ``zero2-eager``,
-                                  ``zero2-compile``.
+                                  weights, towers compiled): rows ``ours-eager``, ``ours-compile``,
+                                  ``zero2-eager``, ``zero2-compile``. Diagnostic rows:
+                                  ``ours-wcompile`` (the whole module compiled with the engine's
+                                  hooks inside), ``bare-compile``/``bare-wcompile`` (the same step
+                                  without DeepSpeed), ``direct-wcompile``.
 
 Samples/s from 20 timed steps after 5 warm-up steps; MFU = 3 × forward matmul FLOPs (torch's
 FlopCounterMode, as the anchor counts) / step time / the bf16 GEMM rate measured in this run.
@@ -23,6 +27,7 @@ Data loading is not included (the trainer's loader is measured by ``bench_clip_t
 from __future__ import annotations
 
 import argparse
+import os
 import datetime as _dt
 import sys
 import time
@@ -84,27 +89,91 @@ def _anchor(name: str, img: torch.Tensor, txt: torch.Tensor, compile_: bool) -> 
     return _time(step), flops
 
 
-def _ours(rung: str, img: torch.Tensor, txt: torch.Tensor, compile_: bool, stage: int | str) -> tuple[float, float]:
+def _ours(rung: str, img: torch.Tensor, txt: torch.Tensor, compile_: bool | str, stage: int | str) -> tuple[float, float]:
     from inheritlab.kernels import clip_contrastive_loss
     from inheritlab.trainers.clip_models import build_clip, compile_towers, get_rung
-    from inheritlab.trainers.engine import EngineConfig, build_engine, optimizer_step
+    from inheritlab.trainers.engine import EngineConfig, build_engine, optimizer_step, step_forward
 
     r = get_rung(rung)
     built = build_clip(r, seed=0)
     model = built.model.to(DEV)
     flops = _fwd_flops(model, img, txt) * 3
-    if compile_:
-        compile_towers(model)
+    if compile_ == "whole":
+        model.compile()   # the whole module, hooks and all (how stage 0 used to go wrong)
+    elif compile_ and stage != "auto" and int(stage) != 0:
+        compile_towers(model)   # ZeRO 1-3: the towers, inside the engine (as the trainer does)
     bs = img.shape[0]
     ecfg = EngineConfig(micro_batch_per_rank=bs, world_size=1, zero_stage=stage, precision="bf16", lr=r.lr,
                         weight_decay=r.weight_decay, betas=(r.beta1, r.beta2), eps=r.eps, grad_clip=r.grad_clip,
                         warmup_steps=10, total_steps=1000, use_gpu=True)
     engine, _, _ = build_engine(model, ecfg)
     img16 = img.to(torch.bfloat16)
+    # What the trainer calls: at stage 0 the module's forward outside the engine's hooks, compiled
+    # whole when compiling (engine.step_forward); elsewhere the engine.
+    forward = step_forward(engine, compile_model=compile_ is True and engine.zero_optimization_stage() == 0)
 
     def step() -> None:
-        i, t, s = engine(img16, txt)
+        i, t, s = forward(img16, txt)
         loss = clip_contrastive_loss(i, t, s)
+        engine.backward(loss)
+        optimizer_step(engine)
+
+    dt = _time(step)
+    del engine
+    return dt, flops
+
+
+def _bare(rung: str, img: torch.Tensor, txt: torch.Tensor, compile_: str) -> tuple[float, float]:
+    """The engine's stage-0 step without DeepSpeed: fp32 weights under bf16 autocast, the fused
+    loss, torch's fused AdamW and a multi-tensor clip; towers (``compile``) or the whole model
+    (``wcompile``) compiled. Tells DeepSpeed's share of a compiled step apart from the model's."""
+    from inheritlab.kernels import clip_contrastive_loss
+    from inheritlab.trainers.clip_models import build_clip, compile_towers, get_rung
+    from inheritlab.trainers.engine import param_groups
+
+    r = get_rung(rung)
+    model = build_clip(r, seed=0).model.to(DEV)
+    flops = _fwd_flops(model, img, txt) * 3
+    if compile_ == "wcompile":
+        model.compile()
+    elif compile_ == "compile":
+        compile_towers(model)
+    opt = torch.optim.AdamW(param_groups(model, r.weight_decay), lr=r.lr, fused=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            i, t, s = model(img, txt)
+            loss = clip_contrastive_loss(i, t, s)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, r.grad_clip, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return _time(step), flops
+
+
+def _direct(rung: str, img: torch.Tensor, txt: torch.Tensor) -> tuple[float, float]:
+    """The stage-0 DeepSpeed engine with its module's ``forward`` compiled whole and called
+    directly under our own autocast (the engine's forward hooks left out of the compiled graph),
+    backward and step through the engine."""
+    from inheritlab.kernels import clip_contrastive_loss
+    from inheritlab.trainers.clip_models import build_clip, get_rung
+    from inheritlab.trainers.engine import EngineConfig, build_engine, optimizer_step
+
+    r = get_rung(rung)
+    model = build_clip(r, seed=0).model.to(DEV)
+    flops = _fwd_flops(model, img, txt) * 3
+    ecfg = EngineConfig(micro_batch_per_rank=img.shape[0], world_size=1, zero_stage=0, precision="bf16", lr=r.lr,
+                        weight_decay=r.weight_decay, betas=(r.beta1, r.beta2), eps=r.eps, grad_clip=r.grad_clip,
+                        warmup_steps=10, total_steps=1000, use_gpu=True)
+    engine, _, _ = build_engine(model, ecfg)
+    fwd = torch.compile(engine.module.forward)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            i, t, s = fwd(img, txt)
+            loss = clip_contrastive_loss(i, t, s)
         engine.backward(loss)
         optimizer_step(engine)
 
@@ -119,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--rows", default="anchor-eager,anchor-compile,ours-eager,ours-compile,zero2-eager,zero2-compile")
     args = ap.parse_args(argv)
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where a slow row is
+    if os.environ.get("BENCH_STACKS_EVERY_S"):  # or every N seconds, unasked
+        faulthandler.dump_traceback_later(float(os.environ["BENCH_STACKS_EVERY_S"]), repeat=True)
     if not torch.cuda.is_available():
         sys.exit("bench_clip_step.py needs a CUDA GPU")
     from inheritlab.trainers.engine import init_distributed
@@ -145,13 +220,22 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "anchor":
                 dt, flops = _anchor("ViT-B-32", img, txt, mode == "compile")
                 label = "open_clip + ClipLoss, AdamW (anchor recipe)"
+            elif kind == "bare":
+                dt, flops = _bare("datacomp-small", img, txt, mode)
+                label = f"no DeepSpeed: fused AdamW, multi-tensor clip, fused loss ({mode})"
+            elif kind == "direct":
+                dt, flops = _direct("datacomp-small", img, txt)
+                label = "inheritlab engine, stage 0, module forward compiled whole and called directly"
+            elif kind == "ours" and mode == "wcompile":
+                dt, flops = _ours("datacomp-small", img, txt, "whole", "auto")
+                label = "inheritlab engine (auto: ZeRO-0, bf16 autocast, fused AdamW, multi-tensor clip; fused loss), whole model compiled"
             elif kind == "ours":
                 dt, flops = _ours("datacomp-small", img, txt, mode == "compile", "auto")
                 label = "inheritlab engine (auto: ZeRO-0, bf16 autocast, fused AdamW, multi-tensor clip; fused loss)"
             else:
                 dt, flops = _ours("datacomp-small", img, txt, mode == "compile", 2)
                 label = "inheritlab engine (DeepSpeed bf16 ZeRO-2, fused loss)"
-            rows.append({"method": label, "compile": mode == "compile", "model": "ViT-B-32", "batch": args.batch,
+            rows.append({"method": label, "compile": mode != "eager", "model": "ViT-B-32", "batch": args.batch,
                          "samples_per_s": round(args.batch / dt, 1), "step_ms": round(dt * 1e3, 2),
                          "mfu": round(flops / dt / rate, 4), "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)})
         except Exception as exc:  # one failing row must not lose the others

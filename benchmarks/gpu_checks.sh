@@ -55,4 +55,14 @@ run() {  # name, timeout seconds, command...
 # (H2D copy pageable vs pinned, device_images). It writes an 8192-image JPEG world first (one process, ~1-2 min).
 [[ $parts == *input* ]] && run clip-input "${INPUT_TIMEOUT:-450}" python3 benchmarks/probe_clip_input.py \
   --out "$out/clip_input.json" --world /tmp/probe-world
+# compiledbg: where compiling under stage 0 goes wrong. Each row in a process of its own with a time limit,
+# recompiles and graph breaks logged, and every thread's Python stack dumped every 40 s (faulthandler).
+if [[ $parts == *compiledbg* ]]; then
+  for row in ${COMPILE_ROWS:-ours-compile bare-compile bare-wcompile direct-wcompile}; do
+    echo "=== compile-debug $row ($(date -u +%H:%M:%S))" | tee -a "$log"
+    (cd "$repo" && BENCH_STACKS_EVERY_S=40 TORCH_LOGS=recompiles,graph_breaks timeout "${COMPILE_TIMEOUT:-110}" \
+      python3 benchmarks/bench_clip_step.py --out "$out/clip_step_$row.json" --rows "$row" > "$out/compile_$row.log" 2>&1)
+    echo "=== compile-debug $row exit $?" | tee -a "$log"; grep -v "^\[rank0\]:V" "$out/compile_$row.log" | grep "^{" | tail -3 | tee -a "$log"
+  done
+fi
 exit 0

@@ -56,19 +56,37 @@ def run(
     t0 = time.perf_counter()
     # Set up before Prefect and Ray are imported: their settings are read when they start.
     with console.session(target, verbose=verbose, progress_to_stderr=as_json, restore=not _OWN_PROCESS) as term:
+        from inheritlab.flows import interrupts
         from inheritlab.flows.study_flow import run_study
+        from inheritlab.infra.errors import StudyStopped
 
+        # The first Ctrl-C or SIGTERM stops the study gracefully, a second at once (flows/interrupts.py).
+        interrupts.install()
         try:
+            interrupts.start_prefect_server()
             out = run_study(study, target, ray_address)
+        except StudyStopped as exc:
+            term.end_display()
+            if not as_json:
+                typer.echo(console.render_summary(study, target, took_s=time.perf_counter() - t0, log=term), err=True)
+            typer.secho(f"stopped: {exc}. Run the same command again to resume "
+                        f"(`inheritlab run {spec}" + (f" --run-dir {run_dir}" if run_dir else "") + "`).",
+                        fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(130) from None
         except Exception as exc:  # told in one paragraph; the traceback is in the log
             code = 2 if isinstance(exc, InheritlabError) else 1
             if code == 1 and verbose:
                 raise
+            term.end_display()
             logging.getLogger("inheritlab.flows.cli").error("the run failed", exc_info=exc)
             if not as_json and console.cells_started():
                 typer.echo(console.render_summary(study, target, took_s=time.perf_counter() - t0, log=term), err=True)
             typer.secho("error: " + console.render_failure(exc, term), fg=typer.colors.RED, err=True)
             raise typer.Exit(code) from None
+        finally:
+            if not _OWN_PROCESS:
+                interrupts.uninstall()
+        term.end_display()
         if not as_json:
             typer.echo(console.render_summary(study, target, took_s=time.perf_counter() - t0,
                                               report=out.get("report") if isinstance(out, dict) else None, log=term))
@@ -122,28 +140,53 @@ def validate(
 
 
 @app.command()
-def status(run_dir: Path = typer.Argument(..., help="A study's run directory.")) -> None:
-    """Which cells are complete, which have checkpoints, which have not started."""
-    from inheritlab.flows.stages import read_cell_config
+def status(
+    run_dir: Path = typer.Argument(..., help="A study's run directory."),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Redraw until every cell is complete (Ctrl-C leaves)."),
+    every: float = typer.Option(5.0, "--every", help="Seconds between redraws with --watch."),
+) -> None:
+    """Every cell of the study's grid and where it stands (done, running with its training step,
+    failed, stopped at a checkpoint, not started), from the run directory alone."""
+    from inheritlab.flows import console
+    from inheritlab.flows.spec import StudySpec
     from inheritlab.infra.atomic import read_json
     from inheritlab.infra.rundir import RunDir
 
     run_ = RunDir.at(run_dir)
-    if not run_.root.is_dir():
-        _fail(InheritlabError(f"no run directory at {run_dir}"))
-    cells = run_.cells()
-    done = 0
-    for c in cells:
-        label = read_cell_config(c).label if c.config.is_file() else "?"
-        if c.is_complete():
-            done += 1
-            state = "complete"
-        elif (c.ckpt / "latest.json").is_file():
-            state = f"checkpoint step {read_json(c.ckpt / 'latest.json').get('step', '?')}"
-        else:
-            state = "not started" if not c.data.exists() else "data conditioned"
-        typer.echo(f"{c.root.name}  {label:40s}  {state}")
-    typer.echo(f"{done}/{len(cells)} cells complete")
+    if not run_.study.is_file():
+        _fail(InheritlabError(f"{run_dir}: not a study's run directory (no study.json there)"))
+    try:
+        study = StudySpec.model_validate(read_json(run_.study))
+    except Exception as exc:  # noqa: BLE001 - named, with the file
+        _fail(InheritlabError(f"{run_.study}: cannot be read as a study spec: {exc}"))
+        return
+
+    def table() -> str:
+        return console.render_summary(study, run_.root).lstrip("\n")
+
+    def finished() -> bool:
+        from inheritlab.flows.grid import expand_grid
+
+        return all(run_.cell(c.cell_id).is_complete() for c in expand_grid(study))
+
+    if not watch:
+        typer.echo(table())
+        return
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
+        with Live(get_renderable=lambda: Text(table()), console=Console(), refresh_per_second=1 / max(every, 1.0)) as live:
+            while not finished():
+                time.sleep(every)
+                live.refresh()
+    else:
+        while True:
+            typer.echo(table() + "\n")
+            if finished():
+                break
+            time.sleep(every)
 
 
 @app.command()
@@ -179,8 +222,12 @@ def server(
     exe = shutil.which("prefect")
     cmd = [exe] if exe else [sys.executable, "-m", "prefect"]
     cmd += ["server", "start", "--host", host, "--port", str(port)]
-    typer.echo(f"dashboard: http://{host}:{port}  —  in other shells: export PREFECT_API_URL=http://{host}:{port}/api")
-    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+    api = f"http://{host}:{port}/api"
+    typer.echo(f"dashboard: http://{host}:{port}  —  in other shells: export PREFECT_API_URL={api}")
+    # The dashboard's pages call the API at PREFECT_UI_API_URL, which otherwise defaults to
+    # port 4200 whatever --port says (the page then cannot reach its server).
+    env = {**os.environ, "PREFECT_UI_API_URL": os.environ.get("PREFECT_UI_API_URL", api)}
+    raise typer.Exit(subprocess.call(cmd, env=env))
 
 
 @app.command()

@@ -150,6 +150,13 @@ class Session:
     log_file: Path
     server_log: Path | None = None
     _undo: list[Any] = field(default_factory=list)
+    _live: Any = None
+
+    def end_display(self) -> None:
+        """Stop the live display (before the summary is printed); idempotent."""
+        if self._live is not None:
+            live, self._live = self._live, None
+            live.stop()
 
     def worker_logs(self) -> str | None:
         from inheritlab.infra.raycluster import session_log_dir
@@ -241,12 +248,20 @@ def session(run_dir: Path, *, verbose: bool = False, progress_to_stderr: bool = 
                              setattr(plog, "propagate", before_prop)))
         # Nothing is logged before the flow starts: a run stopped before it leaves no file behind.
         progress.reset(log_file=str(s.log_file))
-        ticker = progress.Ticker(tick_s if tick_s is not None else float(os.environ.get("INHERITLAB_PROGRESS_EVERY_S", "30")))
+        live = live_display(verbose=verbose, to_stderr=progress_to_stderr)
+        every = tick_s if tick_s is not None else float(os.environ.get("INHERITLAB_PROGRESS_EVERY_S", "30"))
+        # With a live display the cell lines are on screen all the time: the ticker only feeds
+        # the dashboard; without one (CI, a pipe) it prints them every ``every`` seconds.
+        ticker = progress.Ticker(every, lines=live is None, dashboard_every_s=min(every, 30.0))
         ticker.start()
+        if live is not None:
+            live.start()
+            s._live = live
         try:
             yield s
         finally:
             ticker.stop()
+            s.end_display()
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -256,6 +271,29 @@ def session(run_dir: Path, *, verbose: bool = False, progress_to_stderr: bool = 
             file_handler.close()
         else:
             file_handler.flush()
+
+
+def live_display(*, verbose: bool, to_stderr: bool) -> Any:
+    """A live study display for an interactive terminal: the study line, then one line per
+    running cell (stage; in training step/total, loss, samples/s), redrawn every second, with
+    the progress lines scrolling above it. ``None`` where output is not a terminal (CI, a pipe,
+    a file: plain periodic lines instead), with ``--verbose`` (library output would tear it) or
+    with ``--json``, or where ``INHERITLAB_PLAIN=1``."""
+    stream = sys.stderr if to_stderr else sys.stdout
+    if verbose or to_stderr or os.environ.get("INHERITLAB_PLAIN") == "1" or not stream.isatty():
+        return None
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.text import Text
+
+    def render() -> Any:
+        b = progress.board()
+        if not b.study:
+            return Text("")
+        return Group(Text(b.line(), style="bold"), *(Text(line) for line in b.cell_lines()))
+
+    return Live(get_renderable=render, console=Console(file=stream), refresh_per_second=1, transient=True,
+                redirect_stdout=True, redirect_stderr=False)
 
 
 # ------------------------------------------------------------------------------------ summary
@@ -301,15 +339,21 @@ def _cell_rows(spec: Any, run_dir: Path) -> list[dict[str, Any]]:
         cdir = run.cell(cell.cell_id)
         seen = board.get(cell.label)
         wall = seen["wall_s"] if seen else None
-        if seen and seen["state"] == "failed":
+        if seen is None and not cdir.is_complete():
+            # Not this process's launch (``inheritlab status``, or another launch): the directory says.
+            status = disk_status(cdir, stale_s=spec.execution.lease_stale_s)
+        elif seen and seen["state"] == "failed":
             status = f"failed ({seen['stage']})" if seen["stage"] else "failed"
         elif cdir.is_complete():
-            status = {"done": "done", "elsewhere": "done elsewhere"}.get(seen["state"] if seen else "", "done before")
+            status = {"done": "done", "elsewhere": "done elsewhere"}.get(seen["state"] if seen else "",
+                                                                         "done before" if board else "done")
             if wall is None:
                 try:
                     wall = float(sum(read_json(cdir.complete).get("timings_s", {}).values()))
                 except Exception:  # noqa: BLE001
                     wall = None
+        elif seen and seen["state"] == "cancelled":
+            status = f"stopped in {seen['stage']}: {seen['stopped_at']}" if seen["stopped_at"] else "stopped"
         elif seen and seen["state"] == "running":
             status = "not finished"
         else:
@@ -317,6 +361,45 @@ def _cell_rows(spec: Any, run_dir: Path) -> list[dict[str, Any]]:
         rows.append({"cell_id": cell.cell_id, "label": cell.label, "group": cell.label.rsplit("/s", 1)[0],
                      "seed": cell.config.seed, "status": status, "wall_s": wall})
     return rows
+
+
+def disk_status(cdir: Any, *, stale_s: float) -> str:
+    """What a cell directory says about an unfinished cell: running (with its training
+    progress), failed (stage and cause), stopped at a checkpoint, conditioned, or not started."""
+    import time as _time
+
+    from inheritlab.infra.atomic import read_json
+    from inheritlab.infra.lease import LEASE, holder_gone
+
+    lease = cdir.root / LEASE
+    running = False
+    if lease.is_file():
+        try:
+            held = read_json(lease)
+            running = not holder_gone(held) and _time.time() - lease.stat().st_mtime < stale_s
+        except Exception:  # noqa: BLE001 - being rewritten: count it as held
+            running = True
+    train = progress.read_training(cdir.root)
+    step = None
+    try:
+        step = int(read_json(cdir.ckpt / "latest.json")["step"])
+    except Exception:  # noqa: BLE001 - no checkpoint yet
+        pass
+    if running:
+        fresh = train and _time.time() - float(train.get("updated", 0)) < max(60.0, stale_s)
+        return "running" + (f": pretrain {progress.training_text(train)}" if fresh else "")
+    if cdir.failure.is_file():
+        try:
+            f = read_json(cdir.failure)
+            return f"failed in {f.get('stage', '?')}: {progress.first_lines(f.get('error', ''), 1, 80)}"
+        except Exception:  # noqa: BLE001
+            return "failed"
+    if step is not None:
+        total = f"/{train['total_steps']}" if train and train.get("total_steps") else ""
+        return f"stopped at checkpoint step {step}{total} (a rerun resumes)"
+    if cdir.counters.is_file():
+        return "data conditioned, not trained"
+    return "not started"
 
 
 def render_summary(spec: Any, run_dir: Path, *, took_s: float | None = None,

@@ -6,17 +6,28 @@ lines reach a terminal is the caller's choice (``inheritlab run`` gives that log
 everything else goes to ``RUN_DIR/logs/study.log``, see :mod:`inheritlab.flows.console`); without
 a handler they are ordinary log records, so the flow and its tests need nothing set up.
 
-A :class:`Board` keeps the state of every cell of this launch (queued, running, done, failed; its
-stage and wall time) for the periodic study line and for the end-of-run summary.
+A :class:`Board` keeps the state of every cell of this launch (queued, running, done, failed,
+cancelled; its stage and wall time) for the periodic study line, the live display and the
+end-of-run summary. A training cell's step, loss and samples/s come from the ``progress.json``
+its trainer keeps in the cell directory (:class:`inheritlab.trainers.loop.CellControl`); the
+:class:`Ticker` reads them and passes them on, to the terminal and to the cell's sub-run in the
+dashboard (a log line and a progress artifact, every ``dashboard_every_s``).
+
+A stop request (the first Ctrl-C or SIGTERM, :func:`request_stop`) is kept here too: the flow
+admits no more cells and asks the running ones to stop.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from inheritlab.infra.rundir import CellDir
 
 LOGGER = logging.getLogger("inheritlab.progress")
 
@@ -40,14 +51,43 @@ def first_lines(text: str, n: int = 3, width: int = 200) -> str:
     return " / ".join(shown) + more
 
 
+def read_training(cell_dir: str | Path | None) -> dict[str, Any] | None:
+    """A cell's ``progress.json`` (step, total_steps, loss, samples_per_s, updated), or ``None``
+    where there is none or it cannot be read (it is replaced atomically, so a reader sees a
+    whole file or the previous one)."""
+    if cell_dir is None:
+        return None
+    try:
+        return json.loads(CellDir(Path(cell_dir)).progress.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def training_text(p: dict[str, Any] | None) -> str:
+    """``step 120/384 (31%), loss 3.21, 1,520 samples/s`` from a progress record."""
+    if not p or not p.get("total_steps"):
+        return ""
+    parts = [f"step {p['step']}/{p['total_steps']} ({100 * p['step'] / p['total_steps']:.0f}%)"]
+    if p.get("loss") is not None:
+        parts.append(f"loss {p['loss']:.3f}")
+    if p.get("samples_per_s"):
+        parts.append(f"{p['samples_per_s']:,.0f} samples/s")
+    return ", ".join(parts)
+
+
 @dataclass
 class CellState:
     label: str
-    state: str = "queued"           # queued | running | done | failed | elsewhere
-    stage: str = ""                 # the stage running, or the one that failed
+    state: str = "queued"           # queued | running | done | failed | elsewhere | cancelled
+    stage: str = ""                 # the stage running, or the one that failed or was stopped in
     started: float | None = None    # time.monotonic() when the cell started
     wall_s: float | None = None     # when it ended
     error: str = ""
+    cell_dir: str | None = None     # where its trainer writes progress.json
+    dashboard: Any = None           # the cell sub-run's Prefect logger (progress lines reach its logs)
+    artifact: Any = None            # the id of its progress artifact in the dashboard
+    posted: float = 0.0             # the last progress record passed to the dashboard (its "updated")
+    stopped_at: str = ""            # where a stopped cell stopped (its last checkpoint), for the summary
 
 
 @dataclass
@@ -65,7 +105,7 @@ class Board:
     def counts(self) -> dict[str, int]:
         with self._lock:
             states = [c.state for c in self.cells.values()]
-        return {s: states.count(s) for s in ("queued", "running", "done", "failed", "elsewhere")}
+        return {s: states.count(s) for s in ("queued", "running", "done", "failed", "elsewhere", "cancelled")}
 
     def eta_s(self) -> float | None:
         """Seconds left, from the mean wall time of the cells finished in this launch: the
@@ -90,11 +130,30 @@ class Board:
         tail = f"ETA ~{_clock(eta)}" if eta is not None else "ETA after the first cell finishes"
         if n["running"] == 0 and n["queued"] == 0:
             tail = f"took {_clock(time.monotonic() - self.started)}"
+        stopped = f", {n['cancelled']} stopped" if n["cancelled"] else ""
         return (f"study {self.study}: {done}/{todo} done, {n['running']} running, {n['queued']} queued, "
-                f"{n['failed']} failed; {tail}")
+                f"{n['failed']} failed{stopped}; {tail}")
+
+    def running(self) -> list[tuple[str, str, dict[str, Any] | None, float | None]]:
+        """(label, stage, training progress, seconds running) of each running cell."""
+        now = time.monotonic()
+        with self._lock:
+            cells = [(c.label, c.stage, c.cell_dir, now - c.started if c.started else None)
+                     for c in self.cells.values() if c.state == "running"]
+        return [(label, stage, read_training(d) if stage == "pretrain" else None, age) for label, stage, d, age in cells]
+
+    def cell_lines(self) -> list[str]:
+        """One line per running cell: its coordinates, stage, and in training step/total, loss, samples/s."""
+        out = []
+        for label, stage, train, age in self.running():
+            detail = training_text(train)
+            out.append(f"  {label}  {stage}" + (f"  {detail}" if detail else "")
+                       + (f"  [{_clock(age)}]" if age is not None else ""))
+        return out
 
 
 _board = Board()
+_stop = threading.Event()
 # Whether Ray forwards its workers' stdout/stderr to this process (``ray.init(log_to_driver=)``):
 # yes by default, as Ray does; ``inheritlab run`` turns it off unless ``--verbose``.
 _workers_to_terminal = True
@@ -118,7 +177,32 @@ def reset(log_file: str | None = None) -> Board:
     """A fresh board (a new launch); ``log_file`` is named in the start line."""
     global _board
     _board = Board(log_file=log_file)
+    _stop.clear()
     return _board
+
+
+def request_stop() -> None:
+    """The operator asked to stop: admit no more cells, ask the running ones to stop."""
+    _stop.set()
+
+
+def stop_requested() -> bool:
+    return _stop.is_set()
+
+
+def ask_running_cells_to_stop() -> int:
+    """Write ``stop.request`` into the directory of every running cell (its trainer commits a
+    checkpoint and stops at its next look); returns how many were asked."""
+    with _board._lock:
+        dirs = [c.cell_dir for c in _board.cells.values() if c.state == "running" and c.cell_dir]
+    asked = 0
+    for d in dirs:
+        try:
+            CellDir(Path(d)).stop_request.write_text(f"{time.time()}\n", encoding="utf-8")
+            asked += 1
+        except OSError as exc:  # the cell then stops at its next stage boundary instead
+            logging.getLogger("inheritlab.flows").warning("could not ask the cell in %s to stop: %s", d, exc)
+    return asked
 
 
 # --------------------------------------------------------------------------------------- events
@@ -134,15 +218,43 @@ def study_started(name: str, cells: int, complete: int, todo: list[str]) -> None
     LOGGER.info("study %s: %d cells, %d already complete, %d to run%s", name, cells, complete, len(todo), where)
 
 
-def stage_started(label: str, stage: str, previous: tuple[str, float] | None = None) -> None:
-    """A cell starts ``stage``; ``previous`` is the stage it finished and how long that took."""
+def stage_started(label: str, stage: str, previous: tuple[str, float] | None = None, *,
+                  cell_dir: str | Path | None = None, dashboard: Any = None, note: str = "") -> None:
+    """A cell starts ``stage``; ``previous`` is the stage it finished and how long that took;
+    ``cell_dir`` and ``dashboard`` (the sub-run's logger) let the ticker follow its training;
+    ``note`` is said with it (e.g. that training resumes from a checkpoint)."""
     with _board._lock:
         c = _board.cells.setdefault(label, CellState(label))
         if c.state != "running":
             c.state, c.started = "running", time.monotonic()
         c.stage = stage
+        if cell_dir is not None:
+            c.cell_dir = str(cell_dir)
+        if dashboard is not None:
+            c.dashboard = dashboard
     after = f"  ({previous[0]} took {_clock(previous[1])})" if previous else ""
-    LOGGER.info("%s  %s …%s", label, stage, after)
+    LOGGER.info("%s  %s …%s%s", label, stage, f"  {note}" if note else "", after)
+
+
+def set_artifact(label: str, artifact_id: Any) -> None:
+    """The cell's progress artifact in the dashboard (updated by the ticker)."""
+    with _board._lock:
+        _board.cells.setdefault(label, CellState(label)).artifact = artifact_id
+
+
+def cell_stopped(label: str, stage: str, where: str) -> None:
+    """A cell stopped on the operator's request in ``stage``; ``where`` says what is kept."""
+    with _board._lock:
+        c = _board.cells.setdefault(label, CellState(label))
+        c.state, c.stage, c.stopped_at = "cancelled", stage, where
+        c.wall_s = time.monotonic() - c.started if c.started else None
+    LOGGER.warning("%s  stopped in %s: %s", label, stage, where)
+
+
+def cells_not_started() -> list[str]:
+    """Labels of the cells still queued (left out when a stop is requested)."""
+    with _board._lock:
+        return [c.label for c in _board.cells.values() if c.state == "queued"]
 
 
 def cell_finished(label: str, last: tuple[str, float] | None = None) -> None:
@@ -177,10 +289,15 @@ def cell_elsewhere(label: str) -> None:
 
 
 class Ticker:
-    """Logs the study line every ``every_s`` seconds while cells are queued or running."""
+    """Every ``every_s`` seconds while cells are queued or running: the study line and one line
+    per running cell on the progress logger (``lines=False`` where a live display shows them
+    instead); and, every ``dashboard_every_s``, each training cell's progress to its sub-run in
+    the dashboard."""
 
-    def __init__(self, every_s: float = 30.0) -> None:
+    def __init__(self, every_s: float = 30.0, *, lines: bool = True, dashboard_every_s: float = 30.0) -> None:
         self.every_s = every_s
+        self.lines = lines
+        self.dashboard_every_s = dashboard_every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inheritlab-progress", daemon=True)
 
@@ -189,10 +306,23 @@ class Ticker:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
+        tick = min(self.every_s, self.dashboard_every_s)
+        next_line = next_post = time.monotonic()
+        next_line += self.every_s
+        next_post += self.dashboard_every_s
+        while not self._stop.wait(tick):
+            now = time.monotonic()
             n = _board.counts()
-            if n["queued"] or n["running"]:
+            if not (n["queued"] or n["running"]):
+                continue
+            if self.lines and now >= next_line:
                 LOGGER.info("%s", _board.line())
+                for line in _board.cell_lines():
+                    LOGGER.info("%s", line)
+                next_line = now + self.every_s
+            if now >= next_post:
+                post_to_dashboard()
+                next_post = now + self.dashboard_every_s
 
     def stop(self) -> None:
         self._stop.set()
@@ -200,9 +330,39 @@ class Ticker:
             self._thread.join(timeout=5)
 
 
+def post_to_dashboard(b: Board | None = None) -> int:
+    """Pass each training cell's new progress to its sub-run in the dashboard: a log line and
+    its progress artifact (percent done, with step, loss and samples/s as its description).
+    Returns how many cells were posted. The dashboard is a view: a failed post is logged and
+    training goes on."""
+    b = b or _board
+    with b._lock:
+        cells = [c for c in b.cells.values() if c.state == "running" and c.stage == "pretrain"]
+    posted = 0
+    for c in cells:
+        p = read_training(c.cell_dir)
+        if not p or p.get("updated", 0) <= c.posted:
+            continue
+        c.posted = p.get("updated", 0)
+        text = training_text(p)
+        try:
+            if c.dashboard is not None:
+                c.dashboard.info("pretrain %s", text)
+            if c.artifact is not None:
+                from prefect.artifacts import update_progress_artifact
+
+                update_progress_artifact(c.artifact, progress=100.0 * p["step"] / max(1, p["total_steps"]),
+                                         description=f"pretrain {c.label}: {text}")
+            posted += 1
+        except Exception as exc:  # noqa: BLE001 - a dashboard hiccup must not stop a study
+            logging.getLogger("inheritlab.flows").warning("progress of %s not posted to the dashboard: %s", c.label, exc)
+    return posted
+
+
 def as_dict(b: Board | None = None) -> dict[str, Any]:
     """The board as plain data (for the summary and tests)."""
     b = b or _board
     with b._lock:
-        return {label: {"state": c.state, "stage": c.stage, "wall_s": c.wall_s, "error": c.error}
+        return {label: {"state": c.state, "stage": c.stage, "wall_s": c.wall_s, "error": c.error,
+                        "stopped_at": c.stopped_at}
                 for label, c in b.cells.items()}

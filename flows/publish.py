@@ -126,13 +126,19 @@ def _attach(paths: dict[str, Path], spec: StudySpec) -> None:
     key = spec.name.lower().replace("_", "-").replace(".", "-")
     md = next((p for n, p in paths.items() if str(p).endswith(".md")), None)
     body = Path(md).read_text(encoding="utf-8") if md else ""
-    # The dashboard renders markdown images; embedding the PNG keeps the artifact self-contained
-    # (a file:// link would only work on the machine that ran the study).
+    create_markdown_artifact(key=f"{key}-summary", markdown=body or "(no results yet)",
+                             description=f"study {spec.name}: summary, inheritance verdict and fits")
+    # The plots, an artifact of their own. The dashboard renders markdown images; embedding each
+    # PNG keeps the artifact self-contained (a file:// link would only work on the machine that
+    # ran the study).
+    plots = ""
     for name, p in paths.items():
         if str(p).endswith(".png") and Path(p).stat().st_size < 2_000_000:
             b64 = base64.b64encode(Path(p).read_bytes()).decode()
-            body += f"\n\n### {name}\n\n![{name}](data:image/png;base64,{b64})\n"
-    create_markdown_artifact(key=f"{key}-summary", markdown=body or "(no results yet)", description=f"study {spec.name}: summary, fits and curves")
+            plots += f"\n\n### {name}\n\n![{name}](data:image/png;base64,{b64})\n"
+    if plots:
+        create_markdown_artifact(key=f"{key}-curves", markdown=f"# {spec.name}: curves{plots}",
+                                 description=f"study {spec.name}: scaling curves and the cost of bias")
     csv = next((p for p in paths.values() if str(p).endswith(".csv")), None)
     if csv:
         table = pl.read_csv(csv)

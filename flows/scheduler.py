@@ -144,14 +144,16 @@ def run_admitted(
     claim: Callable[[Cell], str] = lambda cell: "mine",
     max_concurrent: int | None = None,
     poll_s: float = 2.0,
+    stop: Callable[[], bool] = lambda: False,
 ) -> list[tuple[Cell, Any, BaseException | None]]:
     """Run ``run_one(cell)`` for every cell, each admitted when it fits the study's ledger.
 
     ``claim(cell)`` says whose the cell is: ``"mine"`` (this launch holds its lease), ``"busy"``
     (another launch trains it: checked again every ``poll_s``) or ``"done"`` (it completed).
     Returns (cell, result, error) per cell in completion order — ``result`` is ``"elsewhere"``
-    for a cell another launch finished; a failed cell does not stop the others. ``run_one``
-    reserves and releases the cell's own placement group.
+    for a cell another launch finished, ``"not admitted"`` for one still waiting when ``stop()``
+    became true (nothing is admitted after that; the running cells are waited for); a failed
+    cell does not stop the others. ``run_one`` reserves and releases the cell's own placement group.
     """
     waiting = largest_first(cells, use_gpu)
     free = {"CPU": cluster.cpus, "GPU": cluster.gpus}
@@ -159,6 +161,9 @@ def run_admitted(
     results: list[tuple[Cell, Any, BaseException | None]] = []
     with ThreadPoolExecutor(max_workers=max(1, len(cells))) as pool:
         while waiting or running:
+            if waiting and stop():
+                results.extend((cell, "not admitted", None) for cell in waiting)
+                waiting = []
             for cell in list(waiting):
                 if max_concurrent is not None and len(running) >= max_concurrent:
                     break
@@ -183,6 +188,8 @@ def run_admitted(
                     time.sleep(poll_s)  # every cell left is another launch's: watch them
                 continue
             done, _ = wait(list(running), timeout=poll_s if waiting else None, return_when=FIRST_COMPLETED)
+            if not done:
+                continue
             for fut in done:
                 cell, d = running.pop(fut)
                 free["CPU"] += d.cpus

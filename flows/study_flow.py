@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inheritlab.flows import progress, stages
+from inheritlab.flows import interrupts, launches, progress, stages
 from inheritlab.flows.grid import expand_grid
 from inheritlab.flows.publish import publish_results
 from inheritlab.flows.preflight import check_before_start, check_data, left_out
@@ -23,7 +23,7 @@ from inheritlab.flows.scheduler import PlacementLog, check_fits, demand_of, reso
 from inheritlab.flows.spec import StudySpec
 from inheritlab.infra.atomic import atomic_write_json, read_json
 from inheritlab.infra.cell import Cell
-from inheritlab.infra.errors import InheritlabError
+from inheritlab.infra.errors import InheritlabError, StopRequested, StudyStopped
 from inheritlab.infra.lease import CellLease, Heartbeat, launch_id
 from inheritlab.infra.raycluster import check_shared_dir, init_ray, release, session_log_dir, wait_for_resources
 from inheritlab.infra.rundir import RunDir
@@ -31,6 +31,7 @@ from inheritlab.trainers.modality import DataSources, get_modality
 from inheritlab.trainers.ray_launch import Placement
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled
 
 
 def _retry_unless_application_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -56,18 +57,40 @@ def _stage_task(fn: Any, name: str, retries: int) -> Any:
     )
 
 
+# A stop request is honoured before these stages; a cell that has trained finishes (evaluation
+# and the record are short next to training, and without them the training is not usable yet).
+_STOPPABLE = ("condition", "pretrain")
+
+
 def run_cell(cell: Cell, run: RunDir, data: DataSources, *, use_gpu: bool, retries: int,
-             placement_timeout_s: float) -> dict[str, Any]:
-    """Body of a cell's sub-run: reserve its resources, the four stages (timed), release."""
+             placement_timeout_s: float) -> Any:
+    """Body of a cell's sub-run: reserve its resources, the four stages (timed), release.
+    Returns the cell's outcome, or a Cancelled state when the operator stopped the study."""
     log = get_run_logger()
     cdir = run.cell(cell.cell_id)
+    # What an earlier launch left for its own cells: a stop request, a failure note, the
+    # progress of training it did not finish (the next trainer writes its own).
+    for leftover in (cdir.stop_request, cdir.failure, cdir.progress):
+        leftover.unlink(missing_ok=True)
+    from prefect.runtime import flow_run
+
+    launches.note_run(cell.label, flow_run.id)
     timings: dict[str, float] = {}
     current = ["placement"]  # the stage running: named in the progress line if the cell fails
     last: list[tuple[str, float]] = []
 
     def timed(stage: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if stage in _STOPPABLE and progress.stop_requested():
+            raise StopRequested(f"stopped before {stage}")
         current[0] = stage
-        progress.stage_started(cell.label, stage, last[-1] if last else None)
+        note = ""
+        if stage == "pretrain":
+            step = committed_step(cdir)
+            note = f"resuming from the checkpoint of step {step}" if step else ""
+        progress.stage_started(cell.label, stage, last[-1] if last else None, cell_dir=cdir.root, dashboard=log,
+                               note=note)
+        if stage == "pretrain":
+            _progress_artifact(cell)
         t0 = time.perf_counter()
         out = _stage_task(fn, f"{stage}", retries).with_options(task_run_name=f"{stage}[{cell.label}]")(*args, **kwargs)
         timings[stage] = round(time.perf_counter() - t0, 3)
@@ -89,16 +112,52 @@ def run_cell(cell: Cell, run: RunDir, data: DataSources, *, use_gpu: bool, retri
             df = timed("record", stages.stage_record, cell, cdir, rows, summary, counters, timings)
         finally:
             release(group)  # however the cell ends
+    except StopRequested:
+        step = committed_step(cdir)
+        where = (f"training stopped; checkpoint of step {step} committed" if current[0] == "pretrain" and step
+                 else f"stopped before {current[0]}" + (f" (checkpoint of step {step} kept)" if step else ""))
+        progress.cell_stopped(cell.label, current[0], where)
+        return Cancelled(message=f"stopped by the operator in {current[0]}: {where}; a rerun resumes")
     except BaseException as exc:
         progress.cell_failed(cell.label, current[0], exc)
+        _note_failure(cdir, current[0], exc)
         raise
     progress.cell_finished(cell.label, last[-1] if last else None)
     return {"cell_id": cell.cell_id, "rows": df.height, "timings": timings}
 
 
+def committed_step(cdir: Any) -> int | None:
+    """The step of the cell's last committed checkpoint (``None``: none yet)."""
+    try:
+        return int(read_json(cdir.ckpt / "latest.json")["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _note_failure(cdir: Any, stage: str, exc: BaseException) -> None:
+    """``failure.json`` in the cell directory: the stage and the cause, for ``inheritlab status``."""
+    try:
+        atomic_write_json(cdir.failure, {"stage": stage, "error": f"{type(exc).__name__}: {exc}"[:4000],
+                                         "time": time.time()})
+    except OSError:
+        pass
+
+
+def _progress_artifact(cell: Cell) -> None:
+    """The cell's training progress in the dashboard: a progress artifact of its sub-run, kept
+    up to date by the progress ticker. The dashboard is a view: failing to make it is logged."""
+    try:
+        from prefect.artifacts import create_progress_artifact
+
+        progress.set_artifact(cell.label, create_progress_artifact(
+            0.0, description=f"pretrain {cell.label}: starting"))
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger("inheritlab.flows").warning("no progress artifact for %s: %s", cell.label, exc)
+
+
 @flow(name="inheritlab-cell", persist_result=False, log_prints=True)
 def cell_flow(cell: Cell, run_root: str, data: DataSources, use_gpu: bool, retries: int,
-              placement_timeout_s: float = 1800.0) -> dict[str, Any]:
+              placement_timeout_s: float = 1800.0) -> Any:
     """One grid cell as its own sub-run in the dashboard."""
     return run_cell(cell, RunDir.at(run_root), data, use_gpu=use_gpu, retries=retries,
                     placement_timeout_s=placement_timeout_s)
@@ -115,6 +174,13 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
 
     cells = expand_grid(spec)
     todo = [c for c in cells if not run.cell(c.cell_id).is_complete()]
+    owner = launch_id()
+    record = launches.LaunchRecord(run.launches, owner)
+    launches.set_current(record)  # the cells' sub-runs add themselves (the context is copied into their threads)
+    _mark_killed_launches(run, owner, spec.execution.lease_stale_s)
+    from prefect.runtime import flow_run
+
+    record.add(f"study {spec.name}", flow_run.id)
     log.info("study %s: %d cells, %d already complete, %d to run", spec.name, len(cells), len(cells) - len(todo), len(todo))
     progress.study_started(spec.name, len(cells), len(cells) - len(todo), [c.label for c in todo])
 
@@ -135,6 +201,7 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
         timings["prepare_data"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         cluster = init_ray(ray_address, log_to_driver=progress.workers_to_terminal())
+        interrupts.reinstall()  # ray.init sets a SIGTERM handler of its own
         _note_worker_logs()
         check_shared_dir(run.root)
         timings["ray_init"] = round(time.perf_counter() - t0, 3)
@@ -142,7 +209,19 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
         use_gpu = stages.resolve_use_gpu(spec.train.use_gpu, cluster.gpus)
         todo = resolve(todo, cluster, use_gpu=use_gpu)
         check_fits(todo, cluster, use_gpu=use_gpu)
-        outcome = _run_cells(spec, run, data, todo, cluster, use_gpu)
+        try:
+            outcome = _run_cells(spec, run, data, todo, cluster, use_gpu, owner, record)
+        finally:
+            record.close()
+    else:
+        record.close()
+    if progress.stop_requested():
+        # Stopped by the operator: no analysis of a partial grid; the dashboard says Cancelled.
+        timings["total"] = round(time.perf_counter() - t_start, 3)
+        _record_launch(run, {"timings_s": timings, "cells": outcome.get("summaries", []), "stopped": outcome.get("stopped", []),
+                             "failed": outcome["failed"], "ran": len(outcome["ran"]), "elsewhere": len(outcome["elsewhere"])})
+        return Cancelled(message=f"stopped by the operator: {len(outcome.get('stopped', []))} cell(s) stopped, "
+                                 f"{len(progress.cells_not_started())} not started; a rerun resumes")
     t0 = time.perf_counter()
     report = task(publish_results, name="analyse-and-publish", cache_policy=NO_CACHE, persist_result=False)(spec, run)
     timings["analyse"] = round(time.perf_counter() - t0, 3)
@@ -157,12 +236,24 @@ def study_flow(spec: StudySpec, run_root: str, ray_address: str | None = None) -
             "report": {k: str(v) for k, v in report.items()}}
 
 
+def _mark_killed_launches(run: RunDir, owner: str, stale_s: float) -> None:
+    """The flow runs a killed launch left open become Crashed (:mod:`.launches`)."""
+    try:
+        marked = launches.mark_crashed(run.launches, me=owner, stale_s=stale_s)
+    except Exception as exc:  # noqa: BLE001 - the dashboard's bookkeeping never blocks a study
+        logging.getLogger("inheritlab.flows").warning("could not mark the runs of killed launches Crashed: %s", exc)
+        return
+    if marked:
+        progress.LOGGER.info("an earlier launch was killed: its %d open run(s) are marked Crashed in the dashboard",
+                             len(marked))
+
+
 def _run_cells(spec: StudySpec, run: RunDir, data: DataSources, todo: list[Cell], cluster: Any,
-               use_gpu: bool) -> dict[str, Any]:
+               use_gpu: bool, owner: str, record: launches.LaunchRecord) -> dict[str, Any]:
     """Admit the cells as resources free up (largest first), each under its lease; gather outcomes."""
-    owner = launch_id()
     stale = spec.execution.lease_stale_s
     heartbeat = Heartbeat(every_s=max(1.0, stale / 4))
+    heartbeat.add(record)  # type: ignore[arg-type]  # renewed as the leases are: a live launch's record stays fresh
     leases: dict[str, CellLease] = {}
 
     def claim(cell: Cell) -> str:
@@ -194,13 +285,18 @@ def _run_cells(spec: StudySpec, run: RunDir, data: DataSources, todo: list[Cell]
     try:
         results = run_admitted(todo, cluster, lambda c: context.copy().run(one, c), use_gpu=use_gpu,
                                log=PlacementLog(run.root / "placement.jsonl"), claim=claim,
-                               max_concurrent=spec.execution.max_concurrent_cells)
+                               max_concurrent=spec.execution.max_concurrent_cells, stop=progress.stop_requested)
     finally:
         heartbeat.stop()
-    outcome: dict[str, Any] = {"ran": [], "elsewhere": [], "failed": [], "summaries": []}
+    outcome: dict[str, Any] = {"ran": [], "elsewhere": [], "failed": [], "summaries": [], "stopped": []}
     for cell, state, error in results:
         if state == "elsewhere":
             outcome["elsewhere"].append(cell.cell_id)
+            continue
+        if state == "not admitted":  # a stop came first
+            continue
+        if error is None and state.is_cancelled():
+            outcome["stopped"].append(cell.cell_id)
             continue
         outcome["ran"].append(cell.cell_id)
         # A failed cell does not stop the others; the study fails at the end, naming it.
@@ -241,4 +337,8 @@ def run_study(spec: StudySpec, run_dir: str | Path, ray_address: str | None = No
     """Entry point used by the CLI and tests. The paths and the run directory are checked
     before the flow (and with it Prefect and Ray) starts."""
     run_dir = check_before_start(spec, run_dir)
-    return study_flow.with_options(flow_run_name=f"study {spec.name}")(spec, str(run_dir), ray_address)
+    state = study_flow.with_options(flow_run_name=f"study {spec.name}")(spec, str(run_dir), ray_address,
+                                                                        return_state=True)
+    if state.is_cancelled():
+        raise StudyStopped(state.message or "stopped by the operator")
+    return state.result()  # the flow's error, if it failed

@@ -61,6 +61,15 @@ class CheckpointError(InheritlabError):
     """A checkpoint is missing, torn or does not match the model it is loaded into."""
 
 
+class StopRequested(InheritlabError):
+    """A cell stopped because the operator asked (Ctrl-C, SIGTERM): its work so far is kept (a
+    trainer commits a checkpoint first) and a rerun resumes it. Not a failure, never retried."""
+
+
+class StudyStopped(InheritlabError):
+    """The study was stopped by the operator before every cell finished; a rerun resumes it."""
+
+
 class DataAccountingError(InheritlabError):
     """A trainer's data stream does not match what the cell's data-condition stage accounted."""
 

@@ -69,7 +69,7 @@ class CellLease:
         held = self.holder()
         if held is not None and held.get("owner") == self.owner:
             return True
-        if not (_holder_gone(held) or self._stale(held)):
+        if not (holder_gone(held) or self._stale(held)):
             return False
         aside = self.cell_dir / f"{LEASE}.stale-{uuid.uuid4().hex[:8]}"
         try:
@@ -109,7 +109,7 @@ class CellLease:
             self.path.unlink(missing_ok=True)
 
 
-def _holder_gone(held: dict[str, Any] | None) -> bool:
+def holder_gone(held: dict[str, Any] | None) -> bool:
     """Whether the lease's holder was a process on this host that no longer exists (a killed
     launch relaunched on the same machine need not wait for the lease to go stale)."""
     if held is None:

@@ -11,8 +11,12 @@ RUN_DIR/
     ckpt/latest.json            pointer to the last committed checkpoint
     eval/results.parquet        tidy rows: one per (task, split, metric)
     timings.json                wall time per stage
+    progress.json               while training: step, loss, samples/s (rank 0, every few seconds)
+    stop.request                asks the running trainer to commit a checkpoint and stop
+    failure.json                the stage and cause of the last failure (until the cell runs again)
     _COMPLETE.json              written last, atomically: the only sign a cell is done
   results/                      cross-cell table, fits, plots, summary
+  launches/<launch id>.json     each launch's flow runs and heartbeat (a dead one's are marked Crashed)
 ```
 """
 
@@ -54,6 +58,9 @@ class CellDir:
     eval = _Below("eval")
     results = _Below("eval", "results.parquet")
     timings = _Below("timings.json")
+    progress = _Below("progress.json")
+    stop_request = _Below("stop.request")
+    failure = _Below("failure.json")
     complete = _Below(COMPLETE_MARKER)
 
     def is_complete(self) -> bool:
@@ -77,6 +84,7 @@ class RunDir:
     study = _Below("study.json")
     cells_root = _Below("cells")
     results = _Below("results")
+    launches = _Below("launches")
 
     def cell(self, cell_id: str) -> CellDir:
         return CellDir(self.cells_root / cell_id)

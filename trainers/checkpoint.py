@@ -3,7 +3,8 @@
 A cell's ``ckpt/`` directory::
 
     step_<N>/              DeepSpeed checkpoint of step N (sharded per rank under ZeRO)
-    latest.json            the commit pointer: a checkpoint counts only once this names it
+    latest.json            the commit pointer: a checkpoint counts only once this names it; it
+                           records the SHA-256 and size of every file of that checkpoint
     export/step_<N>/       full weights for evaluation, ``export.json`` inside; the directory is
                            built under a temp name and renamed, so it exists only when whole
     train_summary.json     written last, when training finished: a relaunch returns it as is
@@ -14,11 +15,21 @@ same *shape* as the one that wrote it (ranks, batch, parameter layout: ZeRO shar
 per-rank data stream only line up again then) and loads it. What an export holds is the
 modality's business (open_clip weights, safetensors); where it lives and how it is committed is
 decided here, once.
+
+DeepSpeed checkpoints are pickles, and loading one can run any code it names. So a commit
+records the SHA-256 and size of every file of the step's directory in the pointer, and a resume
+loads nothing until every rank has checked the directory against that record: a changed,
+missing or added file (a planted pickle) is refused with a :class:`CheckpointError` naming it.
+This guards against files changed or planted after the commit, not against someone who can
+rewrite the pointer as well: a run directory is trusted code.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +44,9 @@ LATEST = "latest.json"
 SUMMARY = "train_summary.json"
 EXPORTS = "export"
 EXPORT_RECORD = "export.json"
+FILES = "files"  # the pointer's record of the checkpoint's files: relative path -> {"sha256", "size"}
+_CHUNK = 1 << 20  # hash in 1 MiB reads: a multi-GB optimizer shard never sits in memory whole
+_TAG = re.compile(r"step_\d+")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +199,9 @@ class CheckpointManager:
         if ptr is None:
             return None
         self._check_shape(ptr)
+        # Every rank checks the files itself, right before its own load: no rank unpickles a
+        # file on another rank's word, and a refusal stops each of them alike.
+        verify_checkpoint(self.dir, ptr)
         saved_world = int(ptr.get("world_size", self.world_size))
         stage = int(engine.zero_optimization_stage())
         if stage not in (1, 2):
@@ -211,14 +228,30 @@ class CheckpointManager:
         """Save on every rank, then (rank 0) move the pointer and prune; every rank calls it."""
         tag = f"step_{step}"
         client = {"step": step, "samples_seen": samples_seen, **state}
+        if _rank() == 0:
+            self._clear_uncommitted(tag)
+        _barrier()  # no rank writes into the directory before it is cleared
         engine.save_checkpoint(str(self.dir), tag=tag, client_state=client, save_latest=False)
         _barrier()
         if _rank() == 0:
+            # After the barrier every rank's files are written (and, on the shared storage a run
+            # directory must be on, visible here): the record covers all of them.
+            files = record_files(self.dir / tag)
             atomic_write_json(self.dir / LATEST, {"tag": tag, "step": step, "samples_seen": samples_seen,
                                                   **self.shape, "world_size": self.world_size,
-                                                  "committed_at": time.time()})
+                                                  "committed_at": time.time(), FILES: files})
             self._prune(current=tag)
         _barrier()
+
+    def _clear_uncommitted(self, tag: str) -> None:
+        """Remove what an interrupted attempt left under ``tag``: the commit records every file
+        of the directory, so it must hold only what this save writes (no stale rank's shard, no
+        file put there before the save)."""
+        tag_dir = self.dir / tag
+        pointer = self.dir / LATEST
+        committed = read_json(pointer).get("tag") if pointer.is_file() else None
+        if tag_dir.exists() and tag != committed:
+            shutil.rmtree(tag_dir)
 
     def _prune(self, current: str) -> None:
         tags = sorted((p for p in self.dir.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
@@ -322,6 +355,92 @@ def _empty_partition(saved: dict[str, Any]) -> dict[str, Any]:
                        for k, v in group.items()})
     out["base_optimizer_state"] = groups
     return out
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _scan(tag_dir: Path) -> tuple[dict[str, int], list[str]]:
+    """The regular files under ``tag_dir`` (relative POSIX path -> size) and everything else
+    there that is not a directory (symlinks, sockets...). Symlinks are never followed: a link
+    would let a file outside the checkpoint stand in for one inside it."""
+    files: dict[str, int] = {}
+    others: list[str] = []
+    stack = [tag_dir]
+    while stack:
+        here = stack.pop()
+        with os.scandir(here) as entries:
+            for entry in entries:
+                rel = Path(entry.path).relative_to(tag_dir).as_posix()
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    files[rel] = entry.stat(follow_symlinks=False).st_size
+                else:
+                    others.append(rel)
+    return files, sorted(others)
+
+
+def record_files(tag_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """The commit record of a checkpoint directory: every file's relative path -> SHA-256 and size."""
+    tag_dir = Path(tag_dir)
+    files, others = _scan(tag_dir)
+    if others:
+        raise CheckpointError(f"{tag_dir / others[0]}: not a regular file; a checkpoint holds only the files "
+                              "DeepSpeed wrote, so this one cannot be committed")
+    if not files:
+        raise CheckpointError(f"{tag_dir}: DeepSpeed wrote no files; nothing to commit")
+    return {rel: {"sha256": file_sha256(tag_dir / rel), "size": size} for rel, size in sorted(files.items())}
+
+
+def verify_checkpoint(ckpt_dir: str | Path, ptr: Mapping[str, Any]) -> None:
+    """Check the checkpoint ``ptr`` names against the files its commit recorded; raise a
+    :class:`CheckpointError` naming the first offending file (and up to four more) otherwise.
+
+    Every recorded file must be there with its size and SHA-256, and nothing else may be: a file
+    added after the commit is how a planted pickle would get in. Sizes and the listing are checked
+    before anything is hashed, so a tampered directory is refused without reading it.
+    """
+    root = Path(ckpt_dir)
+    pointer = root / LATEST
+    tag = str(ptr["tag"])
+    if not _TAG.fullmatch(tag):
+        raise CheckpointError(f"{pointer}: names checkpoint {tag!r}; expected step_<N>")
+    tag_dir = root / tag
+    record = ptr.get(FILES)
+    if not isinstance(record, Mapping) or not record:
+        raise CheckpointError(
+            f"{pointer}: checkpoint {tag} was committed in an older format, without the SHA-256 of its files, so "
+            f"it cannot be checked before it is loaded (loading a checkpoint unpickles it, which can run code): "
+            f"start the cell over by deleting {root}"
+        )
+    on_disk, others = _scan(tag_dir)
+    problems = [f"{tag_dir / rel}: unexpected file, not a regular one (a symlink?) and not among the files recorded "
+                "at commit" for rel in others]
+    problems += [f"{tag_dir / rel}: unexpected file, not among the files recorded at commit"
+                 for rel in sorted(set(on_disk) - set(record))]
+    problems += [f"{tag_dir / rel}: missing; it was recorded at commit" for rel in sorted(set(record) - set(on_disk))]
+    for rel in sorted(set(record) & set(on_disk)):
+        if on_disk[rel] != record[rel].get("size"):
+            problems.append(f"{tag_dir / rel}: size {on_disk[rel]} bytes, {record[rel].get('size')} recorded at commit")
+    if not problems:  # hash only a directory whose listing and sizes already match
+        for rel in sorted(record):
+            got, want = file_sha256(tag_dir / rel), record[rel].get("sha256")
+            if got != want:
+                problems.append(f"{tag_dir / rel}: SHA-256 digest mismatch (now {got}, recorded at commit {want})")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointError(
+            "; ".join(problems[:5]) + more + f". Refusing to load checkpoint {tag}: its files are not the ones "
+            f"committed, and loading a checkpoint unpickles it, which can run code. If you did not change them "
+            f"yourself, treat the run directory as compromised; start the cell over by deleting {root}"
+        )
 
 
 def read_latest(ckpt_dir: str | Path) -> dict[str, Any] | None:

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from inheritlab.infra.atomic import atomic_write_json, read_json
 from inheritlab.infra.cell import Cell
-from inheritlab.infra.errors import SpecError
+from inheritlab.infra.errors import SpecError, StopRequested
 from inheritlab.infra.seeds import derive_seed32
 from inheritlab.trainers.checkpoint import CheckpointManager, Export, TrainSummary
 from inheritlab.trainers.data_check import StreamChecker, slot_ceiling
 from inheritlab.trainers.engine import PARAM_LAYOUT
-from inheritlab.trainers.loop import LossLog, StepClock
+from inheritlab.trainers.loop import CellControl, LossLog, StepClock
 from inheritlab.trainers.train_config import BaseTrainConfig
 
 if TYPE_CHECKING:
@@ -119,7 +119,9 @@ def _build(cfg: ClipTrainConfig, plan: _Plan, world: int, use_gpu: bool) -> tupl
     built = build_clip(plan.rung)
     stage = resolve_zero_stage(cfg.zero_stage, params=count_params(built.model), world=world,
                                device_bytes=device_memory(use_gpu), use_gpu=use_gpu)
-    if cfg.compiles(use_gpu, plan.rung.device, stage):
+    # Under ZeRO 1–3 the towers are compiled inside the engine's forward; at stage 0 the whole
+    # forward is, outside it (engine.step_forward).
+    if cfg.compiles(use_gpu, plan.rung.device, stage) and stage != 0:
         compile_towers(built.model)
     r = plan.rung
     ecfg = EngineConfig(
@@ -197,7 +199,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     """Train (or finish training) one cell; returns its summary (the same on every rank)."""
     from inheritlab.kernels import clip_contrastive_loss
     from inheritlab.trainers.clip_images import crop_boxes, device_images
-    from inheritlab.trainers.engine import init_distributed, optimizer_step
+    from inheritlab.trainers.engine import init_distributed, optimizer_step, step_forward
     from inheritlab.trainers.slots import gather_slot_states, rank_slots
 
     use_gpu = cfg.use_gpu
@@ -210,7 +212,9 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     if done is not None:
         return done
     built, engine = _build(cfg, plan, world, use_gpu)
-    ckpt.shape["zero_stage"] = int(engine.zero_optimization_stage())  # a resume must keep the stage
+    stage = int(engine.zero_optimization_stage())
+    ckpt.shape["zero_stage"] = stage  # a resume must keep the stage
+    forward = step_forward(engine, compile_model=cfg.compiles(use_gpu, plan.rung.device, stage))
     resumed = ckpt.resume(engine)
     step = int(resumed["step"]) if resumed else 0
     losses = LossLog(cfg.log_every, resumed["loss_curve"] if resumed else ())
@@ -224,6 +228,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     last_step = cfg.last_step(plan.total_steps, step)
     clock = StepClock(sync=use_gpu, warm_steps=min(5, max(0, (last_step - step) // 4)))
     first_step, epoch = step, 0
+    control = CellControl(cfg.cell_dir, rank=rank, world=world, total_steps=plan.total_steps, per_step=plan.global_batch)
     while step < last_step:
         batch = next(batches)
         epoch = batch["epoch"]
@@ -239,21 +244,26 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
         texts = batch["texts"].to(device, non_blocking=True)
         positions = batch["positions"]
         # open_clip returns L2-normalised features and exp(logit_scale).
-        image_features, text_features, scale = engine(images, texts)
+        image_features, text_features, scale = forward(images, texts)
         loss = clip_contrastive_loss(image_features, text_features, scale, impl=cfg.loss_impl, gather=world > 1)
         engine.backward(loss)
         optimizer_step(engine)
         step += 1
         losses.add(step, loss, last=step == last_step)
         clock.tick()
-        if step in commits or step in exports:
+        control.stepped(step, losses)
+        stop = step < last_step and control.stop_requested(step)
+        if step in commits or step in exports or stop:
             with clock.paused():
                 seen = step * plan.global_batch
                 if step in exports:
                     export_open_clip(ckpt, engine, built, step=step, samples_seen=seen)
-                if step in commits:
+                if step in commits or stop:
                     ckpt.commit(engine, step=step, samples_seen=seen,
                                 state={"loss_curve": losses.curve, "loader": gather_slot_states(positions)})
+        if stop:
+            raise StopRequested(f"training stopped on request after step {step} of {plan.total_steps}; "
+                                f"checkpoint committed, a rerun resumes from it")
     return _finish(cfg, plan, ckpt, built, step=step, trained=step - first_step, epoch=epoch, world=world,
                    losses=losses, clock=clock, resumed_from=first_step if resumed else None, checker=checker)
 

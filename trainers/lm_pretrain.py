@@ -31,7 +31,7 @@ import torch
 from inheritlab.corruptors.tokenizer import TextTokenizer, load_tokenizer
 from inheritlab.infra.atomic import atomic_write_json, read_json
 from inheritlab.infra.cell import Cell
-from inheritlab.infra.errors import CheckpointError, SpecError
+from inheritlab.infra.errors import CheckpointError, SpecError, StopRequested
 from inheritlab.infra.seeds import derive_seed32
 from inheritlab.trainers.checkpoint import CheckpointManager, Export, TrainSummary
 from inheritlab.trainers.data_check import StreamChecker
@@ -39,7 +39,7 @@ from inheritlab.trainers.engine import PARAM_LAYOUT
 from inheritlab.trainers.lm_data import StreamState, lm_batches, states_from_checkpoint, text_stream_spec
 from inheritlab.trainers.lm_data import packed_sequences  # noqa: F401  (one slot's windows, importable from here too)
 from inheritlab.trainers.lm_models import LlamaLM, LMConfig, LMRung, get_rung
-from inheritlab.trainers.loop import LossLog, StepClock
+from inheritlab.trainers.loop import CellControl, LossLog, StepClock
 from inheritlab.trainers.slots import gather_slot_states, rank_slots
 from inheritlab.trainers.train_config import BaseTrainConfig
 
@@ -227,7 +227,7 @@ def _build(cfg: LMTrainConfig, plan: RunPlan, tok: TextTokenizer, world: int, us
     ecfg = engine_config(cfg, plan, world=world, use_gpu=use_gpu)
     stage = resolve_zero_stage(ecfg.zero_stage, params=sum(p.numel() for p in model.parameters()), world=world,
                                device_bytes=device_memory(use_gpu), use_gpu=use_gpu, grad_accum=ecfg.grad_accum)
-    if cfg.compiles(use_gpu, plan.rung.device, stage):
+    if cfg.compiles(use_gpu, plan.rung.device, stage) and stage != 0:  # stage 0: eager (no whole-forward path yet)
         compile_blocks(model)
     engine, _, _ = build_engine(model, dataclasses.replace(ecfg, zero_stage=stage))
     return model, engine
@@ -258,6 +258,7 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
     last_step = cfg.last_step(plan.steps, step)
     clock = StepClock(sync=use_gpu, warm_steps=min(5, max(0, (last_step - step) // 4)))
     first_step = step
+    control = CellControl(cfg.cell_dir, rank=rank, world=world, total_steps=plan.steps, per_step=plan.batch)
     engine.train()
     while step < last_step:
         batch = next(batches)
@@ -273,15 +274,20 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
         step += 1
         losses.add(step, loss_sum / plan.accum, last=step == last_step)
         clock.tick()
-        if step in commits or step in exports:
+        control.stepped(step, losses)
+        stop = step < last_step and control.stop_requested(step)
+        if step in commits or step in exports or stop:
             with clock.paused():
                 seen = step * plan.batch
                 if step in exports:
                     export_lm(ckpt, model, step=step, samples_seen=seen, tokens_seen=seen * plan.seq_len,
                               rung=cfg.rung, tokenizer=str(tok.path))
-                if step in commits:
+                if step in commits or stop:
                     ckpt.commit(engine, step=step, samples_seen=seen,
                                 state={"loss_curve": losses.curve, "loader": gather_slot_states(states)})
+        if stop:
+            raise StopRequested(f"training stopped on request after step {step} of {plan.steps}; "
+                                f"checkpoint committed, a rerun resumes from it")
     checker = StreamChecker(plan_dir=cfg.plan_dir, slots=plan.slots, ceiling=cfg.bad_sample_ceiling)
     for st in states.values():
         checker.collect(st["first_pass"])

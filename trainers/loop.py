@@ -1,4 +1,5 @@
-"""Pieces every training loop shares: the logged loss curve and the step clock.
+"""Pieces every training loop shares: the logged loss curve, the step clock, and the cell's
+progress file and stop request (:class:`CellControl`).
 
 Kept apart from the loops so that the CLIP and LM loops read like their algorithms and log,
 time and resume their curves the same way.
@@ -7,10 +8,14 @@ time and resume their curves the same way.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import torch
+from inheritlab.infra.atomic import atomic_write_json
+from inheritlab.infra.rundir import CellDir
 
 
 class LossLog:
@@ -89,3 +94,78 @@ class StepClock:
         overall = self.trained * per_step / total if total > 0 else None
         steady_rate = (self.trained - self.warm_steps) * per_step / steady if steady > 0 else None
         return overall, steady_rate
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; ``None`` elsewhere): a worker's
+    start-up — imports, process group, engine, model, loader — up to the moment it is asked."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            # Field 22 is the start time in clock ticks after boot; the name (field 2) may hold
+            # spaces, so fields are counted after its closing parenthesis.
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CellControl:
+    """The running trainer's side of the cell directory's two control files.
+
+    - ``progress.json``: step, total, the last logged loss and the recent samples/s, written by
+      rank 0 after the first step and then at most every ``every_s`` seconds (atomically: the
+      driver's progress display and ``inheritlab status`` read it while it changes); also how
+      long the process took to reach its first step.
+    - ``stop.request``: written by the driver when the operator stops the study. Every rank
+      looks for it every ``poll_steps`` steps (every step on one rank: a stat costs microseconds
+      next to a step); with several ranks the answers are combined (one max all-reduce of a
+      scalar), so all ranks stop after the same step — the checkpoint they then commit together
+      is a collective.
+    """
+
+    def __init__(self, cell_dir: str | Path, *, rank: int, world: int, total_steps: int, per_step: int,
+                 every_s: float | None = None, poll_steps: int | None = None) -> None:
+        cdir = CellDir(Path(cell_dir))
+        self._progress, self._stop = cdir.progress, cdir.stop_request
+        self.rank, self.world, self.total, self.per_step = rank, world, total_steps, per_step
+        # Every 5 s unless INHERITLAB_PROGRESS_FILE_EVERY_S says otherwise (tests watch closer).
+        self.every_s = every_s if every_s is not None else float(os.environ.get("INHERITLAB_PROGRESS_FILE_EVERY_S", "5"))
+        self.poll_steps = poll_steps or (1 if world == 1 else 10)
+        self._last: tuple[float, int] | None = None   # (time, step) of the last write
+        self._first_step_s: float | None = None
+
+    def stepped(self, step: int, losses: LossLog) -> None:
+        """After each optimizer step: write the progress file when it is due (rank 0)."""
+        if self.rank != 0:
+            return
+        now = time.time()
+        if self._first_step_s is None:
+            self._first_step_s = process_age_s()
+        elif self._last is not None and now - self._last[0] < self.every_s and step < self.total:
+            return
+        rate = None
+        if self._last is not None and step > self._last[1] and now > self._last[0]:
+            rate = (step - self._last[1]) * self.per_step / (now - self._last[0])
+        loss = losses.curve[-1] if losses.curve else None
+        atomic_write_json(self._progress, {
+            "step": step, "total_steps": self.total, "samples_per_s": rate,
+            "loss": loss[1] if loss else None, "loss_step": loss[0] if loss else None,
+            "first_step_after_s": self._first_step_s, "updated": now, "pid": os.getpid(),
+        })
+        self._last = (now, step)
+
+    def stop_requested(self, step: int) -> bool:
+        """Whether the operator asked this cell to stop (checked every ``poll_steps`` steps)."""
+        if step % self.poll_steps:
+            return False
+        asked = self._stop.exists()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if asked else 0.0],
+                                device="cuda" if torch.cuda.is_available() and dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            asked = bool(flag.item() > 0)
+        return asked

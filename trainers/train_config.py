@@ -86,15 +86,14 @@ class BaseTrainConfig:
         return ("bf16" if use_gpu else "fp32") if self.precision == "auto" else self.precision
 
     def compiles(self, use_gpu: bool, rung_device: str, zero_stage: int | None = None) -> bool:
-        """Whether to compile: short CPU-rung runs lose more to compiling than they gain. On a
-        GPU rung ``auto`` compiles under DeepSpeed's ZeRO stages; at stage 0 (fp32 weights under
-        autocast, our fused step: trainers.engine.resolve_zero_stage) it stays eager — on an
-        H200 (2026-12-02) compiling ViT-B/32's towers in that mode did not finish within 3.5
-        minutes (not yet understood), while its eager step (133.6 ms at batch 512) already beat
-        the compiled ZeRO-2 step (164.3 ms on an H100)."""
+        """Whether to compile: short CPU-rung runs lose more to compiling than they gain, so
+        ``auto`` compiles on a GPU rung on a GPU only — at stage 0 the model's whole forward,
+        called outside DeepSpeed's forward hooks (trainers.engine.step_forward: 81.8 ms a
+        ViT-B/32 step at batch 512 on an H200, against 133.6 ms eager), under ZeRO 1–3 the
+        towers inside the engine. ``zero_stage`` is kept for callers that pass it."""
         if self.compile != "auto":
             return self.compile == "yes"
-        return use_gpu and rung_device == "gpu" and zero_stage != 0
+        return use_gpu and rung_device == "gpu"
 
     def export_at(self, total_steps: int) -> set[int]:
         """The steps whose weights are exported (the last one always)."""

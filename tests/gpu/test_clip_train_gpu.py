@@ -1,4 +1,6 @@
-"""CLIP pre-training on one GPU: DeepSpeed bf16 ZeRO-2, FusedAdam, the Triton loss, export."""
+"""CLIP pre-training on one GPU: DeepSpeed bf16 at ZeRO-2 (FusedAdam, towers compiled in the engine)
+and at stage 0 (our fused step, the whole forward compiled outside the engine's hooks), the
+Triton loss, resume, export."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("compile_", ["no", "yes"])
-def test_bf16_zero2_trains_resumes_and_exports(tmp_path: Path, compile_: str) -> None:
+@pytest.mark.parametrize("stage", [2, 0])
+def test_bf16_trains_resumes_and_exports(tmp_path: Path, compile_: str, stage: int) -> None:
     import open_clip
 
     from inheritlab.corruptors.world import ImageWorldConfig, write_image_world
@@ -20,7 +23,7 @@ def test_bf16_zero2_trains_resumes_and_exports(tmp_path: Path, compile_: str) ->
     world = write_image_world(ImageWorldConfig(seed=0, train_size=1024, test_id_size=64, test_ood_size=64,
                                                samples_per_shard=256), tmp_path / "world")
     base = dict(rung="clip-tiny", train_shards=tuple(world.splits["train"]), cell_dir=str(tmp_path / "cell"),
-                samples_seen=12 * 128, batch_size=128, ckpt_every=6, log_every=1, zero_stage=2,
+                samples_seen=12 * 128, batch_size=128, ckpt_every=6, log_every=1, zero_stage=stage,
                 loss_impl="triton", loader_workers=2, compile=compile_)
     first = train_clip(ClipTrainConfig(**base, stop_after_steps=6))
     assert first.precision == "bf16" and first.steps == 6

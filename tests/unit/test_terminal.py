@@ -124,7 +124,7 @@ def test_progress_lines_and_the_eta() -> None:
     assert records[3].startswith("a/s0  done in 10.") and records[3].endswith("(record took 0.1 s)  [1/3 done]")
     assert records[5].startswith("b/s0  FAILED in pretrain after ") and "RuntimeError: workers died / second line" in records[5]
     assert len(records) == 6
-    assert board.counts() == {"queued": 1, "running": 0, "done": 1, "failed": 1, "elsewhere": 0}
+    assert board.counts() == {"queued": 1, "running": 0, "done": 1, "failed": 1, "elsewhere": 0, "cancelled": 0}
     eta = board.eta_s()
     assert eta is not None and 9.0 < eta < 12.0  # one queued cell at the mean of the finished one
     assert "1/3 done, 0 running, 1 queued, 1 failed; ETA ~" in board.line()

@@ -143,6 +143,32 @@ def test_optimizer_step_clips_with_one_multi_tensor_norm(monkeypatch: pytest.Mon
     assert [c[:4] for c in calls] == [(4, 0.5, True, True)] and calls[0][4] == pytest.approx(0.5, rel=1e-3)
 
 
+def test_stage_0_forward_outside_the_engine_trains_the_same_weights() -> None:
+    """The stage-0 step calls the module's forward directly (engine.step_forward), leaving
+    DeepSpeed's forward hooks out; backward and step through the engine must not notice: the
+    weights after a few steps equal those of the engine's own forward, bit for bit."""
+    from inheritlab.trainers.engine import build_engine, init_distributed, optimizer_step, step_forward
+
+    init_distributed(use_gpu=False)
+    weights = []
+    for direct in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 1))
+        start = model[0].weight.detach().clone()
+        engine, _, _ = build_engine(model, EngineConfig(micro_batch_per_rank=4, world_size=1, grad_clip=1.0,
+                                                        warmup_steps=1, total_steps=6))
+        forward = step_forward(engine, compile_model=False) if direct else engine
+        assert (forward is engine) is not direct
+        data = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            x = torch.randn(4, 4, generator=data)
+            engine.backward(forward(x).pow(2).mean())
+            optimizer_step(engine)
+        weights.append([p.detach().clone() for p in engine.module.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+    assert not torch.equal(weights[0][0], start)  # it trained
+
+
 def test_no_weight_decay_on_gains_biases_and_temperature() -> None:
     model = build_clip("clip-tiny", seed=0).model
     decay, no_decay = param_groups(model, 0.1)
