@@ -249,9 +249,11 @@ def session(run_dir: Path, *, verbose: bool = False, progress_to_stderr: bool = 
         # Nothing is logged before the flow starts: a run stopped before it leaves no file behind.
         progress.reset(log_file=str(s.log_file))
         live = live_display(verbose=verbose, to_stderr=progress_to_stderr)
-        every = tick_s if tick_s is not None else float(os.environ.get("INHERITLAB_PROGRESS_EVERY_S", "30"))
         # With a live display the cell lines are on screen all the time: the ticker only feeds
-        # the dashboard; without one (CI, a pipe) it prints them every ``every`` seconds.
+        # the dashboard (every 30 s); without one (CI, a pipe) it prints them every minute, which
+        # keeps a 10-minute study's output to a screenful.
+        every = tick_s if tick_s is not None else float(os.environ.get("INHERITLAB_PROGRESS_EVERY_S",
+                                                                       "30" if live is not None else "60"))
         ticker = progress.Ticker(every, lines=live is None, dashboard_every_s=min(every, 30.0))
         ticker.start()
         if live is not None:

@@ -233,7 +233,9 @@ def stage_started(label: str, stage: str, previous: tuple[str, float] | None = N
         if dashboard is not None:
             c.dashboard = dashboard
     after = f"  ({previous[0]} took {_clock(previous[1])})" if previous else ""
-    LOGGER.info("%s  %s …%s%s", label, stage, f"  {note}" if note else "", after)
+    # Stage changes go to the log file only (the live display and the periodic lines show the
+    # stage; a cell's done line says how long each took); a note — a resume — is shown.
+    LOGGER.log(logging.INFO if note else logging.DEBUG, "%s  %s …%s%s", label, stage, f"  {note}" if note else "", after)
 
 
 def set_artifact(label: str, artifact_id: Any) -> None:
@@ -257,13 +259,15 @@ def cells_not_started() -> list[str]:
         return [c.label for c in _board.cells.values() if c.state == "queued"]
 
 
-def cell_finished(label: str, last: tuple[str, float] | None = None) -> None:
-    """A cell completed (its ``_COMPLETE.json`` is written)."""
+def cell_finished(label: str, stages: dict[str, float] | None = None) -> None:
+    """A cell completed (its ``_COMPLETE.json`` is written); ``stages``: seconds per stage."""
     with _board._lock:
         c = _board.cells.setdefault(label, CellState(label))
         c.state, c.stage = "done", ""
         c.wall_s = time.monotonic() - c.started if c.started else None
-    after = f"  ({last[0]} took {_clock(last[1])})" if last else ""
+    # The stages that took a second or more: where the cell's time went.
+    shown = [f"{name} {_clock(t)}" for name, t in (stages or {}).items() if t >= 1.0]
+    after = f"  ({', '.join(shown)})" if shown else ""
     n = _board.counts()
     LOGGER.info("%s  done in %s%s  [%d/%d done]", label, _clock(c.wall_s or 0.0), after,
                 n["done"] + n["elsewhere"], sum(n.values()))

@@ -122,7 +122,7 @@ def run_cell(cell: Cell, run: RunDir, data: DataSources, *, use_gpu: bool, retri
         progress.cell_failed(cell.label, current[0], exc)
         _note_failure(cdir, current[0], exc)
         raise
-    progress.cell_finished(cell.label, last[-1] if last else None)
+    progress.cell_finished(cell.label, timings)
     return {"cell_id": cell.cell_id, "rows": df.height, "timings": timings}
 
 

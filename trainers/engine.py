@@ -252,21 +252,19 @@ def build_engine(model: torch.nn.Module, cfg: EngineConfig) -> tuple[Any, Any, A
 def step_forward(engine: Any, *, compile_model: bool) -> Any:
     """What a training step calls for its forward pass.
 
-    Under our own step (:attr:`EngineConfig.own_step`: ZeRO stage 0) the module's ``forward``
-    is called directly, under our own autocast, and compiled whole when ``compile_model`` —
+    Compiling under our own step (:attr:`EngineConfig.own_step`: ZeRO stage 0), the module's
+    ``forward`` is compiled whole and called directly, under our own autocast —
     DeepSpeed's forward hooks are ZeRO bookkeeping with nothing to do at stage 0, and inside a
     compiled graph they break it: Dynamo fails on the hook's ``ZeroStageEnum`` comparison and
     falls back to eager for the whole frame, and compiling the towers under the engine ran
     past three minutes without a step (H200, 2026-12-02). Measured there the same day, ViT-B/32
     at batch 512: 81.8 ms a step this way against open_clip's compiled 79–80 ms
     (``benchmarks/results/clip_step_h200.md``). Backward and the optimizer step stay the
-    engine's. Elsewhere (ZeRO 1–3, fp16) the engine's own forward, which those stages need.
+    engine's. Otherwise (eager; ZeRO 1–3 or fp16, which need it) the engine's own forward.
     """
-    if not getattr(engine, "inheritlab_own_step", False):
+    if not (compile_model and getattr(engine, "inheritlab_own_step", False)):
         return engine
-    forward = engine.module.forward
-    if compile_model:
-        forward = torch.compile(forward)
+    forward = torch.compile(engine.module.forward)
     dtype = getattr(engine, "inheritlab_autocast", None)
     if dtype is None:
         return forward

@@ -87,13 +87,16 @@ class BaseTrainConfig:
 
     def compiles(self, use_gpu: bool, rung_device: str, zero_stage: int | None = None) -> bool:
         """Whether to compile: short CPU-rung runs lose more to compiling than they gain, so
-        ``auto`` compiles on a GPU rung on a GPU only — at stage 0 the model's whole forward,
-        called outside DeepSpeed's forward hooks (trainers.engine.step_forward: 81.8 ms a
-        ViT-B/32 step at batch 512 on an H200, against 133.6 ms eager), under ZeRO 1–3 the
-        towers inside the engine. ``zero_stage`` is kept for callers that pass it."""
+        ``auto`` compiles on a GPU rung on a GPU only, and under ZeRO 1–3 only (the towers,
+        inside the engine). At stage 0, ``yes`` compiles the model's whole forward, called
+        outside DeepSpeed's forward hooks (trainers.engine.step_forward): 81.8 ms a ViT-B/32
+        step at batch 512 on an H200 (2026-12-02) against 133.6 ms eager through the engine.
+        ``auto`` stays eager there until that path has passed the GPU trainer tests: on its
+        one GPU run the test of it and the benchmark of its eager twin did not finish within
+        their time limits (cause not established)."""
         if self.compile != "auto":
             return self.compile == "yes"
-        return use_gpu and rung_device == "gpu"
+        return use_gpu and rung_device == "gpu" and zero_stage != 0
 
     def export_at(self, total_steps: int) -> set[int]:
         """The steps whose weights are exported (the last one always)."""
