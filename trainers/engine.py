@@ -53,6 +53,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The rendezvous of torch.distributed as a ``file://`` URL, set where every rank shares a file
+# system and a machine; otherwise MASTER_ADDR/MASTER_PORT (a TCP store on rank 0).
+STORE_ENV = "INHERITLAB_DIST_STORE"
+
+
 def init_distributed(*, use_gpu: bool) -> tuple[int, int, int]:
     """Bring torch.distributed up if nobody has; return (rank, world_size, local_rank).
 
@@ -82,7 +87,17 @@ def init_distributed(*, use_gpu: bool) -> tuple[int, int, int]:
             from inheritlab.trainers.caches import skip_cpu_shm_op
 
             skip_cpu_shm_op()
-        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False)
+        # A file store where one is given (every rank on one machine: trainers.ray_launch, or a
+        # lone process) — torch's TCP store would listen on every interface of the machine.
+        store = os.environ.get(STORE_ENV)
+        if store is None and os.environ.get("WORLD_SIZE") == "1":  # a lone rank: a fresh file of its own
+            import tempfile
+            import uuid
+
+            store = "file://" + os.path.join(tempfile.gettempdir(), f"inheritlab-dist-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        extra = {"init_method": store, "rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"])} \
+            if store else {}
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False, **extra)
     return int(dist.get_rank()), int(dist.get_world_size()), int(os.environ.get("LOCAL_RANK", 0))
 
 

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from inheritlab.infra.errors import InheritlabError, ResourceError, SpecError, WorkerCrash
 from inheritlab.trainers.checkpoint import TrainSummary
+from inheritlab.trainers.engine import STORE_ENV
 from inheritlab.trainers.train_config import BaseTrainConfig
 
 
@@ -199,14 +202,20 @@ def _attempt(modality: str, cfg: BaseTrainConfig, placement: Placement, attempt:
                for i, b in enumerate(placement.bundles)]
     started = time.time()
     nodes: list[str] = []
+    store: dict[str, str] = {}
     try:
         where = ray.get([w.endpoint.remote() for w in workers])
         nodes = [w["node"] for w in where]
         _log(log, {"attempt": attempt, "event": "started", "workers": where})
         world = len(workers)
+        # Ranks all on one node meet through a file (a fresh one per attempt) rather than rank 0's
+        # TCP store, which would listen on every interface of the node.
+        if len(set(nodes)) == 1:
+            store_file = Path(tempfile.gettempdir()) / f"inheritlab-dist-{Path(cfg.cell_dir).name}-{attempt}-{uuid.uuid4().hex[:8]}"
+            store = {STORE_ENV: f"file://{store_file}"}
         refs = [w.train.remote(modality, cfg.to_dict(), {
             "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": "0", "MASTER_ADDR": where[0]["address"],
-            "MASTER_PORT": str(where[0]["port"]), "CPUS": str(placement.bundles[r].get("CPU", 1))})
+            "MASTER_PORT": str(where[0]["port"]), "CPUS": str(placement.bundles[r].get("CPU", 1)), **store})
             for r, w in enumerate(workers)]
         pending, results = list(refs), []
         while pending:
@@ -230,6 +239,8 @@ def _attempt(modality: str, cfg: BaseTrainConfig, placement: Placement, attempt:
     finally:
         for w in workers:
             ray.kill(w, no_restart=True)
+        if store:
+            Path(store[STORE_ENV][len("file://"):]).unlink(missing_ok=True)
 
 
 def _log(path: Path | None, record: dict[str, Any]) -> None:

@@ -65,8 +65,10 @@ def _run(threads: int) -> dict:
 
 def test_fits_are_identical_for_any_row_order_and_thread_count() -> None:
     runs = {t: _run(t) for t in (1, 2, 4)}
-    # The thread pools really were sized as asked (else the comparison proves nothing).
-    assert runs[1]["threads"] == [1] and runs[4]["threads"] == [4], {t: r["threads"] for t, r in runs.items()}
+    # The thread pools really were sized as asked (else the comparison proves nothing); OpenBLAS
+    # caps a request at the machine's cores, so 4 may run as 2 on a small machine.
+    sizes = {t: r["threads"] for t, r in runs.items()}
+    assert sizes[1] == [1] and sizes[2] == [2] and max(sizes[4]) >= 2, sizes
     ref = runs[1]
     for name in ("power_law", "bnsl", "chinchilla_huber", "joint_power_law"):
         assert ref[name + "/shuffled"] == ref[name], f"{name}: row order changed the fit"

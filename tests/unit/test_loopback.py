@@ -143,3 +143,28 @@ def test_temporary_prefect_server_binds_loopback(monkeypatch: pytest.MonkeyPatch
     (args,) = started
     assert args[args.index("--host") + 1] == "127.0.0.1"
     assert srv.address.startswith("http://127.0.0.1:")
+
+
+def test_a_training_process_rendezvous_opens_no_network_port(tmp_path: Any) -> None:
+    """A lone training process (and ranks that share a node, trainers.ray_launch) meet through a
+    file store: torch's TCP store would listen on every interface of the machine."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, json, psutil\n"
+        "from inheritlab.trainers.engine import init_distributed\n"
+        "init_distributed(use_gpu=False)\n"
+        "import torch, torch.distributed as dist\n"
+        "t = torch.ones(1); dist.all_reduce(t)\n"
+        "socks = [(c.laddr.ip, c.laddr.port) for c in psutil.Process().net_connections('tcp') if c.status == 'LISTEN']\n"
+        "print(json.dumps({'socks': socks, 'sum': float(t)}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, check=True)
+    import json
+
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["sum"] == 1.0
+    exposed = [s for s in seen["socks"] if s[0] not in LOOPBACK]
+    assert not exposed, f"listening beyond loopback: {exposed}"
