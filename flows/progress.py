@@ -334,14 +334,15 @@ class Ticker:
             self._thread.join(timeout=5)
 
 
-def post_to_dashboard(b: Board | None = None) -> int:
+def post_to_dashboard(b: Board | None = None, only: str | None = None) -> int:
     """Pass each training cell's new progress to its sub-run in the dashboard: a log line and
     its progress artifact (percent done, with step, loss and samples/s as its description).
-    Returns how many cells were posted. The dashboard is a view: a failed post is logged and
-    training goes on."""
+    Returns how many cells were posted (``only``: just that cell, e.g. when its training ends).
+    The dashboard is a view: a failed post is logged and training goes on."""
     b = b or _board
     with b._lock:
-        cells = [c for c in b.cells.values() if c.state == "running" and c.stage == "pretrain"]
+        cells = [c for c in b.cells.values()
+                 if c.state == "running" and c.stage == "pretrain" and (only is None or c.label == only)]
     posted = 0
     for c in cells:
         p = read_training(c.cell_dir)

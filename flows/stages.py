@@ -16,6 +16,7 @@ import polars as pl
 from inheritlab.infra.atomic import atomic_open, atomic_write_json, read_json
 from inheritlab.infra.cell import Cell, CellConfig
 from inheritlab.infra.errors import SpecError
+from inheritlab.infra.inputs import check_inputs, record_inputs
 from inheritlab.infra.raycluster import get
 from inheritlab.infra.rundir import CellDir, RunDir
 from inheritlab.infra.schema import DRAW_COLUMN, RESULT_COLUMNS
@@ -38,6 +39,8 @@ def stage_condition(cell: Cell, cdir: CellDir, data: DataSources, placement: Pla
 
     if cdir.counters.is_file():
         return read_json(cdir.counters)
+    # What the plan is made of, fingerprinted before it is made: training checks it first.
+    record_inputs(data.train, cdir.inputs)
     args = (data.train, cell.config.corruptors())
     kwargs = dict(study_seed=cell.config.study_seed, out_dir=cdir.data, num_classes=len(data.class_names) or None,
                   class_names=list(data.class_names) or None, bad_sample_ceiling=cell.config.data.bad_sample_ceiling,
@@ -56,6 +59,7 @@ def stage_pretrain(cell: Cell, cdir: CellDir, data: DataSources, placement: Plac
     """Stage 2: pre-train on one worker per bundle; resumes from the last committed checkpoint."""
     from inheritlab.trainers.ray_launch import launch_training
 
+    check_inputs(data.train, cdir.inputs)  # the shards are still the ones the condition was planned on
     modality = get_modality(cell.config.modality)
     cfg = modality.train_config(cell, cdir.root, data, device="cuda" if use_gpu else "cpu")
     return launch_training(modality.name, cfg, placement, max_failures=cell.execution.max_failures,

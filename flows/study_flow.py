@@ -108,6 +108,7 @@ def run_cell(cell: Cell, run: RunDir, data: DataSources, *, use_gpu: bool, retri
         try:
             counters = timed("condition", stages.stage_condition, cell, cdir, data, placement)
             summary = timed("pretrain", stages.stage_pretrain, cell, cdir, data, placement, use_gpu=use_gpu)
+            progress.post_to_dashboard(only=cell.label)  # where training ended, however short it was
             rows = timed("evaluate", stages.stage_evaluate, cell, cdir, data, summary, placement, use_gpu=use_gpu)
             df = timed("record", stages.stage_record, cell, cdir, rows, summary, counters, timings)
         finally:

@@ -1,7 +1,9 @@
 """Atomic artifacts: write to a temporary name, fsync, rename. A reader never sees a torn file.
 
 A crash mid-write leaves only a ``.tmp-*`` file behind, never a half-written target; the
-previous version of the target (if any) stays intact until the rename.
+previous version of the target (if any) stays intact until the rename. A temp name carries its
+writer (host and process id), so the next write of the same target removes what a writer of
+this host that no longer exists left behind (a SIGKILL gives it no chance to clean up).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -29,6 +32,44 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _owner() -> str:
+    return f"{socket.gethostname().replace('.', '_').replace('-', '_')}-{os.getpid()}"
+
+
+def _temp_prefix(target: Path) -> str:
+    """``.tmp-<name>.<host>-<pid>.``: a temp name says whose it is."""
+    return f".tmp-{target.name}.{_owner()}."
+
+
+def _sweep(target: Path) -> None:
+    """Remove the temp files and directories of ``target`` left by dead writers of this host."""
+    host = socket.gethostname().replace(".", "_").replace("-", "_")
+    head = f".tmp-{target.name}."
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(head):
+            continue
+        owner = entry.name[len(head):].split(".", 1)[0]
+        who, _, pid = owner.rpartition("-")
+        if who != host or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive: a writer at work
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open ``path`` for writing through a temp file that replaces it only on success."""
@@ -36,7 +77,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
         raise ValueError(f"atomic_open is for writing; got mode {mode!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}.", dir=target.parent)
+    _sweep(target)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), dir=target.parent)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -75,7 +117,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}.", dir=target.parent))
+    _sweep(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
     try:
         yield tmp
         for root, _dirs, files in os.walk(tmp):

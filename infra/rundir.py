@@ -7,6 +7,7 @@ RUN_DIR/
     cell.json                   the cell's canonical config (its id is the hash of this)
     data/manifest.parquet       corruptor decisions: touched keys and what was done
     data/counters.json          corruptor counters (in = out + dropped - added)
+    data/inputs.json            size and SHA-256 of each input shard the condition read
     ckpt/step_<N>/              committed checkpoints (a directory exists only when whole)
     ckpt/latest.json            pointer to the last committed checkpoint
     eval/results.parquet        tidy rows: one per (task, split, metric)
@@ -54,6 +55,7 @@ class CellDir:
     data = _Below("data")
     manifest = _Below("data", "manifest.parquet")
     counters = _Below("data", "counters.json")
+    inputs = _Below("data", "inputs.json")
     ckpt = _Below("ckpt")
     eval = _Below("eval")
     results = _Below("eval", "results.parquet")

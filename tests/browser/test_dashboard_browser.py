@@ -175,6 +175,24 @@ def _study_run(api: str) -> tuple[str, dict[str, str]]:
         assert study.state_name == "Completed", study.state
         cells = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[study.id])))
+        # Each cell's training progress reached its sub-run: a progress artifact at 100 % saying
+        # where training ended, and a log line with the step, loss and samples/s.
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterFlowRunId,
+            ArtifactFilterType,
+            LogFilter,
+            LogFilterFlowRunId,
+        )
+
+        for cell in cells:
+            bars = client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[cell.id]), type=ArtifactFilterType(any_=["progress"])))
+            assert [(b.data, "step" in (b.description or "")) for b in bars] == [(100.0, True)], \
+                [(b.data, b.description) for b in bars]
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[cell.id])))
+            assert any(log.message.startswith("pretrain step ") and "loss" in log.message for log in logs), \
+                [log.message for log in logs]
     return str(study.id), {r.name: str(r.state_name) for r in cells}
 
 

@@ -154,3 +154,65 @@ def test_records_of_dead_launches_are_found(tmp_path: Path) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+def test_live_display_only_on_an_interactive_terminal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("INHERITLAB_PLAIN", raising=False)
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    assert console.live_display(verbose=False, to_stderr=False) is None  # a pipe or a file: plain lines
+    tty = Tty()
+    monkeypatch.setattr("sys.stdout", tty)
+    assert console.live_display(verbose=True, to_stderr=False) is None  # library output would tear it
+    monkeypatch.setenv("INHERITLAB_PLAIN", "1")
+    assert console.live_display(verbose=False, to_stderr=False) is None
+    monkeypatch.delenv("INHERITLAB_PLAIN")
+    live = console.live_display(verbose=False, to_stderr=False)
+    assert live is not None
+    # What it draws: the study line, then a line per running cell with its training progress.
+    c = _cell(tmp_path)
+    progress.reset()
+    progress.study_started("s", 2, 0, ["a/s0", "b/s0"])
+    progress.stage_started("a/s0", "pretrain", cell_dir=c.root)
+    c.progress.write_text(json.dumps({"step": 3, "total_steps": 6, "loss": 1.5, "samples_per_s": 10.0, "updated": 1.0}))
+    from rich.console import Console
+
+    out = io.StringIO()
+    Console(file=out, width=200).print(live.get_renderable())
+    drawn = out.getvalue().splitlines()
+    assert drawn[0].startswith("study s: 0/2 done, 1 running, 1 queued, 0 failed")
+    assert drawn[1].startswith("  a/s0  pretrain  step 3/6 (50%), loss 1.500, 10 samples/s")
+    progress.reset()
+
+
+def test_first_signal_stops_gracefully_second_exits_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import signal
+
+    from inheritlab.flows import interrupts
+
+    exits: list[int] = []
+    monkeypatch.setattr(interrupts, "_exit_now", exits.append)
+    c = _cell(tmp_path)
+    progress.reset()
+    progress.study_started("s", 1, 0, ["a/s0"])
+    progress.stage_started("a/s0", "pretrain", cell_dir=c.root)
+    interrupts.install()
+    try:
+        assert signal.getsignal(signal.SIGINT) is interrupts._handle
+        assert signal.getsignal(signal.SIGTERM) is interrupts._handle
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a library takes SIGTERM (ray.init does) ...
+        interrupts.reinstall()                          # ... and the launch takes it back
+        assert signal.getsignal(signal.SIGTERM) is interrupts._handle
+        interrupts._handle(signal.SIGINT, None)
+        assert progress.stop_requested() and c.stop_request.is_file() and exits == []
+        interrupts._handle(signal.SIGINT, None)
+        assert exits == [128 + signal.SIGINT]
+    finally:
+        interrupts.uninstall()
+        progress.reset()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
