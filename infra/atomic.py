@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -108,6 +109,26 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); ``False``
+    where that is not available, nothing then having changed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Build a directory under a temp name; it appears at ``path`` whole, or not at all.
@@ -125,7 +146,13 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             for name in files:
                 with open(os.path.join(root, name), "rb") as fh:
                     os.fsync(fh.fileno())
-        if target.exists():
+        if target.exists() and _exchange(tmp, target):
+            # One atomic swap: the new directory is at ``path`` and the old one at the temp
+            # name (a kill before it is removed leaves it for the next write's sweep).
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif target.exists():
+            # Without an atomic exchange (not Linux, or a file system without it): two renames,
+            # with a moment between them when nothing is at ``path`` (the old one is aside).
             old = target.parent / f".old-{target.name}"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)

@@ -217,7 +217,8 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     forward = step_forward(engine, compile_model=cfg.compiles(use_gpu, plan.rung.device, stage))
     resumed = ckpt.resume(engine)
     step = int(resumed["step"]) if resumed else 0
-    losses = LossLog(cfg.log_every, resumed["loss_curve"] if resumed else ())
+    losses = LossLog(cfg.log_every, resumed["loss_curve"] if resumed else (),
+                     resumed.get("loss_window") if resumed else None, rank=rank)
     loader_state = resumed.get("loader") if resumed else None
     batches = _batches(cfg, plan, built, rank=rank, world=world, use_gpu=use_gpu, step=step, loader_state=loader_state)
     mine = rank_slots(rank, world, plan.slots)
@@ -260,7 +261,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
                     export_open_clip(ckpt, engine, built, step=step, samples_seen=seen)
                 if step in commits or stop:
                     ckpt.commit(engine, step=step, samples_seen=seen,
-                                state={"loss_curve": losses.curve, "loader": gather_slot_states(positions)})
+                                state={"loss_curve": losses.curve, "loss_window": losses.window_state(), "loader": gather_slot_states(positions)})
         if stop:
             raise StopRequested(f"training stopped on request after step {step} of {plan.total_steps}; "
                                 f"checkpoint committed, a rerun resumes from it")

@@ -251,7 +251,8 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
     ckpt.shape["zero_stage"] = int(engine.zero_optimization_stage())  # a resume must keep the stage
     resumed = ckpt.resume(engine)
     step = int(resumed["step"]) if resumed else 0
-    losses = LossLog(cfg.log_every, resumed.get("loss_curve", ()) if resumed else ())
+    losses = LossLog(cfg.log_every, resumed.get("loss_curve", ()) if resumed else (),
+                     resumed.get("loss_window") if resumed else None, rank=rank)
     loader_state = resumed.get("loader") if resumed else None
     batches, states = _batches(cfg, plan, rank=rank, world=world, use_gpu=use_gpu, step=step, loader_state=loader_state)
     commits, exports = cfg.commit_at(plan.steps), cfg.export_at(plan.steps)
@@ -284,7 +285,7 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
                               rung=cfg.rung, tokenizer=str(tok.path))
                 if step in commits or stop:
                     ckpt.commit(engine, step=step, samples_seen=seen,
-                                state={"loss_curve": losses.curve, "loader": gather_slot_states(states)})
+                                state={"loss_curve": losses.curve, "loss_window": losses.window_state(), "loader": gather_slot_states(states)})
         if stop:
             raise StopRequested(f"training stopped on request after step {step} of {plan.steps}; "
                                 f"checkpoint committed, a rerun resumes from it")

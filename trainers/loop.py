@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from inheritlab.infra.atomic import atomic_write_json
@@ -26,10 +27,18 @@ class LossLog:
     the device to read its loss.
     """
 
-    def __init__(self, every: int, curve: Iterable[Iterable[float]] = ()) -> None:
+    def __init__(self, every: int, curve: Iterable[Iterable[float]] = (), window: Iterable[Any] | None = None,
+                 *, rank: int = 0) -> None:
         self.every = every
         self.curve: list[list[float]] = [[int(s), float(v)] for s, v in curve]
         self._window: list[torch.Tensor] = []
+        if window:
+            # The open window of each rank at the checkpoint (:meth:`window_state`): a resume
+            # closes it as the uninterrupted run would have. On another number of ranks a rank
+            # takes the window of the rank it now is, modulo the old count (the window's mean
+            # then differs by the other ranks' share of the loss, as the data slots do).
+            mine = list(window)[rank % len(list(window))]
+            self._window = [torch.tensor(float(v)) for v in mine]
 
     def add(self, step: int, loss: torch.Tensor, *, last: bool = False) -> None:
         self._window.append(loss.detach())
@@ -38,6 +47,13 @@ class LossLog:
 
             self.curve.append([step, mean_across_ranks(torch.stack(self._window).float().mean())])
             self._window = []
+
+    def window_state(self) -> list[list[float]]:
+        """Every rank's open window (losses since the last logged point), for a checkpoint; a
+        collective (every rank calls it, at a commit)."""
+        from inheritlab.trainers.engine import all_gather
+
+        return all_gather([float(x) for x in self._window])
 
     @property
     def final(self) -> float | None:

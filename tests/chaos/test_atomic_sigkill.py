@@ -8,8 +8,8 @@ writing when it died — and a reader polling while the writer runs must never s
 
 What a kill leaves beside the target is pinned down too: only ``.tmp-<name>.*`` temp files
 (``.old-<name>`` for a directory), names no reader looks at, and the next write of the target
-removes those of dead writers. The window between the two renames of a directory replacement
-is the strict xfail test at the end.
+removes those of dead writers. A directory is replaced by one atomic exchange (the test at the
+end kills the writer right after it).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def _kill_rounds(tmp_path: Path, mode: str, seed: int) -> tuple[list[int], list[
                 continue  # killed before its first write was whole: nothing to find yet
             assert mode == "dir", f"the target file vanished after a kill (done {done[-3:]}, before {current})"
             # Only atomic_dir's swap window leaves no directory; the old one is then .old-<name>
-            # (the strict xfail test below). Its content must be the version it replaced.
+            # (where no atomic exchange is available). Its content must be the version it replaced.
             assert _read_version(tmp_path / f".old-{target.name}", mode) == last_done, "the old version is lost"
             missing += 1
             current = last_done
@@ -188,10 +188,10 @@ with atomic_open(target, "wb") as fh:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counters.json"]
 
 
-@pytest.mark.xfail(strict=True, reason="atomic_dir replaces an existing directory with two renames (target -> "
-                                       ".old-<name>, temp -> target); a SIGKILL between them leaves nothing "
-                                       "under the final name until the next write of it")
 def test_a_directory_replaced_under_sigkill_is_the_old_or_the_new(tmp_path: Path) -> None:
+    """atomic_dir swaps the new directory in with one atomic exchange: a kill just after it
+    finds the new version whole at the final name, the old one at a temp name that the next
+    write removes; at no moment is nothing there."""
     _killed_mid_write(tmp_path, """
 import os, signal, sys
 from pathlib import Path
@@ -199,14 +199,21 @@ from inheritlab.infra import atomic
 root = Path(sys.argv[1])
 with atomic.atomic_dir(root / "export") as d:
     (d / "w.bin").write_bytes(b"old")
-real = os.replace
-def replace(src, dst):
-    real(src, dst)
-    if Path(dst).name.startswith(".old-"):
-        os.kill(os.getpid(), signal.SIGKILL)  # between the two renames
-os.replace = replace
+real = atomic._exchange
+def exchange(a, b):
+    assert real(a, b), "no atomic exchange on this system"
+    assert (b / "w.bin").read_bytes() == b"new" and (a / "w.bin").read_bytes() == b"old"
+    os.kill(os.getpid(), signal.SIGKILL)  # before the old version is removed
+atomic._exchange = exchange
 with atomic.atomic_dir(root / "export") as d:
     (d / "w.bin").write_bytes(b"new")
 """)
-    assert (tmp_path / ".old-export" / "w.bin").read_bytes() == b"old"  # the old version survives, aside
-    assert (tmp_path / "export" / "w.bin").read_bytes() in (b"old", b"new")
+    from inheritlab.infra.atomic import atomic_dir
+
+    assert (tmp_path / "export" / "w.bin").read_bytes() == b"new"
+    left = [p.name for p in tmp_path.iterdir() if p.name != "export"]
+    assert len(left) == 1 and left[0].startswith(".tmp-export."), left  # the old version, aside
+    with atomic_dir(tmp_path / "export") as d:
+        (d / "w.bin").write_bytes(b"newer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert (tmp_path / "export" / "w.bin").read_bytes() == b"newer"
