@@ -2,8 +2,9 @@
 
 A crash mid-write leaves only a ``.tmp-*`` file behind, never a half-written target; the
 previous version of the target (if any) stays intact until the rename. A temp name carries its
-writer (host and process id), so the next write of the same target removes what a writer of
-this host that no longer exists left behind (a SIGKILL gives it no chance to clean up).
+writer (host and process id), so a later write into the same directory removes what writers of
+this host that no longer exist left behind (a SIGKILL gives them no chance to clean up): the
+first write there of each process, and then at most once a minute.
 """
 
 from __future__ import annotations
@@ -42,19 +43,32 @@ def _temp_prefix(target: Path) -> str:
     return f".tmp-{target.name}.{_owner()}."
 
 
+# When each directory was last swept by this process: a directory of many shards is listed at
+# most once a minute, not once per file written into it.
+_SWEPT: dict[str, float] = {}
+_SWEEP_EVERY_S = 60.0
+
+
 def _sweep(target: Path) -> None:
-    """Remove the temp files and directories of ``target`` left by dead writers of this host."""
+    """Remove the temp files and directories in ``target``'s directory left by dead writers of
+    this host (``.tmp-<name>.<host>-<pid>.<random>``; a pid of this host that no longer exists)."""
+    import time
+
+    key = str(target.parent)
+    now = time.monotonic()
+    if now - _SWEPT.get(key, -_SWEEP_EVERY_S) < _SWEEP_EVERY_S:
+        return
+    _SWEPT[key] = now
     host = socket.gethostname().replace(".", "_").replace("-", "_")
-    head = f".tmp-{target.name}."
     try:
-        entries = list(target.parent.iterdir())
+        entries = [e for e in os.scandir(target.parent) if e.name.startswith(".tmp-")]
     except OSError:
         return
     for entry in entries:
-        if not entry.name.startswith(head):
+        parts = entry.name.rsplit(".", 2)  # .tmp-<name> . <host>-<pid> . <random>
+        if len(parts) != 3:
             continue
-        owner = entry.name[len(head):].split(".", 1)[0]
-        who, _, pid = owner.rpartition("-")
+        who, _, pid = parts[1].rpartition("-")
         if who != host or not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
@@ -64,11 +78,11 @@ def _sweep(target: Path) -> None:
             pass
         except PermissionError:
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
+                os.unlink(entry.path)
 
 
 @contextlib.contextmanager
