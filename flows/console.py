@@ -431,6 +431,7 @@ def render_summary(spec: Any, run_dir: Path, *, took_s: float | None = None,
     head = f"study {spec.name}: {done} of {len(rows)} cells complete" + (f" in {progress._clock(took_s)}" if took_s else "")
     lines = ["", head]
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    lines += _verdict(Path(run_dir), a.task, a.split, a.metric)
     run_root = Path(run_dir)
     paths = [Path(str(p)) for p in (report or {}).values()]
     summary_md = (report or {}).get("summary_md")
@@ -448,6 +449,37 @@ def render_summary(spec: Any, run_dir: Path, *, took_s: float | None = None,
             extra.append(f"Ray workers: {workers}")
         lines.append(f"logs:    {log.log_file}" + (f" ({'; '.join(extra)})" if extra else ""))
     return "\n".join(lines)
+
+
+def _verdict(run_dir: Path, task: str, split: str, metric: str) -> list[str]:
+    """The inheritance verdict: Δ vs clean at the largest scale per bias level (± s.e., seeds),
+    and the critical level — from the Δ table the analysis wrote (none before it ran)."""
+    path = run_dir / "results" / f"delta_{task}_{split}_{metric}.csv"
+    if not path.is_file():
+        return []
+    try:
+        import polars as pl
+        from inheritlab.analysis.inheritance import critical_level
+
+        delta = pl.read_csv(path)
+        parts, crit = [], []
+        for (bias,), grp in delta.group_by(["bias_type"], maintain_order=True):
+            top = grp.get_column("data_scale").max()
+            for r in grp.filter((pl.col("data_scale") == top) & (pl.col("bias_level") > 0)).sort("bias_level").iter_rows(named=True):
+                se = f" ± {r['delta_se']:.3f}" if r.get("delta_se") is not None else ""
+                parts.append(f"{bias} {r['bias_level']:g}: {r['delta']:+.3f}{se} (n={top:,.0f}, {r['n_seeds']} seed(s))")
+        for r in critical_level(delta, x="data_scale").iter_rows(named=True):
+            crit.append(f"{r['bias_type']} {r['critical_level']:g}" if r["critical_level"] is not None
+                        else f"{r['bias_type']}: none (no level beyond 2 s.e. and {r['tol']:g})")
+    except Exception as exc:  # noqa: BLE001 - the summary never fails a run that finished
+        logging.getLogger("inheritlab.flows").debug("no verdict for the summary: %s", exc)
+        return []
+    out = []
+    if parts:
+        out.append(f"verdict: Δ {task}/{split} {metric} vs clean at the largest scale: " + "; ".join(parts))
+    if crit:
+        out.append("critical level: " + "; ".join(crit))
+    return out
 
 
 def cells_started() -> bool:

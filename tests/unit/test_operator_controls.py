@@ -216,3 +216,19 @@ def test_first_signal_stops_gracefully_second_exits_at_once(monkeypatch: pytest.
         interrupts.uninstall()
         progress.reset()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_summary_gives_the_inheritance_verdict(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "delta_zeroshot_id_acc1.csv").write_text(
+        "bias_type,bias_level,data_scale,mean,std,n_seeds,clean_mean,clean_std,clean_n,delta,delta_se\n"
+        "label_noise,0.0,1000.0,0.3,0.01,2,0.3,0.01,2,0.0,0.01\n"
+        "label_noise,0.2,1000.0,0.295,0.01,2,0.3,0.01,2,-0.005,0.014\n"
+        "label_noise,0.5,1000.0,0.2,0.01,2,0.3,0.01,2,-0.1,0.014\n"
+        "label_noise,0.5,500.0,0.2,0.01,2,0.25,0.01,2,-0.05,0.014\n")
+    lines = console._verdict(tmp_path, "zeroshot", "id", "acc1")
+    assert lines == ["verdict: Δ zeroshot/id acc1 vs clean at the largest scale: label_noise 0.2: -0.005 ± 0.014 "
+                     "(n=1,000, 2 seed(s)); label_noise 0.5: -0.100 ± 0.014 (n=1,000, 2 seed(s))",
+                     "critical level: label_noise 0.5"]
+    assert console._verdict(tmp_path, "zeroshot", "ood", "acc1") == []  # no analysis of that yet
