@@ -24,6 +24,7 @@ import yaml
 from inheritlab.flows.grid import expand_grid
 from inheritlab.flows.scheduler import busy_profile
 from inheritlab.flows.spec import parse_spec
+from inheritlab.infra.atomic import read_json
 from inheritlab.infra.errors import InheritlabError, SpecError
 from inheritlab.infra.rundir import RunDir
 
@@ -159,6 +160,21 @@ def test_an_application_error_fails_once_a_crash_retries(cluster, tmp_path: Path
     runner.join(timeout=600)
     assert not runner.is_alive() and result["out"]["ran"] == 1
     assert [e["event"] for e in _events(cdir.root / "launches.jsonl")] == ["started", "crashed", "started", "finished"]
+    # ... and identical: the same cell run without a kill ends with the same loss curve, the
+    # same metrics and bit-identical final weights.
+    run_study(good, tmp_path / "run-calm", cluster.address)
+    calm = RunDir.at(tmp_path / "run-calm").cell(cell.cell_id)
+    retried, straight = (read_json(c.ckpt / "train_summary.json") for c in (cdir, calm))
+    assert retried["resumed_from"] is not None and straight["resumed_from"] is None
+    assert retried["loss_curve"] == straight["loss_curve"]
+    assert pl.read_parquet(cdir.results).get_column("value").to_list() == \
+        pl.read_parquet(calm.results).get_column("value").to_list()
+    import torch
+
+    weights = [torch.load(Path(r["exports"][-1]["path"]) / r["exports"][-1]["meta"]["weights"], map_location="cpu",
+                          weights_only=True) for r in (retried, straight)]
+    assert sorted(weights[0]) == sorted(weights[1])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_a_run_directory_a_node_cannot_see_is_refused(cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
