@@ -89,10 +89,20 @@ def _anchor(name: str, img: torch.Tensor, txt: torch.Tensor, compile_: bool) -> 
     return _time(step), flops
 
 
+def _engine(model: torch.nn.Module, r: Any, batch: int, stage: int | str) -> Any:
+    """The DeepSpeed engine a cell of rung ``r`` builds on one GPU (bf16, the rung's recipe)."""
+    from inheritlab.trainers.engine import EngineConfig, build_engine
+
+    ecfg = EngineConfig(micro_batch_per_rank=batch, world_size=1, zero_stage=stage, precision="bf16", lr=r.lr,
+                        weight_decay=r.weight_decay, betas=(r.beta1, r.beta2), eps=r.eps, grad_clip=r.grad_clip,
+                        warmup_steps=10, total_steps=1000, use_gpu=True)
+    return build_engine(model, ecfg)[0]
+
+
 def _ours(rung: str, img: torch.Tensor, txt: torch.Tensor, compile_: bool | str, stage: int | str) -> tuple[float, float]:
     from inheritlab.kernels import clip_contrastive_loss
     from inheritlab.trainers.clip_models import build_clip, compile_towers, get_rung
-    from inheritlab.trainers.engine import EngineConfig, build_engine, optimizer_step, step_forward
+    from inheritlab.trainers.engine import optimizer_step, step_forward
 
     r = get_rung(rung)
     built = build_clip(r, seed=0)
@@ -103,10 +113,7 @@ def _ours(rung: str, img: torch.Tensor, txt: torch.Tensor, compile_: bool | str,
     elif compile_ and stage != "auto" and int(stage) != 0:
         compile_towers(model)   # ZeRO 1-3: the towers, inside the engine (as the trainer does)
     bs = img.shape[0]
-    ecfg = EngineConfig(micro_batch_per_rank=bs, world_size=1, zero_stage=stage, precision="bf16", lr=r.lr,
-                        weight_decay=r.weight_decay, betas=(r.beta1, r.beta2), eps=r.eps, grad_clip=r.grad_clip,
-                        warmup_steps=10, total_steps=1000, use_gpu=True)
-    engine, _, _ = build_engine(model, ecfg)
+    engine = _engine(model, r, bs, stage)
     img16 = img.to(torch.bfloat16)
     # What the trainer calls: at stage 0 the module's forward outside the engine's hooks, compiled
     # whole when compiling (engine.step_forward); elsewhere the engine.
@@ -159,15 +166,12 @@ def _direct(rung: str, img: torch.Tensor, txt: torch.Tensor) -> tuple[float, flo
     backward and step through the engine."""
     from inheritlab.kernels import clip_contrastive_loss
     from inheritlab.trainers.clip_models import build_clip, get_rung
-    from inheritlab.trainers.engine import EngineConfig, build_engine, optimizer_step
+    from inheritlab.trainers.engine import optimizer_step
 
     r = get_rung(rung)
     model = build_clip(r, seed=0).model.to(DEV)
     flops = _fwd_flops(model, img, txt) * 3
-    ecfg = EngineConfig(micro_batch_per_rank=img.shape[0], world_size=1, zero_stage=0, precision="bf16", lr=r.lr,
-                        weight_decay=r.weight_decay, betas=(r.beta1, r.beta2), eps=r.eps, grad_clip=r.grad_clip,
-                        warmup_steps=10, total_steps=1000, use_gpu=True)
-    engine, _, _ = build_engine(model, ecfg)
+    engine = _engine(model, r, img.shape[0], 0)
     fwd = torch.compile(engine.module.forward)
 
     def step() -> None:

@@ -184,15 +184,10 @@ def session(run_dir: Path, *, verbose: bool = False, progress_to_stderr: bool = 
     """Set up logging for one ``inheritlab run``; with ``restore`` (in-process callers, tests)
     everything is put back on exit, otherwise it stays for the rest of the process — the
     libraries' shutdown at exit logs too, and that belongs in the file."""
-    logs = Path(run_dir) / "logs"
-    s = Session(run_dir=Path(run_dir), verbose=verbose, log_file=logs / STUDY_LOG)
-    undo = s._undo
+    s = Session(run_dir=Path(run_dir), verbose=verbose, log_file=Path(run_dir) / "logs" / STUDY_LOG)
     tmp: str | None = None
     file_handler = RunLogHandler(str(s.log_file))
     file_handler.setFormatter(RunLogFormatter(FILE_FORMAT))
-    terminal = TerminalHandler(to_stderr=progress_to_stderr)
-    terminal.setFormatter(logging.Formatter("%(asctime)s  %(message)s", datefmt="%H:%M:%S"))
-    root = logging.getLogger()
     try:
         if verbose:
             # Prefect sets up its terminal logging when its API is first imported (not on `import
@@ -200,65 +195,11 @@ def session(run_dir: Path, *, verbose: bool = False, progress_to_stderr: bool = 
             from prefect import flow  # noqa: F401
         else:
             tmp = tempfile.mkdtemp(prefix="inheritlab-logging-")
-            _set_env("PREFECT_SERVER_ANALYTICS_ENABLED", "false", undo, override=False)
-            s.server_log = logs / SERVER_LOG
-            config = prefect_logging_config(s.server_log, Path(tmp) / "prefect-logging.yml")
-            if config is not None:
-                _set_env("PREFECT_LOGGING_CONFIG_PATH", str(config), undo)
-                if "PREFECT_LOGGING_SETTINGS_PATH" in os.environ:  # the older name, if a user set it
-                    _set_env("PREFECT_LOGGING_SETTINGS_PATH", str(config), undo)
-            # The root logger's terminal handlers (Prefect's, if it was imported already) give way
-            # to the file; with a handler of ours there, Prefect's set-up leaves the root alone.
-            saved = list(root.handlers)
-            for h in [h for h in root.handlers if _writes_to_terminal(h)]:
-                root.removeHandler(h)
-            # Put back exactly as found (order included): another handler may come and go meanwhile.
-            undo.append(lambda: setattr(root, "handlers", [h for h in saved] + [h for h in root.handlers
-                                                                              if h not in saved]))
-            _set_level(root, logging.INFO, undo)
-            import ray  # noqa: F401 - its import gives the "ray" logger a terminal handler: moved here
-
-            ray_logger = logging.getLogger("ray")
-            for h in [h for h in ray_logger.handlers if not isinstance(h, logging.FileHandler)]:
-                ray_logger.removeHandler(h)
-                undo.append(lambda h=h: ray_logger.addHandler(h))
-            before = ray_logger.propagate
-            ray_logger.propagate = True
-            undo.append(lambda: setattr(ray_logger, "propagate", before))
-            reroute = _ToFile(file_handler)
-            ds = logging.getLogger("DeepSpeed")  # its own stdout handler, made when it is imported
-            ds.addFilter(reroute)
-            undo.append(lambda: ds.removeFilter(reroute))
-            logging.captureWarnings(True)
-            undo.append(lambda: logging.captureWarnings(False))
-            progress.set_workers_to_terminal(False)
-            undo.append(lambda: progress.set_workers_to_terminal(True))
-        root.addHandler(file_handler)
-        undo.append(lambda: root.removeHandler(file_handler))
-        for name in _CHATTY:
-            _set_level(logging.getLogger(name), logging.WARNING, undo)
-        _set_level(logging.getLogger("inheritlab"), logging.DEBUG, undo)
-        plog = progress.LOGGER
-        _set_level(plog, logging.INFO, undo)
-        plog.addHandler(terminal)
-        plog.addHandler(file_handler)
-        before_prop = plog.propagate
-        plog.propagate = False  # the file has it once, the terminal once (not again through Prefect's)
-        undo.append(lambda: (plog.removeHandler(terminal), plog.removeHandler(file_handler),
-                             setattr(plog, "propagate", before_prop)))
+            _libraries_to_file(s, file_handler, Path(tmp))
+        _ours_to_terminal_and_file(s, file_handler, to_stderr=progress_to_stderr)
         # Nothing is logged before the flow starts: a run stopped before it leaves no file behind.
         progress.reset(log_file=str(s.log_file))
-        live = live_display(verbose=verbose, to_stderr=progress_to_stderr)
-        # With a live display the cell lines are on screen all the time: the ticker only feeds
-        # the dashboard (every 30 s); without one (CI, a pipe) it prints them every minute, which
-        # keeps a 10-minute study's output to a screenful.
-        every = tick_s if tick_s is not None else float(os.environ.get("INHERITLAB_PROGRESS_EVERY_S",
-                                                                       "30" if live is not None else "60"))
-        ticker = progress.Ticker(every, lines=live is None, dashboard_every_s=min(every, 30.0))
-        ticker.start()
-        if live is not None:
-            live.start()
-            s._live = live
+        ticker = _start_progress(s, to_stderr=progress_to_stderr, tick_s=tick_s)
         try:
             yield s
         finally:
@@ -268,11 +209,87 @@ def session(run_dir: Path, *, verbose: bool = False, progress_to_stderr: bool = 
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         if restore:
-            for step in reversed(undo):
+            for step in reversed(s._undo):
                 step()
             file_handler.close()
         else:
             file_handler.flush()
+
+
+def _libraries_to_file(s: Session, file_handler: logging.Handler, tmp: Path) -> None:
+    """What Prefect (its server too), Ray, DeepSpeed and Python's warnings say goes to the log
+    files, not the terminal (each change recorded in ``s._undo``)."""
+    undo = s._undo
+    _set_env("PREFECT_SERVER_ANALYTICS_ENABLED", "false", undo, override=False)
+    s.server_log = s.log_file.parent / SERVER_LOG
+    config = prefect_logging_config(s.server_log, tmp / "prefect-logging.yml")
+    if config is not None:
+        _set_env("PREFECT_LOGGING_CONFIG_PATH", str(config), undo)
+        if "PREFECT_LOGGING_SETTINGS_PATH" in os.environ:  # the older name, if a user set it
+            _set_env("PREFECT_LOGGING_SETTINGS_PATH", str(config), undo)
+    # The root logger's terminal handlers (Prefect's, if it was imported already) give way
+    # to the file; with a handler of ours there, Prefect's set-up leaves the root alone.
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    for h in [h for h in root.handlers if _writes_to_terminal(h)]:
+        root.removeHandler(h)
+    # Put back exactly as found (order included): another handler may come and go meanwhile.
+    undo.append(lambda: setattr(root, "handlers", [h for h in saved] + [h for h in root.handlers
+                                                                      if h not in saved]))
+    _set_level(root, logging.INFO, undo)
+    import ray  # noqa: F401 - its import gives the "ray" logger a terminal handler: moved here
+
+    ray_logger = logging.getLogger("ray")
+    for h in [h for h in ray_logger.handlers if not isinstance(h, logging.FileHandler)]:
+        ray_logger.removeHandler(h)
+        undo.append(lambda h=h: ray_logger.addHandler(h))
+    before = ray_logger.propagate
+    ray_logger.propagate = True
+    undo.append(lambda: setattr(ray_logger, "propagate", before))
+    reroute = _ToFile(file_handler)
+    ds = logging.getLogger("DeepSpeed")  # its own stdout handler, made when it is imported
+    ds.addFilter(reroute)
+    undo.append(lambda: ds.removeFilter(reroute))
+    logging.captureWarnings(True)
+    undo.append(lambda: logging.captureWarnings(False))
+    progress.set_workers_to_terminal(False)
+    undo.append(lambda: progress.set_workers_to_terminal(True))
+
+
+def _ours_to_terminal_and_file(s: Session, file_handler: logging.Handler, *, to_stderr: bool) -> None:
+    """Everything into the run's log file; our progress lines to the terminal as well."""
+    undo = s._undo
+    root = logging.getLogger()
+    root.addHandler(file_handler)
+    undo.append(lambda: root.removeHandler(file_handler))
+    for name in _CHATTY:
+        _set_level(logging.getLogger(name), logging.WARNING, undo)
+    _set_level(logging.getLogger("inheritlab"), logging.DEBUG, undo)
+    terminal = TerminalHandler(to_stderr=to_stderr)
+    terminal.setFormatter(logging.Formatter("%(asctime)s  %(message)s", datefmt="%H:%M:%S"))
+    plog = progress.LOGGER
+    _set_level(plog, logging.INFO, undo)
+    plog.addHandler(terminal)
+    plog.addHandler(file_handler)
+    before_prop = plog.propagate
+    plog.propagate = False  # the file has it once, the terminal once (not again through Prefect's)
+    undo.append(lambda: (plog.removeHandler(terminal), plog.removeHandler(file_handler),
+                         setattr(plog, "propagate", before_prop)))
+
+
+def _start_progress(s: Session, *, to_stderr: bool, tick_s: float | None) -> progress.Ticker:
+    """The live display (an interactive terminal) and the ticker. With the display the cell
+    lines are on screen all the time and the ticker only feeds the dashboard (every 30 s);
+    without one (CI, a pipe) it prints them every minute, which keeps a 10-minute study's
+    output to a screenful."""
+    live = live_display(verbose=s.verbose, to_stderr=to_stderr)
+    every = tick_s if tick_s is not None else float(os.environ.get("INHERITLAB_PROGRESS_EVERY_S",
+                                                                   "30" if live is not None else "60"))
+    ticker = progress.Ticker(every, lines=live is None, dashboard_every_s=min(every, 30.0)).start()
+    if live is not None:
+        live.start()
+        s._live = live
+    return ticker
 
 
 def live_display(*, verbose: bool, to_stderr: bool) -> Any:
@@ -372,6 +389,7 @@ def disk_status(cdir: Any, *, stale_s: float) -> str:
 
     from inheritlab.infra.atomic import read_json
     from inheritlab.infra.lease import LEASE, holder_gone
+    from inheritlab.trainers.checkpoint import committed_step
 
     lease = cdir.root / LEASE
     running = False
@@ -382,11 +400,7 @@ def disk_status(cdir: Any, *, stale_s: float) -> str:
         except Exception:  # noqa: BLE001 - being rewritten: count it as held
             running = True
     train = progress.read_training(cdir.root)
-    step = None
-    try:
-        step = int(read_json(cdir.ckpt / "latest.json")["step"])
-    except Exception:  # noqa: BLE001 - no checkpoint yet
-        pass
+    step = committed_step(cdir.ckpt)
     if running:
         fresh = train and _time.time() - float(train.get("updated", 0)) < max(60.0, stale_s)
         return "running" + (f": pretrain {progress.training_text(train)}" if fresh else "")

@@ -27,6 +27,7 @@ from inheritlab.infra.errors import InheritlabError, StopRequested, StudyStopped
 from inheritlab.infra.lease import CellLease, Heartbeat, launch_id
 from inheritlab.infra.raycluster import check_shared_dir, init_ray, release, session_log_dir, wait_for_resources
 from inheritlab.infra.rundir import RunDir
+from inheritlab.trainers.checkpoint import committed_step
 from inheritlab.trainers.modality import DataSources, get_modality
 from inheritlab.trainers.ray_launch import Placement
 from prefect import flow, get_run_logger, task
@@ -85,7 +86,7 @@ def run_cell(cell: Cell, run: RunDir, data: DataSources, *, use_gpu: bool, retri
         current[0] = stage
         note = ""
         if stage == "pretrain":
-            step = committed_step(cdir)
+            step = committed_step(cdir.ckpt)
             note = f"resuming from the checkpoint of step {step}" if step else ""
         progress.stage_started(cell.label, stage, last[-1] if last else None, cell_dir=cdir.root, dashboard=log,
                                note=note)
@@ -114,7 +115,7 @@ def run_cell(cell: Cell, run: RunDir, data: DataSources, *, use_gpu: bool, retri
         finally:
             release(group)  # however the cell ends
     except StopRequested:
-        step = committed_step(cdir)
+        step = committed_step(cdir.ckpt)
         where = (f"training stopped; checkpoint of step {step} committed" if current[0] == "pretrain" and step
                  else f"stopped before {current[0]}" + (f" (checkpoint of step {step} kept)" if step else ""))
         progress.cell_stopped(cell.label, current[0], where)
@@ -125,14 +126,6 @@ def run_cell(cell: Cell, run: RunDir, data: DataSources, *, use_gpu: bool, retri
         raise
     progress.cell_finished(cell.label, timings)
     return {"cell_id": cell.cell_id, "rows": df.height, "timings": timings}
-
-
-def committed_step(cdir: Any) -> int | None:
-    """The step of the cell's last committed checkpoint (``None``: none yet)."""
-    try:
-        return int(read_json(cdir.ckpt / "latest.json")["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _note_failure(cdir: Any, stage: str, exc: BaseException) -> None:

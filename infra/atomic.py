@@ -16,6 +16,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -34,8 +35,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _host() -> str:
+    # Without "." and "-": a temp name is parsed back at those (see _sweep).
+    return socket.gethostname().replace(".", "_").replace("-", "_")
+
+
 def _owner() -> str:
-    return f"{socket.gethostname().replace('.', '_').replace('-', '_')}-{os.getpid()}"
+    return f"{_host()}-{os.getpid()}"
 
 
 def _temp_prefix(target: Path) -> str:
@@ -52,14 +58,12 @@ _SWEEP_EVERY_S = 60.0
 def _sweep(target: Path) -> None:
     """Remove the temp files and directories in ``target``'s directory left by dead writers of
     this host (``.tmp-<name>.<host>-<pid>.<random>``; a pid of this host that no longer exists)."""
-    import time
-
     key = str(target.parent)
     now = time.monotonic()
     if now - _SWEPT.get(key, -_SWEEP_EVERY_S) < _SWEEP_EVERY_S:
         return
     _SWEPT[key] = now
-    host = socket.gethostname().replace(".", "_").replace("-", "_")
+    host = _host()
     try:
         entries = [e for e in os.scandir(target.parent) if e.name.startswith(".tmp-")]
     except OSError:

@@ -454,6 +454,16 @@ def read_latest(ckpt_dir: str | Path) -> dict[str, Any] | None:
     return dict(ptr)
 
 
+def committed_step(ckpt_dir: str | Path) -> int | None:
+    """The step of the last committed checkpoint in ``ckpt_dir`` — for saying where a cell
+    stands; ``None`` when there is none or its pointer cannot be read (loading goes through
+    :func:`read_latest` and its checks instead)."""
+    try:
+        return int(read_json(Path(ckpt_dir) / LATEST)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def read_summary(ckpt_dir: str | Path) -> TrainSummary:
     """The summary a finished training run left in ``ckpt_dir`` (what a launcher returns)."""
     p = Path(ckpt_dir) / SUMMARY

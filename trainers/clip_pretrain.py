@@ -229,7 +229,8 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     last_step = cfg.last_step(plan.total_steps, step)
     clock = StepClock(sync=use_gpu, warm_steps=min(5, max(0, (last_step - step) // 4)))
     first_step, epoch = step, 0
-    control = CellControl(cfg.cell_dir, rank=rank, world=world, total_steps=plan.total_steps, per_step=plan.global_batch)
+    control = CellControl(cfg.cell_dir, rank=rank, world=world, total_steps=plan.total_steps, per_step=plan.global_batch,
+                          poll_steps=1 if world == 1 else cfg.log_every)
     while step < last_step:
         batch = next(batches)
         epoch = batch["epoch"]

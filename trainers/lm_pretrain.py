@@ -259,7 +259,8 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
     last_step = cfg.last_step(plan.steps, step)
     clock = StepClock(sync=use_gpu, warm_steps=min(5, max(0, (last_step - step) // 4)))
     first_step = step
-    control = CellControl(cfg.cell_dir, rank=rank, world=world, total_steps=plan.steps, per_step=plan.batch)
+    control = CellControl(cfg.cell_dir, rank=rank, world=world, total_steps=plan.steps, per_step=plan.batch,
+                          poll_steps=1 if world == 1 else cfg.log_every)
     engine.train()
     while step < last_step:
         batch = next(batches)

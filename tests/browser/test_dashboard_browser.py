@@ -15,8 +15,6 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from procs import free_port, stop_process_group  # tests/procs.py
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -65,34 +64,8 @@ def _need_browser() -> None:
                     "pip install selenium)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _tail(path: Path, n: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else "(no log)"
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """End the server we started: its process group (it runs uvicorn as a child), then stragglers."""
-    import psutil
-
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        if proc.poll() is not None:
-            break
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait_s)
-    for child in descendants:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +79,7 @@ def prefect_server(tmp_path: Path) -> Iterator[str]:
     """A Prefect server (API and UI) on a free loopback port with a database of its own; its URL."""
     import httpx
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -135,7 +108,7 @@ def prefect_server(tmp_path: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 def _run_study(tmp_path: Path, api: str) -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from procs import launch_cli  # tests/procs.py
 
 NAME = "chaos-stop"
 SPEC = {
@@ -59,11 +60,8 @@ def _committed(run_dir: Path) -> dict[str, int]:
 
 
 def _launch(spec: Path, run_dir: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "inheritlab.flows.cli", "run", str(spec), "--run-dir", str(run_dir)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "INHERITLAB_PROGRESS_EVERY_S": "2", "INHERITLAB_PROGRESS_FILE_EVERY_S": "0.3"},
-    )
+    return launch_cli(["run", str(spec), "--run-dir", str(run_dir)], log,
+                      env={**os.environ, "INHERITLAB_PROGRESS_EVERY_S": "2", "INHERITLAB_PROGRESS_FILE_EVERY_S": "0.3"})
 
 
 def _wait_for(what: str, cond, proc: subprocess.Popen[bytes], log: Path, timeout: float = 420) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from procs import launch_cli  # tests/procs.py
 
 SPEC = {
     "name": "chaos",
@@ -36,10 +37,7 @@ def _latest_step(run_dir: Path) -> int:
 
 
 def _run(spec: Path, run_dir: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "inheritlab.flows.cli", "run", str(spec), "--run-dir", str(run_dir)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    return launch_cli(["run", str(spec), "--run-dir", str(run_dir)], log)
 
 
 @pytest.mark.chaos

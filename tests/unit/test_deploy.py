@@ -24,8 +24,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +35,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from procs import free_port, stop_process_group  # tests/procs.py
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "infra" / "deploy"
@@ -573,42 +572,10 @@ SERVER_START_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 900
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
     # A session of its own, so teardown can end the process group without touching ours.
     with log.open("wb") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """End a process we started, its process group, and any descendant that left the group."""
-    import psutil
-
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-    for child in descendants:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 300) -> str:
@@ -628,7 +595,7 @@ def test_prefect_yaml_deploys_and_runs_through_a_process_worker(tmp_path: Path) 
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
@@ -690,4 +657,4 @@ def test_prefect_yaml_deploys_and_runs_through_a_process_worker(tmp_path: Path) 
         assert rows.height > 0 and set(rows["task"].to_list()) == {"zeroshot"}
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_process_group(proc)

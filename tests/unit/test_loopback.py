@@ -11,13 +11,13 @@ Ray's and is not started here.)
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import psutil
 import pytest
+from procs import free_port  # tests/procs.py
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 # The Ray processes that must be up and listening before the check counts (matched on the command
@@ -25,12 +25,6 @@ LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 # cannot be moved through ray.init: while another Ray on this machine holds it, that one listener is
 # missing here (it binds the node IP, so 127.0.0.1, when it starts); everything it does open is checked.
 EXPECTED = ("gcs_server", "raylet", "DashboardAgent", "RuntimeEnvAgent", "autoscaler", "dashboard/dashboard.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 PRE_EXISTING: set[tuple[int, str, int]] = set()
@@ -44,8 +38,8 @@ def local_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
     # The autoscaler monitor's and dashboard head's metrics servers use fixed ports (44217, 44227);
     # free ones here, so a study running on this machine does not keep them from starting.
-    monkeypatch.setenv("AUTOSCALER_METRIC_PORT", str(_free_port()))
-    monkeypatch.setenv("DASHBOARD_METRIC_PORT", str(_free_port()))
+    monkeypatch.setenv("AUTOSCALER_METRIC_PORT", str(free_port()))
+    monkeypatch.setenv("DASHBOARD_METRIC_PORT", str(free_port()))
     if ray.is_initialized():  # a runtime left by another test in this process: start our own
         ray.shutdown()
     # Sockets this process already listens on belong to earlier tests (a torch store of an
