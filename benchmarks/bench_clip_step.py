@@ -56,6 +56,10 @@ def _fwd_flops(model: torch.nn.Module, img: torch.Tensor, txt: torch.Tensor) -> 
     return float(fc.get_total_flops())
 
 
+# Where the row being timed writes its profile (``--profile``): set per row by main().
+_PROFILE_TO: str | None = None
+
+
 def _time(step: Callable[[], None], warmup: int = 5, n: int = 20) -> float:
     for _ in range(warmup):
         step()
@@ -64,7 +68,29 @@ def _time(step: Callable[[], None], warmup: int = 5, n: int = 20) -> float:
     for _ in range(n):
         step()
     torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n
+    dt = (time.perf_counter() - t0) / n
+    if _PROFILE_TO:
+        _profile(step, dt, _PROFILE_TO)
+    return dt
+
+
+def _profile(step: Callable[[], None], dt: float, path: str, steps: int = 3) -> None:
+    """Kernel times of ``steps`` more steps (torch.profiler), sorted by device time, and how much
+    of the wall time the device was busy: a step far from busy is bound by the host."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    busy_us = sum(e.self_device_time_total for e in events)
+    head = (f"step {dt * 1e3:.2f} ms timed; device busy {busy_us / 1e3 / steps:.2f} ms a step "
+            f"({busy_us / 1e3 / steps / (dt * 1e3):.0%}); {sum(e.count for e in events if e.self_device_time_total > 0)} "
+            f"device ops over {steps} steps\n")
+    with open(path, "w") as fh:
+        fh.write(head + events.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=70))
+    print(head.strip(), flush=True)
 
 
 def _anchor(name: str, img: torch.Tensor, txt: torch.Tensor, compile_: bool) -> tuple[float, float]:
@@ -190,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--profile", action="store_true", help="write each row's kernel table beside --out")
     ap.add_argument("--rows", default="anchor-eager,anchor-compile,ours-eager,ours-compile,zero2-eager,zero2-compile")
     args = ap.parse_args(argv)
     import faulthandler
@@ -220,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     print({"bf16_matmul_tflops": record["bf16_matmul_tflops"]}, flush=True)
     for row in filter(None, args.rows.split(",")):
         kind, mode = row.split("-")
+        global _PROFILE_TO
+        _PROFILE_TO = f"{os.path.splitext(args.out)[0]}_{row}_profile.txt" if args.profile else None
         try:
             if kind == "anchor":
                 dt, flops = _anchor("ViT-B-32", img, txt, mode == "compile")

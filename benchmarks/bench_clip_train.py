@@ -56,6 +56,11 @@ def make_jpeg_shards(root: Path, train_size: int, per_shard: int) -> list[str]:
     return paths
 
 
+def _first_step_after(cell: str) -> float | None:
+    path = Path(cell) / "progress.json"
+    return json.loads(path.read_text()).get("first_step_after_s") if path.is_file() else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rung", default="clip-tiny")
@@ -72,6 +77,9 @@ def main() -> None:
     ap.add_argument("--ckpt-every", type=int, default=0, help="commit a checkpoint every N steps (0: at the end)")
     ap.add_argument("--loader-workers", type=int, default=4)
     ap.add_argument("--loss-impl", default="auto", help="auto = the Triton kernel on GPU")
+    ap.add_argument("--compile", default="auto", choices=("auto", "yes", "no"))
+    ap.add_argument("--image-decode", default="auto", choices=("auto", "loader", "device"),
+                    help="where JPEGs are decoded: auto = on the GPU (nvJPEG) when training on one")
     ap.add_argument("--out", required=True)
     ap.add_argument("--make-world-only", action="store_true")
     args = ap.parse_args()
@@ -105,6 +113,7 @@ def main() -> None:
         ckpt_every=args.ckpt_every or args.steps, loader_workers=args.loader_workers, num_classes=classes,
         class_names=tuple(f"class {i}" for i in range(classes)), label_key=label_key,
         unique_samples=args.train_size, log_every=5, loss_impl=args.loss_impl, bad_sample_ceiling=0.01,
+        compile=args.compile, image_decode=args.image_decode,
     )
     rate = None
     if torch.cuda.is_available():
@@ -133,6 +142,9 @@ def main() -> None:
             "data": args.data, "label_noise": args.label_noise, "ckpt_every": cfg.ckpt_every,
             "bf16_matmul_tflops_measured": rate / 1e12 if rate else None,
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+            "compile": args.compile, "image_decode": args.image_decode,
+            # Launch to first step: this process's start to its first optimizer step (progress.json).
+            "first_step_after_s": _first_step_after(args.cell),
             "precision": s.precision, "loader_workers": args.loader_workers, "loss_impl": args.loss_impl, "image_size": args.image_size,
             "params": s.params, "flops_per_sample": s.flops_per_sample,
             "samples_per_s": s.samples_per_s, "samples_per_s_steady": steady,

@@ -3,6 +3,7 @@
 # installed but not this package: the kernel and trainer GPU tests, then the benchmarks.
 #
 #   benchmarks/gpu_checks.sh OUT_DIR [PARTS]        PARTS: comma list of tests,step,e2e,lm,lmcheck (default all)
+#                                                   (STEP_PROFILE=1: kernel tables of the step rows)
 #                                                   (and input, run only when named)
 #
 # lm measures LM MFU at the recipe batch on random ids and on packed built-in-world text (one call, both).
@@ -40,10 +41,19 @@ run() {  # name, timeout seconds, command...
 }
 [[ $parts == *tests* ]] && run gpu-tests "${TESTS_TIMEOUT:-420}" python3 -m pytest ${GPU_TESTS:-tests/gpu} -q -p no:cacheprovider -o addopts="" --durations=0
 [[ $parts == *step* ]] && run clip-step "${STEP_TIMEOUT:-360}" python3 benchmarks/bench_clip_step.py --out "$out/clip_step.json" \
-  ${STEP_ROWS:+--rows "$STEP_ROWS"}
-[[ $parts == *e2e* ]] && run e2e-jpeg "${E2E_TIMEOUT:-420}" bash -c "cd benchmarks && python3 bench_clip_train.py \
-  --rung datacomp-small --data jpeg --world /tmp/e2e-data --cell /tmp/e2e-cell --train-size 32768 --per-shard 1024 \
-  --batch-size 512 --steps ${E2E_STEPS:-80} --ckpt-every 40 --label-noise 0.2 --loader-workers 14 --out $out/clip_train_e2e.jsonl"
+  ${STEP_ROWS:+--rows "$STEP_ROWS"} ${STEP_PROFILE:+--profile}
+# e2e: the JPEG world is written first, in a process of its own, so that each training process's
+# first_step_after_s (launch to first step) is the cell's own fixed cost: the first run meets cold
+# compile caches, the second warm ones. E2E_DECODES orders the runs (image_decode of each).
+if [[ $parts == *e2e* ]]; then
+  e2e_args="--rung datacomp-small --data jpeg --world /tmp/e2e-data --train-size 32768 --per-shard 1024 \
+    --batch-size 512 --steps ${E2E_STEPS:-120} --ckpt-every 40 --label-noise 0.2 --loader-workers 14 --compile ${E2E_COMPILE:-yes}"
+  run e2e-world 300 bash -c "cd benchmarks && python3 bench_clip_train.py $e2e_args --cell /tmp/e2e-none --out /dev/null --make-world-only"
+  for dec in ${E2E_DECODES:-device loader}; do
+    run "e2e-jpeg-$dec" "${E2E_TIMEOUT:-300}" bash -c "cd benchmarks && python3 bench_clip_train.py $e2e_args \
+      --image-decode $dec --cell /tmp/e2e-cell-$dec --out $out/clip_train_e2e.jsonl"
+  done
+fi
 # lm: lm-125m at the recipe batch (16 x 16 micro-batches = 256 x 2048 tokens), compiled blocks, random ids and
 # packed text of a built-in text world (through the trainer's loader, its worker processes) side by side on one
 # engine; the record's "comparison" has both tokens/s and MFUs and their ratio. The world is built untimed in /tmp.

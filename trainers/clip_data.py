@@ -51,6 +51,7 @@ class StreamSpec:
     label_key: str | None = None
     image_size: int = 224
     transfer_size: int | None = None   # side of the shipped uint8 images (clip_images.transfer_size)
+    device_decode: bool = False        # ship deferrable JPEGs encoded for the device (trainers.image_feed)
 
     @property
     def loader_size(self) -> int:
@@ -110,6 +111,7 @@ def iter_epoch_samples(spec: StreamSpec, slot: int, epoch: int, *, shared: Share
     advanced as samples are consumed; the first ``position.taken`` are skipped undecoded.
     """
     from inheritlab.corruptors.shards import ReadStats, decode_sample_image
+    from inheritlab.trainers.image_feed import deferrable_jpeg
 
     pos = position if position is not None else SlotPosition(epoch=epoch)
     stats = ReadStats()
@@ -135,8 +137,11 @@ def iter_epoch_samples(spec: StreamSpec, slot: int, epoch: int, *, shared: Share
     for index, sample in enumerate(_shuffled(stream, rng, spec.shuffle_buffer)):
         if index < skip:
             continue
-        decoded = decode_sample_image(sample, stats=stats, bad_sample_ceiling=spec.bad_sample_ceiling,
-                                      min_size=spec.loader_size)
+        if spec.device_decode and deferrable_jpeg(sample["image"], spec.loader_size):
+            decoded = sample  # its bytes go to the training device, which decodes the batch
+        else:
+            decoded = decode_sample_image(sample, stats=stats, bad_sample_ceiling=spec.bad_sample_ceiling,
+                                          min_size=spec.loader_size)
         pos.taken = index + 1
         if decoded is None:
             pos.undecodable += 1
@@ -251,7 +256,8 @@ class ClipBatchStream(IterableDataset):
 
     Each loader worker (or the main process, without workers) reads its share of the rank's
     slots and yields, for every step in order, one part: its slots' chunks collated as
-    ``{"images" (uint8 [n, S, S, 3]), "texts", "slots", "sizes", "keys", "epoch",
+    ``{"images" (uint8 [n, S, S, 3], or with ``device_decode`` a list of JPEG bytes and uint8
+    arrays), "texts", "slots", "sizes", "keys", "epoch",
     "pass_reports", "positions"}``. :func:`rank_batches` joins the parts of a step in slot
     order. A resume starts each slot at its saved ``positions``; without them (a checkpoint
     from before loader state was saved) the first ``skip_batches`` steps are replayed, decoded,
@@ -293,10 +299,18 @@ class ClipBatchStream(IterableDataset):
     def _collate(self, chunks: list[list[dict[str, Any]]], streams: list[SlotStream],
                  reports: list[dict[str, Any]]) -> dict[str, Any]:
         from inheritlab.trainers.clip_images import to_uint8
+        from inheritlab.trainers.image_feed import encoded_row
 
         flat = [s for chunk in chunks for s in chunk]
         size = self.spec.loader_size
-        images = torch.from_numpy(np.stack([to_uint8(s["image"], size) for s in flat]))
+        images: torch.Tensor | list[Any]
+        if any(isinstance(s["image"], (bytes, bytearray)) for s in flat):
+            # Device decoding: encoded JPEGs as they are; the few images this worker decoded
+            # (another size or format) as rows of their own.
+            images = [encoded_row(s) if isinstance(s["image"], (bytes, bytearray))
+                      else torch.from_numpy(np.array(to_uint8(s["image"], size))) for s in flat]
+        else:
+            images = torch.from_numpy(np.stack([to_uint8(s["image"], size) for s in flat]))
         texts = self.tokenizer([s["caption"] for s in flat])
         return {"images": images, "texts": texts, "slots": [s.slot for s in streams], "sizes": [len(c) for c in chunks],
                 "keys": [s["__key__"] for s in flat], "epoch": max(s.epoch for s in streams), "pass_reports": reports,

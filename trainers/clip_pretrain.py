@@ -54,13 +54,18 @@ class ClipTrainConfig(BaseTrainConfig):
     shuffle_buffer: int = 256
     label_key: str | None = None           # labels from this .json key when samples have no .cls
     augment: str = "auto"                  # "auto": the rung's (rrc on GPU rungs); "none"; "rrc"
+    image_decode: str = "auto"             # "auto": on the GPU (nvJPEG) when training on one; "loader"; "device"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         from inheritlab.trainers.clip_images import AUGMENTS
 
+        from inheritlab.trainers.image_feed import DECODES
+
         if self.augment not in ("auto", *AUGMENTS):
             raise SpecError(f"augment: got {self.augment!r}; expected one of {['auto', *AUGMENTS]}")
+        if self.image_decode not in DECODES:
+            raise SpecError(f"image_decode: got {self.image_decode!r}; expected one of {list(DECODES)}")
         if not self.train_shards:
             raise SpecError("train_shards: empty; expected at least one training shard")
         if self.samples_seen is None:
@@ -90,11 +95,13 @@ class _Plan:
     precision: str
     augment: str        # resolved: "none" or "rrc"
     transfer_size: int  # side of the loader's uint8 images (trainers/clip_images.transfer_size)
+    device_decode: bool  # JPEGs decoded on the training device (trainers/image_feed)
 
 
 def _plan(cfg: ClipTrainConfig, world: int, use_gpu: bool) -> _Plan:
     from inheritlab.trainers.clip_images import transfer_size
     from inheritlab.trainers.clip_models import get_rung
+    from inheritlab.trainers.image_feed import resolve_decode
     from inheritlab.trainers.slots import data_slots, rank_slots
 
     rung = get_rung(cfg.rung)
@@ -106,7 +113,8 @@ def _plan(cfg: ClipTrainConfig, world: int, use_gpu: bool) -> _Plan:
     return _Plan(rung=rung, global_batch=global_batch, per_rank=global_batch // world, slots=slots, total_steps=total,
                  lr=cfg.lr if cfg.lr is not None else rung.lr, warmup=min(warmup, max(0, total - 1)),
                  precision=cfg.precision_for(use_gpu), augment=rung.augment if cfg.augment == "auto" else cfg.augment,
-                 transfer_size=transfer_size(cfg.train_shards, rung.image_size))
+                 transfer_size=transfer_size(cfg.train_shards, rung.image_size),
+                 device_decode=resolve_decode(cfg.image_decode, use_gpu=use_gpu))
 
 
 def _build(cfg: ClipTrainConfig, plan: _Plan, world: int, use_gpu: bool) -> tuple["BuiltClip", Any]:
@@ -121,7 +129,7 @@ def _build(cfg: ClipTrainConfig, plan: _Plan, world: int, use_gpu: bool) -> tupl
                                device_bytes=device_memory(use_gpu), use_gpu=use_gpu)
     # Under ZeRO 1–3 the towers are compiled inside the engine's forward; at stage 0 the whole
     # forward is, outside it (engine.step_forward).
-    if cfg.compiles(use_gpu, plan.rung.device, stage) and stage != 0:
+    if cfg.compiles(use_gpu, plan.rung.device, stage, plan.total_steps) and stage != 0:
         compile_towers(built.model)
     r = plan.rung
     ecfg = EngineConfig(
@@ -147,7 +155,7 @@ def _batches(cfg: ClipTrainConfig, plan: _Plan, built: "BuiltClip", *, rank: int
         seed=cfg.seed, plan_dir=cfg.plan_dir, num_classes=cfg.num_classes, class_names=tuple(cfg.class_names),
         slots=tuple(mine), num_slots=plan.slots, chunk=plan.global_batch // plan.slots,
         shuffle_buffer=cfg.shuffle_buffer, bad_sample_ceiling=slot_ceiling(cfg.bad_sample_ceiling), label_key=cfg.label_key,
-        image_size=plan.rung.image_size, transfer_size=plan.transfer_size,
+        image_size=plan.rung.image_size, transfer_size=plan.transfer_size, device_decode=plan.device_decode,
     )
     workers = min(cfg.loader_workers, len(mine))
     positions = positions_from_state(loader_state, mine, where=f"{cfg.cell_dir}/ckpt") if loader_state else None
@@ -200,6 +208,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     from inheritlab.kernels import clip_contrastive_loss
     from inheritlab.trainers.clip_images import crop_boxes, device_images
     from inheritlab.trainers.engine import init_distributed, optimizer_step, step_forward
+    from inheritlab.trainers.image_feed import DeviceFeed
     from inheritlab.trainers.slots import gather_slot_states, rank_slots
 
     use_gpu = cfg.use_gpu
@@ -214,7 +223,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     built, engine = _build(cfg, plan, world, use_gpu)
     stage = int(engine.zero_optimization_stage())
     ckpt.shape["zero_stage"] = stage  # a resume must keep the stage
-    forward = step_forward(engine, compile_model=cfg.compiles(use_gpu, plan.rung.device, stage))
+    forward = step_forward(engine, compile_model=cfg.compiles(use_gpu, plan.rung.device, stage, plan.total_steps))
     resumed = ckpt.resume(engine)
     step = int(resumed["step"]) if resumed else 0
     losses = LossLog(cfg.log_every, resumed["loss_curve"] if resumed else (),
@@ -231,8 +240,9 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     first_step, epoch = step, 0
     control = CellControl(cfg.cell_dir, rank=rank, world=world, total_steps=plan.total_steps, per_step=plan.global_batch,
                           poll_steps=1 if world == 1 else cfg.log_every)
+    feed = DeviceFeed(batches, device)
     while step < last_step:
-        batch = next(batches)
+        batch, uint8_images = feed.take()
         epoch = batch["epoch"]
         for report in batch["pass_reports"]:
             checker.collect(report)
@@ -241,8 +251,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
         # Crops are drawn per (step, slot) from the seed tree: the same on any number of ranks.
         boxes = (crop_boxes(cfg.study_seed, cfg.seed, step, mine, plan.global_batch // plan.slots, plan.transfer_size)
                  if plan.augment == "rrc" else None)
-        images = device_images(batch["images"].to(device, non_blocking=True), size=plan.rung.image_size, dtype=dtype,
-                               boxes=boxes)
+        images = device_images(uint8_images, size=plan.rung.image_size, dtype=dtype, boxes=boxes)
         texts = batch["texts"].to(device, non_blocking=True)
         positions = batch["positions"]
         # open_clip returns L2-normalised features and exp(logit_scale).
@@ -250,6 +259,8 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
         loss = clip_contrastive_loss(image_features, text_features, scale, impl=cfg.loss_impl, gather=world > 1)
         engine.backward(loss)
         optimizer_step(engine)
+        if step + 1 < last_step:
+            feed.prefetch()  # the next batch's images decode beside this step's queued work
         step += 1
         losses.add(step, loss, last=step == last_step)
         clock.tick()

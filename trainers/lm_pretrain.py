@@ -227,7 +227,7 @@ def _build(cfg: LMTrainConfig, plan: RunPlan, tok: TextTokenizer, world: int, us
     ecfg = engine_config(cfg, plan, world=world, use_gpu=use_gpu)
     stage = resolve_zero_stage(ecfg.zero_stage, params=sum(p.numel() for p in model.parameters()), world=world,
                                device_bytes=device_memory(use_gpu), use_gpu=use_gpu, grad_accum=ecfg.grad_accum)
-    if cfg.compiles(use_gpu, plan.rung.device, stage) and stage != 0:  # stage 0: eager (no whole-forward path yet)
+    if cfg.compiles(use_gpu, plan.rung.device, stage, plan.steps) and stage != 0:  # stage 0: eager (no whole-forward path yet)
         compile_blocks(model)
     engine, _, _ = build_engine(model, dataclasses.replace(ecfg, zero_stage=stage))
     return model, engine

@@ -129,11 +129,11 @@ def join_parts(parts: Iterator[dict[str, Any]], num_parts: int,
 
 
 def _concat(rows: list[Any]) -> Any:
-    """Tensors joined along their rows; lists chained."""
+    """Tensors joined along their rows; otherwise rows chained (a tensor's rows among lists')."""
     # Imported here: the scheduler reads data_slots from this module and needs no torch.
     import torch
 
-    if isinstance(rows[0], torch.Tensor):
+    if all(isinstance(r, torch.Tensor) for r in rows):
         if not rows[0].is_pinned():
             return torch.cat(rows)
         # The parts come pinned from the loader; joined into pageable memory, the step's

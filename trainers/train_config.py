@@ -22,6 +22,8 @@ from inheritlab.infra.rundir import CellDir
 C = TypeVar("C", bound="BaseTrainConfig")
 
 DEVICES = ("auto", "cpu", "cuda")
+# ``compile: auto`` leaves runs shorter than this eager: their compile would not be repaid.
+COMPILE_MIN_STEPS = 1000
 PRECISIONS = ("auto", "bf16", "fp32")
 SWITCHES = ("auto", "yes", "no")
 
@@ -85,18 +87,19 @@ class BaseTrainConfig:
     def precision_for(self, use_gpu: bool) -> str:
         return ("bf16" if use_gpu else "fp32") if self.precision == "auto" else self.precision
 
-    def compiles(self, use_gpu: bool, rung_device: str, zero_stage: int | None = None) -> bool:
-        """Whether to compile: short CPU-rung runs lose more to compiling than they gain, so
-        ``auto`` compiles on a GPU rung on a GPU only, and under ZeRO 1–3 only (the towers,
-        inside the engine). At stage 0, ``yes`` compiles the model's whole forward, called
-        outside DeepSpeed's forward hooks (trainers.engine.step_forward): 81.8 ms a ViT-B/32
-        step at batch 512 on an H200 (2026-12-02) against 133.6 ms eager through the engine.
-        ``auto`` stays eager there until that path has passed the GPU trainer tests: on its
-        one GPU run the test of it and the benchmark of its eager twin did not finish within
-        their time limits (cause not established)."""
+    def compiles(self, use_gpu: bool, rung_device: str, zero_stage: int | None = None,
+                 total_steps: int | None = None) -> bool:
+        """Whether to compile. ``auto``: a GPU rung on a GPU, at any ZeRO stage (under 1–3 the
+        towers inside the engine; at stage 0 the whole forward, called outside DeepSpeed's
+        forward hooks: trainers.engine.step_forward), for runs of at least
+        :data:`COMPILE_MIN_STEPS` steps. Short CPU-rung runs lose more to compiling than they
+        gain. Measured on an H200 (2026-12-02, ViT-B/32, batch 512, stage 0): 90 ms a step
+        compiled against 132 ms eager, so a cold compile of about a minute is repaid after
+        some 1,500 steps, a warm one (the node's compile cache) after a few hundred; a real
+        cell trains tens of thousands."""
         if self.compile != "auto":
             return self.compile == "yes"
-        return use_gpu and rung_device == "gpu" and zero_stage != 0
+        return use_gpu and rung_device == "gpu" and (total_steps is None or total_steps >= COMPILE_MIN_STEPS)
 
     def export_at(self, total_steps: int) -> set[int]:
         """The steps whose weights are exported (the last one always)."""

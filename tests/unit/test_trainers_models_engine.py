@@ -193,3 +193,16 @@ def test_flat_buffer_offsets_stay_16_byte_aligned() -> None:
         sizes = [p.numel() for p in group["params"]]
         assert sorted(sizes, key=lambda n: n % 8 != 0) == sizes
     assert sum(len(g["params"]) for g in param_groups(model, 0.1)) == len(list(model.parameters()))
+
+
+def test_auto_compiles_gpu_rungs_on_a_gpu_at_every_stage_for_runs_that_repay_it() -> None:
+    from inheritlab.trainers.clip_pretrain import ClipTrainConfig
+    from inheritlab.trainers.train_config import COMPILE_MIN_STEPS
+
+    auto = ClipTrainConfig(rung="datacomp-small", train_shards=("a.tar",), cell_dir="c", samples_seen=1)
+    for stage in (0, 2):
+        assert auto.compiles(True, "gpu", stage, COMPILE_MIN_STEPS)
+        assert not auto.compiles(True, "gpu", stage, COMPILE_MIN_STEPS - 1)  # a smoke run: eager
+    assert not auto.compiles(False, "gpu", 0, 10**6) and not auto.compiles(True, "cpu", 0, 10**6)
+    forced = ClipTrainConfig(rung="clip-tiny", train_shards=("a.tar",), cell_dir="c", samples_seen=1, compile="yes")
+    assert forced.compiles(False, "cpu", 0, 1)

@@ -1,0 +1,111 @@
+"""Decoding JPEGs in the training process (trainers.image_feed): which images the loader ships
+encoded, that the decode is the loader's pixel for pixel, and that a cell trains identically
+either way (on the CPU, where torchvision's libjpeg-turbo stands in for nvJPEG)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inheritlab.infra.errors import ShardError, SpecError
+from inheritlab.trainers.image_feed import DeviceFeed, decode_rows, deferrable_jpeg, resolve_decode
+
+
+def _photo(side: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 255, side)
+    g = np.meshgrid(x, x)
+    smooth = np.stack([g[0], g[1], np.outer(np.sin(x / 9), np.cos(x / 13)) * 120 + 128], -1)
+    return np.clip(smooth + rng.integers(-25, 25, smooth.shape), 0, 255).astype(np.uint8)
+
+
+def _jpeg(pixels: np.ndarray, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=85, **kw)
+    return buf.getvalue()
+
+
+def test_only_complete_baseline_rgb_jpegs_of_the_transfer_size_are_deferred() -> None:
+    good = _jpeg(_photo(32))
+    assert deferrable_jpeg(good, 32)
+    assert not deferrable_jpeg(good, 40)                                   # another size: resized in the worker
+    assert not deferrable_jpeg(good[:-40], 32)                             # truncated
+    assert not deferrable_jpeg(_jpeg(_photo(32), progressive=True), 32)    # progressive scan
+    grey = io.BytesIO()
+    Image.fromarray(_photo(32)[..., 0]).save(grey, format="JPEG")
+    assert not deferrable_jpeg(grey.getvalue(), 32)
+    png = io.BytesIO()
+    Image.fromarray(_photo(32)).save(png, format="PNG")
+    assert not deferrable_jpeg(png.getvalue(), 32)
+    assert not deferrable_jpeg(b"\xff\xd8 not a jpeg \xff\xd9", 32)
+
+
+def test_decoded_rows_are_the_loaders_pixels_in_batch_order() -> None:
+    pixels = [_photo(32, seed=i) for i in range(5)]
+    encoded = [_jpeg(p, subsampling=i % 3) for i, p in enumerate(pixels)]
+    pil = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in encoded]
+    # Rows 1 and 3 were decoded in the worker (uint8 arrays); the rest travel encoded.
+    row = lambda i: ("s.tar", f"{i}.jpg", encoded[i])  # noqa: E731
+    rows = [row(0), pil[1], row(2), pil[3], row(4)]
+    out = decode_rows(rows, torch.device("cpu"))
+    assert out.shape == (5, 32, 32, 3) and out.dtype == torch.uint8
+    for i in range(5):
+        assert np.array_equal(out[i].numpy(), pil[i]), i
+    only_encoded = decode_rows([row(0), row(2)], torch.device("cpu"))
+    assert np.array_equal(only_encoded.numpy(), np.stack([pil[0], pil[2]]))
+
+
+def test_a_jpeg_that_passes_the_check_but_does_not_decode_is_named() -> None:
+    good = _jpeg(_photo(32))
+    # Scramble the entropy-coded data behind an intact header and end marker.
+    broken = good[:200] + bytes(len(good) - 202) + good[-2:]
+    assert deferrable_jpeg(broken, 32)
+    with pytest.raises(ShardError, match="bad shard s-3.tar member '000042.jpg': the JPEG passed"):
+        decode_rows([("s-3.tar", "000041.jpg", good), ("s-3.tar", "000042.jpg", broken)], torch.device("cpu"))
+
+
+def test_decode_choice() -> None:
+    assert resolve_decode("auto", use_gpu=False) is False
+    assert resolve_decode("device", use_gpu=False) is True
+    assert resolve_decode("loader", use_gpu=True) is False
+    with pytest.raises(SpecError, match="image_decode: got 'gpu'"):
+        resolve_decode("gpu", use_gpu=False)
+
+
+def test_the_feed_hands_out_batches_in_order_prefetched_or_not() -> None:
+    batches = iter([{"images": torch.full((2, 4, 4, 3), i, dtype=torch.uint8), "keys": ["a", "b"]} for i in range(3)])
+    feed = DeviceFeed(batches, torch.device("cpu"))
+    _, first = feed.take()
+    feed.prefetch()
+    feed.prefetch()  # a second prefetch before a take reads nothing more
+    _, second = feed.take()
+    _, third = feed.take()
+    assert [int(t[0, 0, 0, 0]) for t in (first, second, third)] == [0, 1, 2]
+
+
+def test_a_cell_trains_identically_with_the_device_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from inheritlab.corruptors.world import ImageWorldConfig, write_image_world
+    from inheritlab.trainers import image_feed
+    from inheritlab.trainers.clip_pretrain import ClipTrainConfig, train_clip
+
+    shipped: list[int] = []  # encoded rows reaching the training process, per batch
+    real = image_feed.decode_rows
+    monkeypatch.setattr(image_feed, "decode_rows",
+                        lambda rows, device: shipped.append(sum(isinstance(r, list) for r in rows)) or real(rows, device))
+
+    world = write_image_world(ImageWorldConfig(seed=0, train_size=256, test_id_size=16, test_ood_size=16,
+                                               samples_per_shard=64, image_format="jpeg"), tmp_path / "world")
+    curves = {}
+    for decode in ("loader", "device"):
+        done = train_clip(ClipTrainConfig(
+            rung="clip-tiny", train_shards=tuple(world.splits["train"]), cell_dir=str(tmp_path / decode),
+            samples_seen=6 * 32, batch_size=32, log_every=1, loader_workers=1, image_decode=decode,
+            corruptors=({"type": "label_noise", "level": 0.3, "mode": "symmetric"},), num_classes=10))
+        curves[decode] = [v for _, v in done.loss_curve]
+    assert len(curves["loader"]) == 6 and curves["device"] == curves["loader"]
+    assert shipped == [32] * 6  # every image travelled encoded, and only under "device"

@@ -1,0 +1,162 @@
+"""JPEG decoding on the training device: the loader ships encoded bytes, the GPU decodes batches.
+
+A loader worker's per-sample cost on img2dataset-style 256-px JPEG shards is about two thirds
+JPEG decoding (``benchmarks/results/clip_input_h200.json``): 14 workers of an H200 node top out
+near 1,500–1,800 samples/s, a quarter of what one GPU trains at. With device decoding a worker
+only checks each kept sample's JPEG header (:func:`deferrable_jpeg`) and ships its bytes — about
+15 kB instead of the 196 kB decoded image — and the training process decodes the whole batch
+with nvJPEG (``torchvision.io.decode_jpeg`` on the device), one batch ahead on a side stream while
+the current step runs (:class:`DeviceFeed`).
+
+Only images the device can decode exactly as the loader would are shipped encoded: baseline RGB
+JPEGs, complete, at exactly the loader's transfer size (so no resize or reduced decode applies).
+Anything else — PNGs, other sizes, greyscale, progressive scans — is decoded in the worker as
+before, where a bad image is counted and skipped under the stream's ceiling. On the CPU the same
+path decodes with libjpeg-turbo through torchvision, pixel-identical to the loader's PIL decode
+(``tests/unit/test_image_feed.py``); nvJPEG's IDCT may differ from it by a level or two.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from inheritlab.infra.errors import ShardError, SpecError
+
+DECODES = ("auto", "loader", "device")
+_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+def deferrable_jpeg(data: bytes | bytearray, side: int) -> bool:
+    """Whether the loader may ship ``data`` undecoded: a complete (SOI … EOI) baseline RGB JPEG
+    of exactly ``side × side``. Reads the header only (tens of microseconds)."""
+    from PIL import Image
+
+    if not (data[:2] == _SOI and data[-2:] == _EOI):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return (im.format == "JPEG" and im.mode == "RGB" and im.size == (side, side)
+                    and not im.info.get("progressive") and not im.info.get("progression"))
+    except Exception:  # not ours to judge here: the worker's decode counts a bad image
+        return False
+
+
+@functools.lru_cache(maxsize=4)
+def device_decodes(device: str) -> bool:
+    """Whether torchvision decodes JPEGs on ``device`` here (nvJPEG on CUDA): tried once on a
+    tiny image, so a build without it falls back to the loader instead of failing a step."""
+    try:
+        from PIL import Image
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (200, 30, 90)).save(buf, format="JPEG")
+        data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+        out = decode_jpeg([data], mode=ImageReadMode.RGB, device=device)
+        return tuple(out[0].shape) == (3, 16, 16)
+    except Exception:
+        return False
+
+
+def resolve_decode(choice: str, *, use_gpu: bool) -> bool:
+    """``image_decode`` → whether the device decodes. ``auto``: on a GPU whose torchvision has
+    nvJPEG; the CPU rungs keep decoding in their loader workers (the training process is the
+    bottleneck there, not the workers)."""
+    if choice not in DECODES:
+        raise SpecError(f"image_decode: got {choice!r}; expected one of {list(DECODES)}")
+    if choice == "auto":
+        return use_gpu and device_decodes(f"cuda:{torch.cuda.current_device()}")
+    return choice == "device"
+
+
+def encoded_row(sample: dict[str, Any]) -> tuple[str, str, bytes]:
+    """How the loader ships a deferred image: (shard, member, JPEG bytes) — the names are for
+    the error should the device fail to decode it."""
+    member = sample.get("image_member") or f"{str(sample['__key__']).rsplit('/', 1)[-1]}.jpg"
+    return str(sample.get("__shard__", "?")), str(member), bytes(sample["image"])
+
+
+def decode_rows(rows: Sequence[Any], device: torch.device) -> torch.Tensor:
+    """A batch's image rows — :func:`encoded_row` tuples or worker-decoded ``uint8 [L, L, 3]``
+    arrays — as ``uint8 [B, L, L, 3]`` on ``device`` (a channels-last view where every row was
+    encoded). An image that passed :func:`deferrable_jpeg` but does not decode is a
+    :class:`ShardError` naming its shard and member: its place in the batch is fixed, so it
+    cannot be skipped here as a worker skips a bad image."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    # The DataLoader's conversion turns tuples into lists and arrays into tensors on the way.
+    encoded = [i for i, r in enumerate(rows) if isinstance(r, (tuple, list))]
+    decoded = [i for i, r in enumerate(rows) if not isinstance(r, (tuple, list))]
+    parts: list[torch.Tensor] = []
+    if encoded:
+        # One buffer for the batch, split into views: decode_jpeg wants a uint8 tensor per image.
+        lengths = [len(rows[i][2]) for i in encoded]
+        flat = torch.frombuffer(bytearray(b"".join(rows[i][2] for i in encoded)), dtype=torch.uint8)
+        chunks = list(torch.split(flat, lengths))
+        try:
+            images = decode_jpeg(chunks, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # find the culprit one image at a time
+            images = [_decode_one(c, device, rows[i]) for c, i in zip(chunks, encoded)]
+        parts.append(torch.stack(images).permute(0, 2, 3, 1))
+    if decoded:
+        parts.append(torch.stack([torch.as_tensor(rows[i]) for i in decoded]).to(device, non_blocking=True))
+    if len(parts) == 1:
+        return parts[0]
+    out = torch.empty((len(rows), *parts[0].shape[1:]), dtype=torch.uint8, device=device)
+    out[torch.tensor(encoded, device=device)] = parts[0]
+    out[torch.tensor(decoded, device=device)] = parts[1]
+    return out
+
+
+def _decode_one(data: torch.Tensor, device: torch.device, row: Sequence[Any]) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB).to(device)
+    except RuntimeError as exc:
+        raise ShardError(row[0], row[1], f"the JPEG passed the loader's header check but does not decode ({exc}); "
+                         "train with image_decode: loader to count and skip such images") from None
+
+
+class DeviceFeed:
+    """The training loop's batches with their images as ``uint8 [B, L, L, 3]`` on the device.
+
+    :meth:`take` returns the next batch and its images. :meth:`prefetch`, called once a step's
+    work is queued, reads the batch after it and decodes it on a side stream, so the decode runs
+    beside the step instead of before the next one (nvJPEG waits for its own stream only).
+    Where the loader decoded (tensors), images are copied as they come.
+    """
+
+    def __init__(self, batches: Iterator[dict[str, Any]], device: torch.device) -> None:
+        self._batches = batches
+        self._device = device
+        self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._ready: tuple[dict[str, Any], torch.Tensor] | None = None
+
+    def _load(self) -> tuple[dict[str, Any], torch.Tensor]:
+        batch = next(self._batches)
+        images = batch["images"]
+        if isinstance(images, torch.Tensor):
+            return batch, images.to(self._device, non_blocking=True)
+        if self._side is None:
+            return batch, decode_rows(images, self._device)
+        with torch.cuda.stream(self._side):
+            return batch, decode_rows(images, self._device)
+
+    def prefetch(self) -> None:
+        if self._ready is None:
+            self._ready = self._load()
+
+    def take(self) -> tuple[dict[str, Any], torch.Tensor]:
+        batch, images = self._ready if self._ready is not None else self._load()
+        self._ready = None
+        if self._side is not None:
+            main = torch.cuda.current_stream(self._device)
+            main.wait_stream(self._side)
+            images.record_stream(main)  # freed by the main stream's use, not the side stream's
+        return batch, images
