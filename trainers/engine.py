@@ -258,6 +258,10 @@ def build_engine(model: torch.nn.Module, cfg: EngineConfig) -> tuple[Any, Any, A
         lr_scheduler=schedule,
         config=cfg.ds_config(),
     )
+    if cfg.own_step and cfg.world_size == 1:
+        # Alone, there is nothing to average; DeepSpeed would still flatten every gradient into
+        # one buffer, scale it by 1 and copy it back, each step.
+        engine.enable_backward_allreduce = False
     engine.inheritlab_clip = cfg.grad_clip if cfg.own_step else 0.0
     engine.inheritlab_own_step = cfg.own_step
     engine.inheritlab_autocast = torch.bfloat16 if cfg.own_step and cfg.precision == "bf16" else None

@@ -69,9 +69,13 @@ def resolve_decode(choice: str, *, use_gpu: bool) -> bool:
     bottleneck there, not the workers)."""
     if choice not in DECODES:
         raise SpecError(f"image_decode: got {choice!r}; expected one of {list(DECODES)}")
-    if choice == "auto":
-        return use_gpu and device_decodes(f"cuda:{torch.cuda.current_device()}")
-    return choice == "device"
+    if choice == "loader":
+        return False
+    gpu_decodes = use_gpu and device_decodes(f"cuda:{torch.cuda.current_device()}")
+    if choice == "device" and use_gpu and not gpu_decodes:
+        raise SpecError("image_decode: device, but this torchvision cannot decode JPEGs on the GPU (no nvJPEG); "
+                        "use auto or loader")
+    return gpu_decodes if choice == "auto" else True
 
 
 def encoded_row(sample: dict[str, Any]) -> tuple[str, str, bytes]:
