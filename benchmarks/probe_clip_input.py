@@ -87,7 +87,8 @@ def make_world(root: Path, train_size: int, per_shard: int) -> tuple[list[str], 
     return shards, time.perf_counter() - t0
 
 
-def _config(shards: list[str], *, workers: int, noise: float, batch: int, train_size: int, cell: str) -> Any:
+def _config(shards: list[str], *, workers: int, noise: float, batch: int, train_size: int, cell: str,
+            decode: str = "loader") -> Any:
     from inheritlab.trainers.clip_pretrain import ClipTrainConfig
 
     # The fields bench_clip_train sets; the budget is never reached (the probe stops first).
@@ -95,7 +96,7 @@ def _config(shards: list[str], *, workers: int, noise: float, batch: int, train_
         rung=RUNG, train_shards=tuple(shards), cell_dir=cell, corruptors=_noise_chain(noise),
         samples_seen=batch * 10_000, batch_size=batch, loader_workers=workers, num_classes=CLASSES,
         class_names=tuple(f"class {i}" for i in range(CLASSES)), label_key="label", unique_samples=train_size,
-        bad_sample_ceiling=0.01,
+        bad_sample_ceiling=0.01, image_decode=decode,
     )
 
 
@@ -191,7 +192,7 @@ class _TimedStream(ClipBatchStream):
         while True:
             w0, c0 = time.perf_counter(), time.process_time()
             part = next(parts)
-            part["probe"] = {"worker": wid, "index": index, "rows": int(part["images"].shape[0]),
+            part["probe"] = {"worker": wid, "index": index, "rows": len(part["images"]),
                              "busy_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0,
                              "epoch": int(part["epoch"]), "pid": os.getpid()}
             index += 1
@@ -223,10 +224,10 @@ def _instrumented(sink: dict[str, Any]) -> Iterator[None]:
 
 
 def probe_loader(shards: list[str], *, workers: int, noise: float, batch: int, train_size: int, batches: int,
-                 seconds: float, tokenizer: Any, cell: str) -> dict[str, Any]:
+                 seconds: float, tokenizer: Any, cell: str, decode: str = "loader") -> dict[str, Any]:
     from inheritlab.trainers.clip_pretrain import _batches, _plan
 
-    cfg = _config(shards, workers=workers, noise=noise, batch=batch, train_size=train_size, cell=cell)
+    cfg = _config(shards, workers=workers, noise=noise, batch=batch, train_size=train_size, cell=cell, decode=decode)
     use_gpu = cfg.use_gpu
     plan = _plan(cfg, 1, use_gpu)
     sink: dict[str, Any] = {"parts": []}
@@ -245,12 +246,14 @@ def probe_loader(shards: list[str], *, workers: int, noise: float, batch: int, t
                 w = time.perf_counter()
                 b = next(stream)
                 waits.append(time.perf_counter() - w)
-                got += int(b["images"].shape[0])
+                got += len(b["images"])
                 epochs.append(int(b["epoch"]))
             elapsed = time.perf_counter() - start
             last = b if waits else first
-            pinned = bool(last["images"].is_pinned())
-            shape = list(last["images"].shape)
+            images = last["images"]
+            encoded = not isinstance(images, torch.Tensor)  # device decoding: JPEG bytes per row
+            pinned = None if encoded else bool(images.is_pinned())
+            shape = [len(images), "encoded"] if encoded else list(images.shape)
         finally:
             stream.close()
             it = sink.pop("loader_iter", None)
@@ -416,18 +419,19 @@ def summary(rec: dict[str, Any]) -> str:
     lo = rec.get("loader")
     if isinstance(lo, list):
         lines += ["", f"loader (train_clip's pipeline alone), batch {rec['batch']}:",
-                  ("workers noise  first-batch  samples/s  per-worker  no-epoch-edge  wait med/max ms  "
+                  ("workers noise  decode  first-batch  samples/s  per-worker  no-epoch-edge  wait med/max ms  "
                    "worker samples/s per busy s / per cpu s (med)  cpu/busy  pinned")]
         for r in lo:
             if "error" in r or "skipped" in r:
-                lines.append(f"{r['workers']:>7} {r['label_noise']:>5}  {r.get('error', r.get('skipped'))}")
+                lines.append(f"{r['workers']:>7} {r['label_noise']:>5}  {r.get('decode', 'loader'):>6}  "
+                             f"{r.get('error', r.get('skipped'))}")
                 continue
             pw = r["per_worker"]
             busy = statistics.median([w["busy_samples_per_s"] for w in pw if w["busy_samples_per_s"]] or [0])
             cpu = statistics.median([w["cpu_over_busy"] for w in pw if w["cpu_over_busy"]] or [0])
             per_cpu = statistics.median([w["cpu_samples_per_s"] for w in pw if w["cpu_samples_per_s"]] or [0])
             lines.append(
-                f"{r['workers']:>7} {r['label_noise']:>5}  {r['first_batch_latency_s']:>10.2f}s  "
+                f"{r['workers']:>7} {r['label_noise']:>5}  {r.get('decode', 'loader'):>6}  {r['first_batch_latency_s']:>10.2f}s  "
                 f"{_fmt(r['samples_per_s']):>9}  {_fmt(r['samples_per_s_per_worker']):>10}  "
                 f"{_fmt(r['samples_per_s_without_epoch_boundaries']):>13}  "
                 f"{r['wait_ms'].get('median', 0):>6.0f}/{r['wait_ms'].get('max', 0):<7.0f}  {busy:>31.0f} / {per_cpu:<12.0f}  "
@@ -472,6 +476,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--workers", default="14,1,8,4", help="loader worker counts, in the order run")
     ap.add_argument("--noise", default="0.2,0.0", help="label-noise levels")
+    ap.add_argument("--decode", default="loader", help="image_decode values: loader (workers decode), device "
+                    "(workers ship JPEG bytes; the loader is then timed without the device's decode)")
     ap.add_argument("--batches", type=int, default=40, help="timed batches per configuration (after one warm-up)")
     ap.add_argument("--seconds", type=float, default=15.0, help="at most this long timed per configuration")
     ap.add_argument("--stage-samples", type=int, default=200)
@@ -520,14 +526,16 @@ def main() -> int:
             args.batch, loader_size, rung.image_size, use_gpu, repeats=10 if use_gpu else 2))
         loader: list[dict[str, Any]] = []
         noises = [float(x) for x in args.noise.split(",")]
-        for workers, noise in itertools.product([int(w) for w in args.workers.split(",")], noises):
+        for workers, noise, decode in itertools.product([int(w) for w in args.workers.split(",")], noises,
+                                                        args.decode.split(",")):
             if _since_start() > args.budget_s:
-                loader.append({"workers": workers, "label_noise": noise, "skipped": "over --budget-s"})
+                loader.append({"workers": workers, "label_noise": noise, "decode": decode, "skipped": "over --budget-s"})
                 continue
-            r = section(f"loader workers={workers} noise={noise}", functools.partial(
+            r = section(f"loader workers={workers} noise={noise} decode={decode}", functools.partial(
                 probe_loader, shards, workers=workers, noise=noise, batch=args.batch, train_size=args.train_size,
-                batches=args.batches, seconds=args.seconds, tokenizer=tokenizer, cell=str(Path(tmp) / "cell")))
-            loader.append({"workers": workers, "label_noise": noise, **r})
+                batches=args.batches, seconds=args.seconds, tokenizer=tokenizer, cell=str(Path(tmp) / "cell"),
+                decode=decode))
+            loader.append({"workers": workers, "label_noise": noise, "decode": decode, **r})
         rec["loader"] = loader
         # Last: it imports the chain (polars) into this process, which the trainer's main process never does.
         rec["stages"] = section("stages", lambda: probe_stages(
