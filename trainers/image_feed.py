@@ -5,8 +5,8 @@ JPEG decoding (``benchmarks/results/clip_input_h200.json``): 14 workers of an H2
 near 1,500–1,800 samples/s, a quarter of what one GPU trains at. With device decoding a worker
 only checks each kept sample's JPEG header (:func:`deferrable_jpeg`) and ships its bytes — about
 15 kB instead of the 196 kB decoded image — and the training process decodes the whole batch
-with nvJPEG (``torchvision.io.decode_jpeg`` on the device), one batch ahead on a side stream while
-the current step runs (:class:`DeviceFeed`).
+with nvJPEG (``torchvision.io.decode_jpeg`` on the device), one batch ahead, in a thread of its
+own and on a side stream, while the current step runs (:class:`DeviceFeed`).
 
 Only images the device can decode exactly as the loader would are shipped encoded: baseline RGB
 JPEGs, complete, at exactly the loader's transfer size (so no resize or reduced decode applies).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import io
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -55,10 +56,10 @@ def device_decodes(device: str) -> bool:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         buf = io.BytesIO()
-        Image.new("RGB", (16, 16), (200, 30, 90)).save(buf, format="JPEG")
+        Image.new("RGB", (64, 64), (200, 30, 90)).save(buf, format="JPEG")
         data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
         out = decode_jpeg([data], mode=ImageReadMode.RGB, device=device)
-        return tuple(out[0].shape) == (3, 16, 16)
+        return tuple(out[0].shape) == (3, 64, 64)
     except Exception:
         return False
 
@@ -131,36 +132,55 @@ class DeviceFeed:
     """The training loop's batches with their images as ``uint8 [B, L, L, 3]`` on the device.
 
     :meth:`take` returns the next batch and its images. :meth:`prefetch`, called once a step's
-    work is queued, reads the batch after it and decodes it on a side stream, so the decode runs
-    beside the step instead of before the next one (nvJPEG waits for its own stream only).
-    Where the loader decoded (tensors), images are copied as they come.
+    work is queued, reads the batch after it and decodes it in a thread of its own, on a side
+    stream: the loader's wait, the decoder's host-side work and the device's decode then run
+    beside the step instead of before the next one. Where the loader decoded (tensors), images
+    are copied as they come.
     """
 
     def __init__(self, batches: Iterator[dict[str, Any]], device: torch.device) -> None:
         self._batches = batches
         self._device = device
         self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._ready: tuple[dict[str, Any], torch.Tensor] | None = None
+        self._thread: threading.Thread | None = None
+        self._result: tuple[tuple[dict[str, Any], torch.Tensor] | None, BaseException | None] = (None, None)
 
     def _load(self) -> tuple[dict[str, Any], torch.Tensor]:
         batch = next(self._batches)
         images = batch["images"]
-        if isinstance(images, torch.Tensor):
-            return batch, images.to(self._device, non_blocking=True)
         if self._side is None:
+            return batch, (images if isinstance(images, torch.Tensor) else decode_rows(images, self._device))
+        with torch.cuda.device(self._device), torch.cuda.stream(self._side):
+            if isinstance(images, torch.Tensor):
+                return batch, images.to(self._device, non_blocking=True)
             return batch, decode_rows(images, self._device)
-        with torch.cuda.stream(self._side):
-            return batch, decode_rows(images, self._device)
+
+    def _run(self) -> None:
+        try:
+            self._result = (self._load(), None)
+        except BaseException as exc:  # handed to the training thread by take()
+            self._result = (None, exc)
 
     def prefetch(self) -> None:
-        if self._ready is None:
-            self._ready = self._load()
+        if self._thread is None:
+            # A daemon thread: a training process that fails mid-step must not wait on the loader.
+            self._thread = threading.Thread(target=self._run, name="image-feed", daemon=True)
+            self._thread.start()
 
     def take(self) -> tuple[dict[str, Any], torch.Tensor]:
-        batch, images = self._ready if self._ready is not None else self._load()
-        self._ready = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            loaded, exc = self._result
+            self._result = (None, None)
+            if exc is not None:
+                raise exc
+            assert loaded is not None
+        else:
+            loaded = self._load()
+        batch, images = loaded
         if self._side is not None:
             main = torch.cuda.current_stream(self._device)
             main.wait_stream(self._side)
-            images.record_stream(main)  # freed by the main stream's use, not the side stream's
+            images.record_stream(main)  # freed after the main stream's use, not the side stream's
         return batch, images
