@@ -3,8 +3,8 @@
 A loader worker's per-sample cost on img2dataset-style 256-px JPEG shards is about two thirds
 JPEG decoding (``benchmarks/results/clip_input_h200.json``): 14 workers of an H200 node top out
 near 1,500–1,800 samples/s, a quarter of what one GPU trains at. With device decoding a worker
-only checks each kept sample's JPEG header (:func:`deferrable_jpeg`) and ships its bytes — about
-15 kB instead of the 196 kB decoded image — and the training process decodes the whole batch
+only checks each kept sample's JPEG header (:func:`deferrable_jpeg`) and ships its bytes — tens
+of kB instead of the 196 kB decoded image — and the training process decodes the whole batch
 with nvJPEG (``torchvision.io.decode_jpeg`` on the device), one batch ahead, in a thread of its
 own and on a side stream, while the current step runs (:class:`DeviceFeed`).
 
