@@ -46,7 +46,7 @@ run() {  # name, timeout seconds, command...
 # first_step_after_s (launch to first step) is the cell's own fixed cost: the first run meets cold
 # compile caches, the second warm ones. E2E_DECODES orders the runs (image_decode of each).
 if [[ $parts == *e2e* ]]; then
-  e2e_args="--rung datacomp-small --data jpeg --world /tmp/e2e-data --train-size 32768 --per-shard 1024 \
+  e2e_args="--rung datacomp-small --data jpeg --world /tmp/e2e-data --train-size ${E2E_TRAIN_SIZE:-32768} --per-shard 1024 \
     --batch-size 512 --steps ${E2E_STEPS:-120} --ckpt-every 40 --label-noise 0.2 --loader-workers 14 --compile ${E2E_COMPILE:-yes}"
   run e2e-world 300 bash -c "cd benchmarks && python3 bench_clip_train.py $e2e_args --cell /tmp/e2e-none --out /dev/null --make-world-only"
   for dec in ${E2E_DECODES:-device loader}; do
