@@ -18,27 +18,13 @@ set -uo pipefail
 out=${1:?usage: gpu_checks.sh OUT_DIR [PARTS]}
 parts=${2:-tests,step,e2e,lm,lmcheck}
 mkdir -p "$out"
-repo=$(cd "$(dirname "$0")/.." && pwd)
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-if compgen -G "$repo/.whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$repo"/.whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-# The package's folders as one importable namespace, without installing it.
-mkdir -p /tmp/pkg/inheritlab && touch /tmp/pkg/inheritlab/__init__.py
-for d in flows corruptors trainers kernels analysis infra; do ln -sfn "$repo/$d" "/tmp/pkg/inheritlab/$d"; done
-export PYTHONPATH=/tmp/pkg:$PYTHONPATH
+# shellcheck source=benchmarks/node_env.sh
+source "$(dirname "$0")/node_env.sh"
 log="$out/gpu_checks.log"
 {
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, triton, deepspeed, open_clip; print('torch', torch.__version__, 'triton', triton.__version__, 'deepspeed', deepspeed.__version__, 'open_clip', open_clip.__version__)"
 } 2>&1 | tee "$log"
-run() {  # name, timeout seconds, command...
-  local name=$1 limit=$2; shift 2
-  echo "=== $name ($(date -u +%H:%M:%S))" | tee -a "$log"
-  (cd "$repo" && timeout "$limit" "$@") 2>&1 | tee -a "$log" | tail -25
-  echo "=== $name exit ${PIPESTATUS[0]}" | tee -a "$log"
-}
 [[ $parts == *tests* ]] && run gpu-tests "${TESTS_TIMEOUT:-420}" python3 -m pytest ${GPU_TESTS:-tests/gpu} -q -p no:cacheprovider -o addopts="" --durations=0
 [[ $parts == *step* ]] && run clip-step "${STEP_TIMEOUT:-360}" python3 benchmarks/bench_clip_step.py --out "$out/clip_step.json" \
   ${STEP_ROWS:+--rows "$STEP_ROWS"} ${STEP_PROFILE:+--profile}

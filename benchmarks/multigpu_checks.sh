@@ -12,29 +12,17 @@
 #
 # Ray Train is not used here: Ray's wheel is too large to carry to a bare GPU node, so the packed
 # grid through the flow needs a node image with Ray (`inheritlab run` there). Wheels in ./.whl are
-# installed as in gpu_checks.sh. Keep NCCL's NVLink multicast off (the node's default).
+# installed as in gpu_checks.sh (node_env.sh). Keep NCCL's NVLink multicast off (the node's default).
 set -uo pipefail
 out=${1:?usage: multigpu_checks.sh OUT_DIR [PARTS]}
 parts=${2:-tests,scaling}
 mkdir -p "$out"
-repo=$(cd "$(dirname "$0")/.." && pwd)
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false NCCL_NVLS_ENABLE=0
-if compgen -G "$repo/.whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$repo"/.whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-mkdir -p /tmp/pkg/inheritlab && touch /tmp/pkg/inheritlab/__init__.py
-for d in flows corruptors trainers kernels analysis infra; do ln -sfn "$repo/$d" "/tmp/pkg/inheritlab/$d"; done
-export PYTHONPATH=/tmp/pkg:$PYTHONPATH
+# shellcheck source=benchmarks/node_env.sh
+source "$(dirname "$0")/node_env.sh"
+export NCCL_NVLS_ENABLE=0
 log="$out/multigpu_checks.log"
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; echo "GPUs: $gpus"; } 2>&1 | tee "$log"
-run() {  # name, timeout seconds, command...
-  local name=$1 limit=$2; shift 2
-  echo "=== $name ($(date -u +%H:%M:%S))" | tee -a "$log"
-  (cd "$repo" && timeout "$limit" "$@") 2>&1 | tee -a "$log" | tail -15
-  echo "=== $name exit ${PIPESTATUS[0]}" | tee -a "$log"
-}
 [[ $parts == *tests* ]] && run multigpu-tests "${TESTS_TIMEOUT:-600}" python3 -m pytest tests/multigpu -q -p no:cacheprovider -o addopts=""
 if [[ $parts == *scaling* ]]; then
   steps=${SCALING_STEPS:-60}

@@ -331,6 +331,11 @@ def _skip(stats: ReadStats, shard: str, bad: _BadSample, ceiling: float | int) -
         check_ceiling(stats, ceiling)
 
 
+def image_member(sample: Sample) -> str:
+    """The tar member a sample's image came from, for messages (as read, or rebuilt from its key)."""
+    return sample.get("image_member") or f"{str(sample['__key__']).rsplit('/', 1)[-1]}.{sample.get('image_ext', 'png')}"
+
+
 def decode_sample_image(sample: Sample, *, stats: ReadStats, bad_sample_ceiling: float | int = 0,
                         min_size: int | None = None) -> Sample | None:
     """Decode the image of a sample read with ``decode=False``; ``None`` when it does not decode.
@@ -344,7 +349,7 @@ def decode_sample_image(sample: Sample, *, stats: ReadStats, bad_sample_ceiling:
     """
     if not isinstance(sample.get("image"), (bytes, bytearray)):
         return sample
-    member = sample.get("image_member") or f"{sample['__key__'].rsplit('/', 1)[-1]}.{sample.get('image_ext', 'png')}"
+    member = image_member(sample)
     try:
         image = _decode_image(bytes(sample["image"]), member, min_size)
     except _BadSample as bad:

@@ -59,13 +59,11 @@ class ClipTrainConfig(BaseTrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         from inheritlab.trainers.clip_images import AUGMENTS
-
-        from inheritlab.trainers.image_feed import DECODES
+        from inheritlab.trainers.image_feed import check_decode
 
         if self.augment not in ("auto", *AUGMENTS):
             raise SpecError(f"augment: got {self.augment!r}; expected one of {['auto', *AUGMENTS]}")
-        if self.image_decode not in DECODES:
-            raise SpecError(f"image_decode: got {self.image_decode!r}; expected one of {list(DECODES)}")
+        check_decode(self.image_decode)
         if not self.train_shards:
             raise SpecError("train_shards: empty; expected at least one training shard")
         if self.samples_seen is None:

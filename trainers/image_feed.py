@@ -64,12 +64,16 @@ def device_decodes(device: str) -> bool:
         return False
 
 
+def check_decode(choice: str) -> None:
+    if choice not in DECODES:
+        raise SpecError(f"image_decode: got {choice!r}; expected one of {list(DECODES)}")
+
+
 def resolve_decode(choice: str, *, use_gpu: bool) -> bool:
     """``image_decode`` → whether the device decodes. ``auto``: on a GPU whose torchvision has
     nvJPEG; the CPU rungs keep decoding in their loader workers (the training process is the
     bottleneck there, not the workers)."""
-    if choice not in DECODES:
-        raise SpecError(f"image_decode: got {choice!r}; expected one of {list(DECODES)}")
+    check_decode(choice)
     if choice == "loader":
         return False
     gpu_decodes = use_gpu and device_decodes(f"cuda:{torch.cuda.current_device()}")
@@ -82,8 +86,9 @@ def resolve_decode(choice: str, *, use_gpu: bool) -> bool:
 def encoded_row(sample: dict[str, Any]) -> tuple[str, str, bytes]:
     """How the loader ships a deferred image: (shard, member, JPEG bytes) — the names are for
     the error should the device fail to decode it."""
-    member = sample.get("image_member") or f"{str(sample['__key__']).rsplit('/', 1)[-1]}.jpg"
-    return str(sample.get("__shard__", "?")), str(member), bytes(sample["image"])
+    from inheritlab.corruptors.shards import image_member
+
+    return str(sample.get("__shard__", "?")), image_member(sample), bytes(sample["image"])
 
 
 def decode_rows(rows: Sequence[Any], device: torch.device) -> torch.Tensor:
@@ -101,7 +106,7 @@ def decode_rows(rows: Sequence[Any], device: torch.device) -> torch.Tensor:
     if encoded:
         # One buffer for the batch, split into views: decode_jpeg wants a uint8 tensor per image.
         lengths = [len(rows[i][2]) for i in encoded]
-        flat = torch.frombuffer(bytearray(b"".join(rows[i][2] for i in encoded)), dtype=torch.uint8)
+        flat = torch.frombuffer(bytearray().join(rows[i][2] for i in encoded), dtype=torch.uint8)
         chunks = list(torch.split(flat, lengths))
         try:
             images = decode_jpeg(chunks, mode=ImageReadMode.RGB, device=device)
