@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+_START = time.perf_counter()  # this process's start, near enough: the phase marks count from here
+
 # Dense bf16 tensor-core peaks (TFLOP/s) of the devices we run on; SXM parts.
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}
 
@@ -56,6 +58,86 @@ def make_jpeg_shards(root: Path, train_size: int, per_shard: int) -> list[str]:
     return paths
 
 
+class _StepWatch:
+    """Benchmark instrumentation of the trainer's own loop (its ``StepClock``): the host time of
+    every optimizer step and of the phases before the first, and a torch.profiler window over
+    steps ``a..b`` whose kernel and host-op tables are written to ``profile_to``."""
+
+    def __init__(self, window: tuple[int, int] | None, profile_to: str | None, cell: str) -> None:
+        self._cell = Path(cell)
+        self.ticks: list[float] = []
+        self.marks: dict[str, float] = {}
+        self._window, self._to, self._prof, self._t = window, profile_to, None, 0.0
+
+    def install(self) -> None:
+        from inheritlab.trainers import clip_pretrain, loop
+
+        orig_tick, orig_build, orig_batches = loop.StepClock.tick, clip_pretrain._build, clip_pretrain._batches
+        watch = self
+
+        def tick(clock: "loop.StepClock") -> None:
+            orig_tick(clock)
+            watch.ticks.append(time.perf_counter() - _START)
+            if len(watch.ticks) in (1, 10):  # where a run that overruns its time limit had got to
+                watch.save()
+            watch._maybe_profile(len(watch.ticks))
+
+        def build(*a: object, **k: object) -> object:
+            out = orig_build(*a, **k)
+            watch.marks["engine_built_s"] = time.perf_counter() - _START
+            return out
+
+        def batches(*a: object, **k: object) -> object:
+            watch.marks["loader_started_s"] = time.perf_counter() - _START
+            return orig_batches(*a, **k)
+
+        loop.StepClock.tick, clip_pretrain._build, clip_pretrain._batches = tick, build, batches
+
+    def _maybe_profile(self, step: int) -> None:
+        if self._window is None or not torch.cuda.is_available():
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        a, b = self._window
+        if step == a:
+            torch.cuda.synchronize()
+            self._prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self._prof.start()
+            self._t = time.perf_counter()
+        elif step == b and self._prof is not None:
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - self._t
+            self._prof.stop()
+            events = self._prof.key_averages()
+            busy_us = sum(e.self_device_time_total for e in events)
+            steps = b - a
+            head = (f"steps {a + 1}..{b}: {wall / steps * 1e3:.2f} ms a step (profiled); device busy "
+                    f"{busy_us / 1e3 / steps:.2f} ms a step ({busy_us / 1e6 / wall:.0%})\n")
+            with open(self._to or "/dev/null", "w") as fh:
+                fh.write(head + events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70))
+                fh.write("\n\nhost ops by self CPU time\n")
+                fh.write(events.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70))
+            print(head.strip(), flush=True)
+            self._prof = None
+
+    def save(self) -> None:
+        self._cell.mkdir(parents=True, exist_ok=True)
+        (self._cell / "timeline.json").write_text(json.dumps({**self.marks, "ticks_s": self.ticks[:10]}))
+
+    def summary(self, batch: int) -> dict[str, object]:
+        """Step times from the ticks (host clock: the loss log's syncs keep it within a few steps of
+        the device), the second half of the run's rate, and the phase marks."""
+        steps = sorted(b - a for a, b in zip(self.ticks, self.ticks[1:]))
+        half = len(self.ticks) // 2
+        out: dict[str, object] = {**self.marks, "first_tick_s": self.ticks[0] if self.ticks else None}
+        if len(steps) >= 4:
+            out |= {"step_ms_median": steps[len(steps) // 2] * 1e3, "step_ms_p90": steps[int(len(steps) * 0.9)] * 1e3,
+                    "samples_per_s_at_median_step": batch / steps[len(steps) // 2],
+                    "samples_per_s_second_half": batch * (len(self.ticks) - 1 - half)
+                    / (self.ticks[-1] - self.ticks[half])}
+        return out
+
+
 def _first_step_after(cell: str) -> float | None:
     path = Path(cell) / "progress.json"
     return json.loads(path.read_text()).get("first_step_after_s") if path.is_file() else None
@@ -82,6 +164,7 @@ def main() -> None:
                     help="where JPEGs are decoded: auto = on the GPU (nvJPEG) when training on one")
     ap.add_argument("--out", required=True)
     ap.add_argument("--make-world-only", action="store_true")
+    ap.add_argument("--profile-steps", default="", help="A:B: torch.profiler over steps A+1..B (tables beside --out)")
     args = ap.parse_args()
 
     world_root = Path(args.world)
@@ -120,6 +203,9 @@ def main() -> None:
         from bench_clip_step import _matmul_rate  # beside this script: the same measurement
 
         rate = _matmul_rate()
+    window = tuple(int(x) for x in args.profile_steps.split(":")) if args.profile_steps else None
+    watch = _StepWatch(window, f"{Path(args.out).with_suffix('')}_profile.txt" if window else None, args.cell)
+    watch.install()
     t0 = time.perf_counter()
     s = train_clip(cfg)
     wall = time.perf_counter() - t0
@@ -150,6 +236,7 @@ def main() -> None:
             "samples_per_s": s.samples_per_s, "samples_per_s_steady": steady,
             "mfu_steady_measured_rate": (steady * s.flops_per_sample / (s.world_size * rate)) if (rate and steady) else None,
             "mfu_steady_spec_peak": (steady * s.flops_per_sample / (s.world_size * peak * 1e12)) if (peak and steady) else None,
+            "timeline": watch.summary(args.batch_size) if s.steps else None,
             "final_loss": s.final_loss, "loss_curve": list(s.loss_curve), "wall_s": wall,
         }
         with open(args.out, "a") as fh:

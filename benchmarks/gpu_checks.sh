@@ -2,7 +2,8 @@
 # Every GPU check of the one-GPU run in one command, on a GPU node with torch (and triton)
 # installed but not this package: the kernel and trainer GPU tests, then the benchmarks.
 #
-#   benchmarks/gpu_checks.sh OUT_DIR [PARTS]        PARTS: comma list of tests,step,e2e,lm,lmcheck (default all)
+#   benchmarks/gpu_checks.sh OUT_DIR [PARTS]        PARTS: comma list of tests,step,e2e,lm,lmcheck (default all);
+#                                                   decode, input, compiledbg run only when named
 #                                                   (STEP_PROFILE=1: kernel tables of the step rows)
 #                                                   (and input, run only when named)
 #
@@ -25,20 +26,35 @@ log="$out/gpu_checks.log"
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, triton, deepspeed, open_clip; print('torch', torch.__version__, 'triton', triton.__version__, 'deepspeed', deepspeed.__version__, 'open_clip', open_clip.__version__)"
 } 2>&1 | tee "$log"
+# shellcheck disable=SC2086  # GPU_TESTS is a list of node ids and options, split on purpose
 [[ $parts == *tests* ]] && run gpu-tests "${TESTS_TIMEOUT:-420}" python3 -m pytest ${GPU_TESTS:-tests/gpu} -q -p no:cacheprovider -o addopts="" --durations=0
 [[ $parts == *step* ]] && run clip-step "${STEP_TIMEOUT:-360}" python3 benchmarks/bench_clip_step.py --out "$out/clip_step.json" \
   ${STEP_ROWS:+--rows "$STEP_ROWS"} ${STEP_PROFILE:+--profile}
 # e2e: the JPEG world is written first, in a process of its own, so that each training process's
 # first_step_after_s (launch to first step) is the cell's own fixed cost: the first run meets cold
-# compile caches, the second warm ones. E2E_DECODES orders the runs (image_decode of each).
+# compile caches, the second warm ones (a cold ViT-B/32 cell took 204-230 s to its first step on an
+# H200, hence the limit). E2E_DECODES orders the runs (image_decode of each); E2E_PROFILE=A:B writes a
+# torch.profiler table of steps A+1..B beside the results. The world has as many shards as the batch
+# has data slots (64 at 512) and more samples than the run trains on, as a real img2dataset world
+# does: with fewer shards every loader worker reads every shard at each epoch start
+# (trainers.slots.SharedEpochs), and a small world wraps its epoch inside the run.
+e2e_world=(--data jpeg --world /tmp/e2e-data --train-size "${E2E_TRAIN_SIZE:-65536}" --per-shard 1024)
 if [[ $parts == *e2e* ]]; then
-  e2e_args="--rung datacomp-small --data jpeg --world /tmp/e2e-data --train-size ${E2E_TRAIN_SIZE:-32768} --per-shard 1024 \
-    --batch-size 512 --steps ${E2E_STEPS:-120} --ckpt-every 40 --label-noise 0.2 --loader-workers 14 --compile ${E2E_COMPILE:-yes}"
-  run e2e-world 300 bash -c "cd benchmarks && python3 bench_clip_train.py $e2e_args --cell /tmp/e2e-none --out /dev/null --make-world-only"
+  run e2e-world 300 python3 benchmarks/bench_clip_train.py "${e2e_world[@]}" --cell /tmp/e2e-none --out /dev/null --make-world-only
   for dec in ${E2E_DECODES:-device loader}; do
-    run "e2e-jpeg-$dec" "${E2E_TIMEOUT:-300}" bash -c "cd benchmarks && python3 bench_clip_train.py $e2e_args \
-      --image-decode $dec --cell /tmp/e2e-cell-$dec --out $out/clip_train_e2e.jsonl"
+    run "e2e-jpeg-$dec" "${E2E_TIMEOUT:-420}" python3 benchmarks/bench_clip_train.py "${e2e_world[@]}" --rung datacomp-small \
+      --batch-size 512 --steps "${E2E_STEPS:-120}" --ckpt-every 40 --label-noise 0.2 --loader-workers 14 \
+      --compile "${E2E_COMPILE:-yes}" ${E2E_PROFILE:+--profile-steps "$E2E_PROFILE"} \
+      --image-decode "$dec" --cell "/tmp/e2e-cell-$dec" --out "$out/clip_train_e2e.jsonl"
+    # Written by the run as it goes: where a run that overran its limit had got to.
+    cat "/tmp/e2e-cell-$dec/progress.json" "/tmp/e2e-cell-$dec/timeline.json" 2>/dev/null | tee -a "$log"; echo
   done
+fi
+# decode: device JPEG decoding in stages (benchmarks/probe_device_decode.py) on the e2e JPEG world.
+if [[ $parts == *decode* ]]; then
+  run decode-world 300 python3 benchmarks/bench_clip_train.py "${e2e_world[@]}" --cell /tmp/e2e-none --out /dev/null --make-world-only
+  run decode-probe "${DECODE_TIMEOUT:-200}" python3 benchmarks/probe_device_decode.py --world /tmp/e2e-data \
+    --train-size "${E2E_TRAIN_SIZE:-65536}" --out "$out/device_decode.jsonl"
 fi
 # lm: lm-125m at the recipe batch (16 x 16 micro-batches = 256 x 2048 tokens), compiled blocks, random ids and
 # packed text of a built-in text world (through the trainer's loader, its worker processes) side by side on one

@@ -4,7 +4,10 @@
 # run NAME LIMIT CMD..., which logs to $log (set by the caller) and shows the tail.
 # shellcheck shell=bash
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# PYTHONFAULTHANDLER with timeout -s ABRT: a run that overruns its limit prints every thread's stack.
+# --foreground sends the signal to the command alone, not to its loader workers: fifteen processes
+# dumping at once interleave into unreadable text. Run python directly, not under bash -c.
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONFAULTHANDLER=1
 if compgen -G "$repo/.whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$repo"/.whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -16,6 +19,6 @@ export PYTHONPATH=/tmp/pkg${PYTHONPATH:+:$PYTHONPATH}
 run() {  # name, timeout seconds, command...
   local name=$1 limit=$2; shift 2
   echo "=== $name ($(date -u +%H:%M:%S))" | tee -a "${log:?set log before calling run}"
-  (cd "$repo" && timeout "$limit" "$@") 2>&1 | tee -a "$log" | tail -25
+  (cd "$repo" && timeout --foreground -s ABRT -k 15 "$limit" "$@") 2>&1 | tee -a "$log" | tail -25
   echo "=== $name exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
