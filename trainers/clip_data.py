@@ -25,7 +25,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from inheritlab.infra.errors import SpecError
 from inheritlab.infra.hashing import stable_rng
-from inheritlab.trainers.slots import SharedEpochs, join_parts, slot_shards, worker_slots
+from inheritlab.trainers.slots import SharedEpochs, in_loader_worker, join_parts, slot_shards, worker_slots
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,10 +153,11 @@ def iter_epoch_samples(spec: StreamSpec, slot: int, epoch: int, *, shared: Share
         on_pass_end(chain.counters() if chain is not None else {}, stats.to_dict())
 
 
-def shared_reader(spec: StreamSpec, slots: list[int], first_epochs: Mapping[int, int] | None = None,
-                  ) -> SharedEpochs | None:
+def shared_reader(spec: StreamSpec, slots: list[int], first_epochs: Mapping[int, int] | None = None, *,
+                  read_ahead: bool = False) -> SharedEpochs | None:
     """One reader for ``slots`` when they stride over shared shards (``None`` when each slot
-    reads shards of its own); ``first_epochs``: the epoch each slot resumes at."""
+    reads shards of its own); ``first_epochs``: the epoch each slot resumes at; ``read_ahead``: read
+    each next epoch in a thread (a reader that lives for the whole stream, in a loader worker)."""
     from inheritlab.corruptors.shards import ReadStats, iter_samples
 
     shards, stride, _ = slot_shards(spec.shards, 0, spec.num_slots)
@@ -171,7 +172,8 @@ def shared_reader(spec: StreamSpec, slots: list[int], first_epochs: Mapping[int,
         return iter_samples(order, decode=False, bad_sample_ceiling=spec.bad_sample_ceiling, stats=stats,
                             label_key=spec.label_key)
 
-    return SharedEpochs(read, slots, spec.num_slots, ReadStats, first_epochs=first_epochs)
+    return SharedEpochs(read, slots, spec.num_slots, ReadStats, first_epochs=first_epochs,
+                        read_ahead=read_ahead)
 
 
 def _raw_samples(spec: StreamSpec, slot: int, epoch: int, stats: Any,
@@ -285,7 +287,7 @@ class ClipBatchStream(IterableDataset):
         # Each worker process gets its own copies: positions advance in place.
         start = {v: SlotPosition.from_dict(self.positions[v].to_dict(), where="loader state")
                  for v in mine if v in self.positions}
-        shared = shared_reader(self.spec, mine, {v: p.epoch for v, p in start.items()})
+        shared = shared_reader(self.spec, mine, {v: p.epoch for v, p in start.items()}, read_ahead=in_loader_worker())
         streams = [SlotStream(self.spec, v, shared, start.get(v)) for v in mine]
         for stream in streams:
             stream.take(self.skip_batches * self.spec.chunk)

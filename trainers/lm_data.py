@@ -30,7 +30,7 @@ from inheritlab.corruptors.shards import ReadStats, iter_samples, list_shards
 from inheritlab.infra.errors import CheckpointError, SpecError
 from inheritlab.infra.hashing import stable_rng
 from inheritlab.trainers.data_check import pass_report, slot_ceiling
-from inheritlab.trainers.slots import SharedEpochs, join_parts, slot_shards, worker_slots
+from inheritlab.trainers.slots import SharedEpochs, in_loader_worker, join_parts, slot_shards, worker_slots
 
 if TYPE_CHECKING:
     from inheritlab.corruptors.tokenizer import TextTokenizer
@@ -134,9 +134,11 @@ def states_from_checkpoint(saved: Mapping[str, Any], slots: list[int], *, seq_le
 
 
 def shared_text_reader(spec: TextStreamSpec, slots: list[int],
-                       first_epochs: Mapping[int, int] | None = None) -> SharedEpochs | None:
+                       first_epochs: Mapping[int, int] | None = None, *,
+                       read_ahead: bool = False) -> SharedEpochs | None:
     """One reader for ``slots`` when they stride over shared shards (``None`` when each slot
-    reads shards of its own); ``first_epochs``: the epoch each slot resumes at."""
+    reads shards of its own); ``first_epochs``: the epoch each slot resumes at; ``read_ahead``: read
+    each next epoch in a thread (a reader that lives for the whole stream, in a loader worker)."""
     shards, stride, _ = slot_shards(spec.shards, 0, spec.num_slots)
     if stride == 1:
         return None
@@ -147,7 +149,8 @@ def shared_text_reader(spec: TextStreamSpec, slots: list[int],
         order = [shards[i] for i in rng.permutation(len(shards))]
         return iter_samples(order, kind="text", bad_sample_ceiling=spec.bad_sample_ceiling, stats=stats)
 
-    return SharedEpochs(read, slots, spec.num_slots, ReadStats, first_epochs=first_epochs)
+    return SharedEpochs(read, slots, spec.num_slots, ReadStats, first_epochs=first_epochs,
+                        read_ahead=read_ahead)
 
 
 class SlotWindows:
@@ -270,7 +273,8 @@ class LMBatchStream(IterableDataset):
         # Fresh objects in every worker and every iteration: states advance in place.
         states = [StreamState.from_dict(self.states[v], seq_len=self.spec.seq_len, where="loader state")
                   if v in self.states else StreamState(slot=v) for v in mine]
-        shared = shared_text_reader(self.spec, mine, {st.slot: st.epoch for st in states})
+        shared = shared_text_reader(self.spec, mine, {st.slot: st.epoch for st in states},
+                                    read_ahead=in_loader_worker())
         streams = [SlotWindows(self.spec, tok, st, shared) for st in states]
         for _ in range(self.skip_steps):  # step by step: striding slots then hold one epoch at most
             for stream in streams:
