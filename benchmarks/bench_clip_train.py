@@ -138,9 +138,10 @@ class _StepWatch:
         return out
 
 
-def _first_step_after(cell: str) -> float | None:
+def _progress(cell: str) -> dict[str, object]:
+    """The cell's ``progress.json``: ``first_step_after_s`` and the ``startup`` split by phase."""
     path = Path(cell) / "progress.json"
-    return json.loads(path.read_text()).get("first_step_after_s") if path.is_file() else None
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def main() -> None:
@@ -229,8 +230,10 @@ def main() -> None:
             "bf16_matmul_tflops_measured": rate / 1e12 if rate else None,
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             "compile": args.compile, "image_decode": args.image_decode,
-            # Launch to first step: this process's start to its first optimizer step (progress.json).
-            "first_step_after_s": _first_step_after(args.cell),
+            # Launch to first step: this process's start to its first optimizer step, and when each
+            # phase before it ended (the trainer's progress.json).
+            "first_step_after_s": _progress(args.cell).get("first_step_after_s"),
+            "startup": _progress(args.cell).get("startup"),
             "precision": s.precision, "loader_workers": args.loader_workers, "loss_impl": args.loss_impl, "image_size": args.image_size,
             "params": s.params, "flops_per_sample": s.flops_per_sample,
             "samples_per_s": s.samples_per_s, "samples_per_s_steady": steady,

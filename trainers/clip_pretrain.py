@@ -31,7 +31,7 @@ from inheritlab.infra.seeds import derive_seed32
 from inheritlab.trainers.checkpoint import CheckpointManager, Export, TrainSummary
 from inheritlab.trainers.data_check import StreamChecker, slot_ceiling
 from inheritlab.trainers.engine import PARAM_LAYOUT
-from inheritlab.trainers.loop import CellControl, LossLog, StepClock
+from inheritlab.trainers.loop import CellControl, LossLog, StepClock, process_age_s
 from inheritlab.trainers.train_config import BaseTrainConfig
 
 if TYPE_CHECKING:
@@ -209,6 +209,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     from inheritlab.trainers.image_feed import DeviceFeed
     from inheritlab.trainers.slots import gather_slot_states, rank_slots
 
+    entered = process_age_s()  # the start-up split begins here (CellControl.mark)
     use_gpu = cfg.use_gpu
     rank, world, _ = init_distributed(use_gpu=use_gpu)
     plan = _plan(cfg, world, use_gpu)
@@ -218,7 +219,11 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     done = ckpt.finished(plan.total_steps)
     if done is not None:
         return done
+    control = CellControl(cfg.cell_dir, rank=rank, world=world, total_steps=plan.total_steps, per_step=plan.global_batch,
+                          poll_steps=1 if world == 1 else cfg.log_every)
+    control.mark("start", at=entered)
     built, engine = _build(cfg, plan, world, use_gpu)
+    control.mark("engine")
     stage = int(engine.zero_optimization_stage())
     ckpt.shape["zero_stage"] = stage  # a resume must keep the stage
     forward = step_forward(engine, compile_model=cfg.compiles(use_gpu, plan.rung.device, stage, plan.total_steps))
@@ -236,11 +241,10 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     last_step = cfg.last_step(plan.total_steps, step)
     clock = StepClock(sync=use_gpu, warm_steps=min(5, max(0, (last_step - step) // 4)))
     first_step, epoch = step, 0
-    control = CellControl(cfg.cell_dir, rank=rank, world=world, total_steps=plan.total_steps, per_step=plan.global_batch,
-                          poll_steps=1 if world == 1 else cfg.log_every)
     feed = DeviceFeed(batches, device)
     while step < last_step:
         batch, uint8_images = feed.take()
+        control.mark("first_batch")
         epoch = batch["epoch"]
         for report in batch["pass_reports"]:
             checker.collect(report)

@@ -39,7 +39,7 @@ from inheritlab.trainers.engine import PARAM_LAYOUT
 from inheritlab.trainers.lm_data import StreamState, lm_batches, states_from_checkpoint, text_stream_spec
 from inheritlab.trainers.lm_data import packed_sequences  # noqa: F401  (one slot's windows, importable from here too)
 from inheritlab.trainers.lm_models import LlamaLM, LMConfig, LMRung, get_rung
-from inheritlab.trainers.loop import CellControl, LossLog, StepClock
+from inheritlab.trainers.loop import CellControl, LossLog, StepClock, process_age_s
 from inheritlab.trainers.slots import gather_slot_states, rank_slots
 from inheritlab.trainers.train_config import BaseTrainConfig
 
@@ -237,6 +237,7 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
     """Train (or resume) one LM run; returns its summary (the same on every rank)."""
     from inheritlab.trainers.engine import init_distributed, optimizer_step
 
+    entered = process_age_s()  # the start-up split begins here (CellControl.mark)
     use_gpu = cfg.use_gpu
     rank, world, local_rank = init_distributed(use_gpu=use_gpu)
     device = torch.device("cuda", local_rank) if use_gpu else torch.device("cpu")
@@ -246,8 +247,12 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
     done = ckpt.finished(plan.steps)
     if done is not None:
         return done
+    control = CellControl(cfg.cell_dir, rank=rank, world=world, total_steps=plan.steps, per_step=plan.batch,
+                          poll_steps=1 if world == 1 else cfg.log_every)
+    control.mark("start", at=entered)
     tok = load_tokenizer(cfg.tokenizer)
     model, engine = _build(cfg, plan, tok, world, use_gpu)
+    control.mark("engine")
     ckpt.shape["zero_stage"] = int(engine.zero_optimization_stage())  # a resume must keep the stage
     resumed = ckpt.resume(engine)
     step = int(resumed["step"]) if resumed else 0
@@ -259,11 +264,10 @@ def train_lm(cfg: LMTrainConfig) -> TrainSummary:
     last_step = cfg.last_step(plan.steps, step)
     clock = StepClock(sync=use_gpu, warm_steps=min(5, max(0, (last_step - step) // 4)))
     first_step = step
-    control = CellControl(cfg.cell_dir, rank=rank, world=world, total_steps=plan.steps, per_step=plan.batch,
-                          poll_steps=1 if world == 1 else cfg.log_every)
     engine.train()
     while step < last_step:
         batch = next(batches)
+        control.mark("first_batch")
         tokens = batch["tokens"]
         loss_sum = torch.zeros((), device=device)
         for i in range(0, len(tokens), plan.micro):

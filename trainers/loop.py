@@ -112,6 +112,11 @@ class StepClock:
         return overall, steady_rate
 
 
+def _ticks(seconds: float | None) -> float | None:
+    """A :func:`process_age_s` reading to its resolution (clock ticks of 10 ms)."""
+    return round(seconds, 2) if seconds is not None else None
+
+
 def process_age_s() -> float | None:
     """Seconds since this process started (Linux ``/proc``; ``None`` elsewhere): a worker's
     start-up — imports, process group, engine, model, loader — up to the moment it is asked."""
@@ -133,7 +138,13 @@ class CellControl:
     - ``progress.json``: step, total, the last logged loss and the recent samples/s, written by
       rank 0 after the first step and then at most every ``every_s`` seconds (atomically: the
       driver's progress display and ``inheritlab status`` read it while it changes); also how
-      long the process took to reach its first step.
+      long the process took to reach its first step, and (``startup``) each phase before it, in
+      seconds since the process started: the trainers :meth:`mark` ``start`` (the training
+      function entered: imports and anything the process did before), ``engine`` (process group,
+      model and engine built), ``first_batch`` (the loader's first batch in hand), and the file
+      adds ``first_step`` (compilation, kernel tuning and the step itself). A cell's fixed cost
+      is then split where it is paid, cold caches against warm; in a process that did other work
+      first (a reused worker) the phases after ``start`` still hold.
     - ``stop.request``: written by the driver when the operator stops the study. Every rank
       looks for it every ``poll_steps`` steps (every step on one rank: a stat costs microseconds
       next to a step); with several ranks the answers are combined (one max all-reduce of a
@@ -152,6 +163,13 @@ class CellControl:
         self.poll_steps = poll_steps or (1 if world == 1 else 10)
         self._last: tuple[float, int] | None = None   # (time, step) of the last write
         self._first_step_s: float | None = None
+        self._startup: dict[str, float | None] = {}
+
+    def mark(self, phase: str, at: float | None = None) -> None:
+        """Record when start-up phase ``phase`` ended (its first time only; rank 0): now, or at
+        ``at`` (a :func:`process_age_s` reading taken earlier)."""
+        if self.rank == 0 and phase not in self._startup:
+            self._startup[phase] = _ticks(at if at is not None else process_age_s())
 
     def stepped(self, step: int, losses: LossLog) -> None:
         """After each optimizer step: write the progress file when it is due (rank 0)."""
@@ -159,7 +177,7 @@ class CellControl:
             return
         now = time.time()
         if self._first_step_s is None:
-            self._first_step_s = process_age_s()
+            self._first_step_s = self._startup["first_step"] = _ticks(process_age_s())
         elif self._last is not None and now - self._last[0] < self.every_s and step < self.total:
             return
         rate = None
@@ -169,7 +187,7 @@ class CellControl:
         atomic_write_json(self._progress, {
             "step": step, "total_steps": self.total, "samples_per_s": rate,
             "loss": loss[1] if loss else None, "loss_step": loss[0] if loss else None,
-            "first_step_after_s": self._first_step_s, "updated": now, "pid": os.getpid(),
+            "first_step_after_s": self._first_step_s, "startup": self._startup, "updated": now, "pid": os.getpid(),
         })
         self._last = (now, step)
 

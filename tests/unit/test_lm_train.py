@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -52,6 +53,9 @@ def test_train_loss_goes_down_resume_is_exact_and_evaluation_runs(world, tmp_pat
     first, last = full.loss_curve[0][1], full.loss_curve[-1][1]
     assert last < first - 0.5, full.loss_curve
     assert [e.step for e in full.exports] == [4, 12]
+    startup = json.loads((tmp_path / "full" / "progress.json").read_text())["startup"]
+    assert set(startup) == {"start", "engine", "first_batch", "first_step"}
+    assert 0 < startup["start"] <= startup["engine"] <= startup["first_batch"] <= startup["first_step"]
 
     # Killed after 6 steps (last commit at 4), then relaunched: resumes at 4 and ends identical.
     part = train_lm(_cfg(world, tmp_path / "cut", ckpt_every=4, stop_after_steps=6))

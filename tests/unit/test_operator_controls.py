@@ -23,10 +23,18 @@ def test_progress_file_first_step_then_every_interval_and_the_last(tmp_path: Pat
     control = CellControl(tmp_path, rank=0, world=1, total_steps=10, per_step=32, every_s=3600)
     losses = LossLog(every=2)
     assert not (tmp_path / "progress.json").exists()
+    control.mark("start", at=0.5)
+    control.mark("engine")
+    control.mark("first_batch")
+    control.mark("engine")  # a phase ends once: the first mark stands
     control.stepped(1, losses)
     first = json.loads((tmp_path / "progress.json").read_text())
     assert first["step"] == 1 and first["total_steps"] == 10 and first["samples_per_s"] is None
     assert first["first_step_after_s"] is not None and 0 <= first["first_step_after_s"] < 3600
+    # The start-up split: when each phase ended, in seconds since the process started.
+    startup = first["startup"]
+    assert set(startup) == {"start", "engine", "first_batch", "first_step"} and startup["start"] == 0.5
+    assert startup["engine"] <= startup["first_batch"] <= startup["first_step"] == first["first_step_after_s"]
     losses.curve.append([2, 3.25])
     control.stepped(2, losses)  # not due: the file stays at step 1
     assert json.loads((tmp_path / "progress.json").read_text())["step"] == 1

@@ -92,6 +92,10 @@ def test_train_commit_resume_export_evaluate(world: WorldInfo, tmp_path: Path) -
     assert [s for s, _ in full.loss_curve] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(v)) for _, v in full.loss_curve)
     assert read_json(tmp_path / "full" / "ckpt" / "latest.json")["tag"] == "step_4"
+    # The cell's fixed cost, split by phase (seconds since the process started).
+    startup = read_json(tmp_path / "full" / "progress.json")["startup"]
+    assert set(startup) == {"start", "engine", "first_batch", "first_step"}
+    assert 0 < startup["start"] <= startup["engine"] <= startup["first_batch"] <= startup["first_step"]
     assert full.repeats == pytest.approx(128 / 384) and full.params > 0 and full.flops_per_sample > 0
 
     # Interrupted after the first commit, then resumed: same step, same data, same weights.
