@@ -4,7 +4,7 @@
 #   benchmarks/multigpu_checks.sh OUT_DIR [PARTS]      PARTS: comma list of tests,scaling (default both)
 #
 # tests:   tests/multigpu (torchrun, NCCL, bf16): CLIP train/resume/export on 2 GPUs; and every test
-#          marked multigpu elsewhere (the LM's 1-vs-2-rank curve and resume across rank counts).
+#          marked multigpu elsewhere (LM and CLIP: the 1-vs-2-rank curve, resume across rank counts).
 # scaling: the CLIP ViT-B/32 cell (bench_clip_train.py: JPEG shards, label noise 0.2, checkpoints,
 #          compiled, device JPEG decoding) and lm-125m (bench_lm_train.py, compiled, random ids and
 #          packed text) on 1, 2, 4 and 8 GPUs of this node (those it has) under torchrun, the same
@@ -24,7 +24,7 @@ export NCCL_NVLS_ENABLE=0
 log="$out/multigpu_checks.log"
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; echo "GPUs: $gpus"; } 2>&1 | tee "$log"
-[[ $parts == *tests* ]] && run multigpu-tests "${TESTS_TIMEOUT:-600}" python3 -m pytest tests/multigpu tests/unit/test_lm_ranks.py -m multigpu -q -p no:cacheprovider -o addopts=""
+[[ $parts == *tests* ]] && run multigpu-tests "${TESTS_TIMEOUT:-600}" python3 -m pytest tests/multigpu tests/unit/test_ranks.py -m multigpu -q -p no:cacheprovider -o addopts=""
 if [[ $parts == *scaling* ]]; then
   steps=${SCALING_STEPS:-60}
   run clip-world 300 bash -c "cd benchmarks && python3 bench_clip_train.py --data jpeg --world /tmp/scale-data \
