@@ -75,21 +75,28 @@ def _time(step: Callable[[], None], warmup: int = 5, n: int = 20) -> float:
 
 
 def _profile(step: Callable[[], None], dt: float, path: str, steps: int = 3) -> None:
-    """Kernel times of ``steps`` more steps (torch.profiler), sorted by device time, and how much
-    of the wall time the device was busy: a step far from busy is bound by the host."""
+    """Kernel times of ``steps`` more steps (torch.profiler) next to the timed step ``dt``."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
+    write_profile(prof, steps, dt, path, "step (timed)")
+
+
+def write_profile(prof: Any, steps: int, step_s: float, path: str, label: str) -> None:
+    """A profile's kernel table sorted by device time and its host-op table, headed by how much
+    of the step the device was busy: a step far from busy is bound by the host."""
     events = prof.key_averages()
     busy_us = sum(e.self_device_time_total for e in events)
-    head = (f"step {dt * 1e3:.2f} ms timed; device busy {busy_us / 1e3 / steps:.2f} ms a step "
-            f"({busy_us / 1e3 / steps / (dt * 1e3):.0%}); {sum(e.count for e in events if e.self_device_time_total > 0)} "
+    head = (f"{label}: {step_s * 1e3:.2f} ms; device busy {busy_us / 1e3 / steps:.2f} ms a step "
+            f"({busy_us / 1e3 / steps / (step_s * 1e3):.0%}); {sum(e.count for e in events if e.self_device_time_total > 0)} "
             f"device ops over {steps} steps\n")
     with open(path, "w") as fh:
         fh.write(head + events.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=70))
+        fh.write("\n\nhost ops by self CPU time\n")
+        fh.write(events.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70))
     print(head.strip(), flush=True)
 
 

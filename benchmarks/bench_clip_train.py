@@ -60,19 +60,19 @@ def make_jpeg_shards(root: Path, train_size: int, per_shard: int) -> list[str]:
 
 class _StepWatch:
     """Benchmark instrumentation of the trainer's own loop (its ``StepClock``): the host time of
-    every optimizer step and of the phases before the first, and a torch.profiler window over
-    steps ``a..b`` whose kernel and host-op tables are written to ``profile_to``."""
+    every optimizer step, and a torch.profiler window over steps ``a..b`` whose kernel and host-op
+    tables are written to ``profile_to``. (The phases before the first step are the trainer's own
+    ``startup`` record in ``progress.json``.)"""
 
     def __init__(self, window: tuple[int, int] | None, profile_to: str | None, cell: str) -> None:
         self._cell = Path(cell)
         self.ticks: list[float] = []
-        self.marks: dict[str, float] = {}
         self._window, self._to, self._prof, self._t = window, profile_to, None, 0.0
 
     def install(self) -> None:
-        from inheritlab.trainers import clip_pretrain, loop
+        from inheritlab.trainers import loop
 
-        orig_tick, orig_build, orig_batches = loop.StepClock.tick, clip_pretrain._build, clip_pretrain._batches
+        orig_tick = loop.StepClock.tick
         watch = self
 
         def tick(clock: "loop.StepClock") -> None:
@@ -82,20 +82,12 @@ class _StepWatch:
                 watch.save()
             watch._maybe_profile(len(watch.ticks))
 
-        def build(*a: object, **k: object) -> object:
-            out = orig_build(*a, **k)
-            watch.marks["engine_built_s"] = time.perf_counter() - _START
-            return out
-
-        def batches(*a: object, **k: object) -> object:
-            watch.marks["loader_started_s"] = time.perf_counter() - _START
-            return orig_batches(*a, **k)
-
-        loop.StepClock.tick, clip_pretrain._build, clip_pretrain._batches = tick, build, batches
+        loop.StepClock.tick = tick
 
     def _maybe_profile(self, step: int) -> None:
         if self._window is None or not torch.cuda.is_available():
             return
+        from bench_clip_step import write_profile  # beside this script: one report for both benchmarks
         from torch.profiler import ProfilerActivity, profile
 
         a, b = self._window
@@ -108,28 +100,19 @@ class _StepWatch:
             torch.cuda.synchronize()
             wall = time.perf_counter() - self._t
             self._prof.stop()
-            events = self._prof.key_averages()
-            busy_us = sum(e.self_device_time_total for e in events)
-            steps = b - a
-            head = (f"steps {a + 1}..{b}: {wall / steps * 1e3:.2f} ms a step (profiled); device busy "
-                    f"{busy_us / 1e3 / steps:.2f} ms a step ({busy_us / 1e6 / wall:.0%})\n")
-            with open(self._to or "/dev/null", "w") as fh:
-                fh.write(head + events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70))
-                fh.write("\n\nhost ops by self CPU time\n")
-                fh.write(events.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70))
-            print(head.strip(), flush=True)
+            write_profile(self._prof, b - a, wall / (b - a), self._to or "/dev/null", f"steps {a + 1}..{b}")
             self._prof = None
 
     def save(self) -> None:
         self._cell.mkdir(parents=True, exist_ok=True)
-        (self._cell / "timeline.json").write_text(json.dumps({**self.marks, "ticks_s": self.ticks[:10]}))
+        (self._cell / "timeline.json").write_text(json.dumps({"ticks_s": self.ticks[:10]}))
 
     def summary(self, batch: int) -> dict[str, object]:
         """Step times from the ticks (host clock: the loss log's syncs keep it within a few steps of
-        the device), the second half of the run's rate, and the phase marks."""
+        the device), and the second half of the run's rate."""
         steps = sorted(b - a for a, b in zip(self.ticks, self.ticks[1:]))
         half = len(self.ticks) // 2
-        out: dict[str, object] = {**self.marks, "first_tick_s": self.ticks[0] if self.ticks else None}
+        out: dict[str, object] = {"first_tick_s": self.ticks[0] if self.ticks else None}
         if len(steps) >= 4:
             out |= {"step_ms_median": steps[len(steps) // 2] * 1e3, "step_ms_p90": steps[int(len(steps) * 0.9)] * 1e3,
                     "samples_per_s_at_median_step": batch / steps[len(steps) // 2],

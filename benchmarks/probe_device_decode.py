@@ -21,7 +21,6 @@ import argparse
 import json
 import sys
 import tarfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,18 +60,6 @@ def _timed(fn: Callable[[], Any], reps: int, sync: bool) -> float:
     if sync:
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / reps
-
-
-def _busy_gpu(stop: threading.Event) -> int:
-    """Matmuls on the main stream until ``stop``: the step the feed overlaps."""
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    n = 0
-    while not stop.is_set():
-        a @ a
-        n += 1
-        if n % 8 == 0:
-            torch.cuda.synchronize()
-    return n
 
 
 def _feed_rate(batches: Iterator[dict[str, Any]], count: int, busy: bool) -> dict[str, Any]:
@@ -137,10 +124,9 @@ def main() -> None:
         from types import SimpleNamespace
 
         import open_clip
-        from probe_clip_input import RUNG, probe_loader
+        from probe_clip_input import RUNG, _config, probe_loader
 
         from inheritlab.trainers.clip_pretrain import _batches, _plan
-        from probe_clip_input import _config
 
         tok = open_clip.get_tokenizer("ViT-B-32")
         if "loader" in stages:

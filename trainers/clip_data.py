@@ -25,7 +25,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from inheritlab.infra.errors import SpecError
 from inheritlab.infra.hashing import stable_rng
-from inheritlab.trainers.slots import SharedEpochs, in_loader_worker, join_parts, slot_shards, worker_slots
+from inheritlab.trainers.slots import SharedEpochs, join_parts, slot_shards, worker_slots
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,7 +287,8 @@ class ClipBatchStream(IterableDataset):
         # Each worker process gets its own copies: positions advance in place.
         start = {v: SlotPosition.from_dict(self.positions[v].to_dict(), where="loader state")
                  for v in mine if v in self.positions}
-        shared = shared_reader(self.spec, mine, {v: p.epoch for v, p in start.items()}, read_ahead=in_loader_worker())
+        shared = shared_reader(self.spec, mine, {v: p.epoch for v, p in start.items()},
+                               read_ahead=info is not None)  # a worker's read overlaps its samples' work
         streams = [SlotStream(self.spec, v, shared, start.get(v)) for v in mine]
         for stream in streams:
             stream.take(self.skip_batches * self.spec.chunk)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import functools
 import io
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
+from inheritlab.infra.background import Background
 from inheritlab.infra.errors import ShardError, SpecError
 
 DECODES = ("auto", "loader", "device")
@@ -147,8 +147,7 @@ class DeviceFeed:
         self._batches = batches
         self._device = device
         self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._thread: threading.Thread | None = None
-        self._result: tuple[tuple[dict[str, Any], torch.Tensor] | None, BaseException | None] = (None, None)
+        self._next: Background[tuple[dict[str, Any], torch.Tensor]] | None = None
 
     def _load(self) -> tuple[dict[str, Any], torch.Tensor]:
         batch = next(self._batches)
@@ -160,30 +159,13 @@ class DeviceFeed:
                 return batch, images.to(self._device, non_blocking=True)
             return batch, decode_rows(images, self._device)
 
-    def _run(self) -> None:
-        try:
-            self._result = (self._load(), None)
-        except BaseException as exc:  # handed to the training thread by take()
-            self._result = (None, exc)
-
     def prefetch(self) -> None:
-        if self._thread is None:
-            # A daemon thread: a training process that fails mid-step must not wait on the loader.
-            self._thread = threading.Thread(target=self._run, name="image-feed", daemon=True)
-            self._thread.start()
+        if self._next is None:
+            self._next = Background(self._load, "image-feed")
 
     def take(self) -> tuple[dict[str, Any], torch.Tensor]:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            loaded, exc = self._result
-            self._result = (None, None)
-            if exc is not None:
-                raise exc
-            assert loaded is not None
-        else:
-            loaded = self._load()
-        batch, images = loaded
+        ahead, self._next = self._next, None
+        batch, images = ahead.result() if ahead is not None else self._load()
         if self._side is not None:
             main = torch.cuda.current_stream(self._device)
             main.wait_stream(self._side)

@@ -30,7 +30,7 @@ from inheritlab.corruptors.shards import ReadStats, iter_samples, list_shards
 from inheritlab.infra.errors import CheckpointError, SpecError
 from inheritlab.infra.hashing import stable_rng
 from inheritlab.trainers.data_check import pass_report, slot_ceiling
-from inheritlab.trainers.slots import SharedEpochs, in_loader_worker, join_parts, slot_shards, worker_slots
+from inheritlab.trainers.slots import SharedEpochs, join_parts, slot_shards, worker_slots
 
 if TYPE_CHECKING:
     from inheritlab.corruptors.tokenizer import TextTokenizer
@@ -274,7 +274,7 @@ class LMBatchStream(IterableDataset):
         states = [StreamState.from_dict(self.states[v], seq_len=self.spec.seq_len, where="loader state")
                   if v in self.states else StreamState(slot=v) for v in mine]
         shared = shared_text_reader(self.spec, mine, {st.slot: st.epoch for st in states},
-                                    read_ahead=in_loader_worker())
+                                    read_ahead=info is not None)  # a worker's read overlaps its samples' work
         streams = [SlotWindows(self.spec, tok, st, shared) for st in states]
         for _ in range(self.skip_steps):  # step by step: striding slots then hold one epoch at most
             for stream in streams:

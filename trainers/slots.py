@@ -15,10 +15,11 @@ only constraint is that ``W`` divides ``V``.
 
 from __future__ import annotations
 
-import threading
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from inheritlab.infra.background import Background
 from inheritlab.infra.errors import SpecError
 
 # Enough slots for 64 ranks; more would only shrink each slot's chunk of a batch.
@@ -83,7 +84,7 @@ class SharedEpochs:
     need most of it anyway): every loader worker stalls at each epoch edge for as long as reading
     every shard takes (3 s for 32,768 256-px JPEGs on one core). With ``read_ahead`` the next
     epoch is read in a thread of its own as soon as the current one is taken, so the edge finds
-    it ready; it is on in loader workers (:func:`in_loader_worker`), where the read overlaps the
+    it ready; the streams turn it on in loader workers, where the read overlaps the
     worker's per-sample work, and only while this worker's share of an epoch is at most
     :data:`READ_AHEAD_MAX_BYTES`. Samples and their order are the same either way.
     """
@@ -97,14 +98,16 @@ class SharedEpochs:
         self._epochs: dict[int, dict[int, list[Any]]] = {}
         self._stats: dict[int, Any] = {}
         self._read_ahead = read_ahead
-        self._ahead: dict[int, tuple[threading.Thread, list[Any]]] = {}
+        self._ahead: dict[int, Background[tuple[dict[int, list[Any]], Any, int]]] = {}
 
     def samples(self, slot: int, epoch: int) -> list[Any]:
         """Slot ``slot``'s raw samples of ``epoch`` (each slot takes each epoch once)."""
         if epoch not in self._epochs:
-            self._epochs[epoch], self._stats[epoch] = self._take(epoch)
-            if self._read_ahead and _held_bytes(self._epochs[epoch]) <= READ_AHEAD_MAX_BYTES:
-                self._start_ahead(epoch + 1)
+            ahead = self._ahead.pop(epoch, None)
+            # A bad shard fails the epoch that reads it, with read-ahead as without.
+            self._epochs[epoch], self._stats[epoch], held = ahead.result() if ahead else self._load(epoch)
+            if self._read_ahead and held <= READ_AHEAD_MAX_BYTES and epoch + 1 not in self._ahead:
+                self._ahead[epoch + 1] = Background(functools.partial(self._load, epoch + 1), f"read-epoch-{epoch + 1}")
         out = self._epochs[epoch].pop(slot)
         if not self._epochs[epoch]:
             del self._epochs[epoch]
@@ -116,52 +119,23 @@ class SharedEpochs:
         stats = self._stats.get(epoch)
         return dict(stats.skipped) if stats is not None and slot == 0 else {}
 
-    def _load(self, epoch: int) -> tuple[dict[int, list[Any]], Any]:
+    def _load(self, epoch: int) -> tuple[dict[int, list[Any]], Any, int]:
+        """The epoch's samples per slot, its read counters, and the payload bytes held."""
         per: dict[int, list[Any]] = {v: [] for v in self.slots if self._first[v] <= epoch}
         stats = self._new_stats()
+        held = 0
         for i, sample in enumerate(self._read(epoch, stats)):
             if i % self.num_slots in per:
                 per[i % self.num_slots].append(sample)
-        return per, stats
-
-    def _take(self, epoch: int) -> tuple[dict[int, list[Any]], Any]:
-        ahead = self._ahead.pop(epoch, None)
-        if ahead is None:
-            return self._load(epoch)
-        thread, box = ahead
-        thread.join()
-        if box[1] is not None:  # a bad shard fails the epoch that reads it, as without read-ahead
-            raise box[1]
-        return box[0]
-
-    def _start_ahead(self, epoch: int) -> None:
-        if epoch in self._ahead:
-            return
-        box: list[Any] = [None, None]
-
-        def run() -> None:
-            try:
-                box[0] = self._load(epoch)
-            except BaseException as exc:  # re-raised by _take, in the worker's own thread
-                box[1] = exc
-
-        # A daemon thread: a worker shut down mid-read must not wait for it.
-        thread = threading.Thread(target=run, name=f"read-epoch-{epoch}", daemon=True)
-        thread.start()
-        self._ahead[epoch] = (thread, box)
+                held += _payload_bytes(sample)
+        return per, stats, held
 
 
-def _held_bytes(per: Mapping[int, list[Any]]) -> int:
-    """The payload bytes of raw samples (dicts of bytes and text), for the read-ahead bound."""
-    return sum(len(v) for samples in per.values() for s in samples if isinstance(s, dict)
-               for v in s.values() if isinstance(v, (bytes, bytearray, str)))
-
-
-def in_loader_worker() -> bool:
-    """Whether this code runs in a DataLoader worker process."""
-    import torch.utils.data
-
-    return torch.utils.data.get_worker_info() is not None
+def _payload_bytes(sample: Any) -> int:
+    """A raw sample's bytes and text (a dict of fields), for the read-ahead bound."""
+    if not isinstance(sample, dict):
+        return 0
+    return sum(len(v) for v in sample.values() if isinstance(v, (bytes, bytearray, str)))
 
 
 def join_parts(parts: Iterator[dict[str, Any]], num_parts: int,
