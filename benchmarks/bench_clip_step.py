@@ -78,7 +78,7 @@ def _profile(step: Callable[[], None], dt: float, path: str, steps: int = 3) -> 
     """Kernel times of ``steps`` more steps (torch.profiler) next to the timed step ``dt``."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
@@ -87,16 +87,26 @@ def _profile(step: Callable[[], None], dt: float, path: str, steps: int = 3) -> 
 
 def write_profile(prof: Any, steps: int, step_s: float, path: str, label: str) -> None:
     """A profile's kernel table sorted by device time and its host-op table, headed by how much
-    of the step the device was busy: a step far from busy is bound by the host."""
+    of the step the device was busy: a step far from busy is bound by the host. With shapes
+    recorded, a third table names the operator shapes behind the largest device times."""
+    from torch.autograd import DeviceType
+
     events = prof.key_averages()
-    busy_us = sum(e.self_device_time_total for e in events)
+    # Kernels and copies only: an operator's self device time repeats its kernels' time, and a
+    # user annotation's device-side range spans the kernels under it, so a sum over every event
+    # counts each kernel two or three times. (Streams that overlap still add up.)
+    device = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    busy_us = sum(e.self_device_time_total for e in device)
+    launches = sum(e.count for e in device)
     head = (f"{label}: {step_s * 1e3:.2f} ms; device busy {busy_us / 1e3 / steps:.2f} ms a step "
-            f"({busy_us / 1e3 / steps / (step_s * 1e3):.0%}); {sum(e.count for e in events if e.self_device_time_total > 0)} "
-            f"device ops over {steps} steps\n")
+            f"({busy_us / 1e3 / steps / (step_s * 1e3):.0%}); {launches / steps:.0f} device ops a step\n")
     with open(path, "w") as fh:
         fh.write(head + events.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=70))
         fh.write("\n\nhost ops by self CPU time\n")
         fh.write(events.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70))
+        fh.write("\n\noperators by input shape, by device time\n")
+        fh.write(prof.key_averages(group_by_input_shape=True).table(
+            sort_by="device_time_total", row_limit=30, max_name_column_width=50, max_shapes_column_width=90))
     print(head.strip(), flush=True)
 
 
@@ -262,19 +272,19 @@ def main(argv: list[str] | None = None) -> int:
                 label = "open_clip + ClipLoss, AdamW (anchor recipe)"
             elif kind == "bare":
                 dt, flops = _bare("datacomp-small", img, txt, mode)
-                label = f"no DeepSpeed: fused AdamW, multi-tensor clip, fused loss ({mode})"
+                label = f"no DeepSpeed: fused AdamW, multi-tensor clip, loss by size rule ({mode})"
             elif kind == "direct":
                 dt, flops = _direct("datacomp-small", img, txt)
                 label = "inheritlab engine, stage 0, module forward compiled whole and called directly"
             elif kind == "ours" and mode == "wcompile":
                 dt, flops = _ours("datacomp-small", img, txt, "whole", "auto")
-                label = "inheritlab engine (auto: ZeRO-0, bf16 autocast, fused AdamW, multi-tensor clip; fused loss), whole model compiled"
+                label = "inheritlab engine (auto: ZeRO-0, bf16 autocast, fused AdamW, multi-tensor clip; loss by size rule; patch embedding as a matmul), whole model compiled"
             elif kind == "ours":
                 dt, flops = _ours("datacomp-small", img, txt, mode == "compile", "auto")
-                label = "inheritlab engine (auto: ZeRO-0, bf16 autocast, fused AdamW, multi-tensor clip; fused loss)"
+                label = "inheritlab engine (auto: ZeRO-0, bf16 autocast, fused AdamW, multi-tensor clip; loss by size rule; patch embedding as a matmul)"
             else:
                 dt, flops = _ours("datacomp-small", img, txt, mode == "compile", 2)
-                label = "inheritlab engine (DeepSpeed bf16 ZeRO-2, fused loss)"
+                label = "inheritlab engine (DeepSpeed bf16 ZeRO-2, loss by size rule)"
             rows.append({"method": label, "compile": mode != "eager", "model": "ViT-B-32", "batch": args.batch,
                          "samples_per_s": round(args.batch / dt, 1), "step_ms": round(dt * 1e3, 2),
                          "mfu": round(flops / dt / rate, 4), "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)})

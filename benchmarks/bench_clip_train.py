@@ -93,7 +93,7 @@ class _StepWatch:
         a, b = self._window
         if step == a:
             torch.cuda.synchronize()
-            self._prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self._prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True)
             self._prof.start()
             self._t = time.perf_counter()
         elif step == b and self._prof is not None:
@@ -188,7 +188,7 @@ def main() -> None:
 
         rate = _matmul_rate()
     window = tuple(int(x) for x in args.profile_steps.split(":")) if args.profile_steps else None
-    watch = _StepWatch(window, f"{Path(args.out).with_suffix('')}_profile.txt" if window else None, args.cell)
+    watch = _StepWatch(window, f"{Path(args.out).with_suffix('')}_profile_{args.image_decode}.txt" if window else None, args.cell)
     watch.install()
     t0 = time.perf_counter()
     s = train_clip(cfg)

@@ -3,7 +3,7 @@
 # installed but not this package: the kernel and trainer GPU tests, then the benchmarks.
 #
 #   benchmarks/gpu_checks.sh OUT_DIR [PARTS]        PARTS: comma list of tests,step,e2e,lm,lmcheck (default all);
-#                                                   decode, input, compiledbg run only when named
+#                                                   decode, input, compiledbg, losssizes run only when named
 #                                                   (STEP_PROFILE=1: kernel tables of the step rows)
 #                                                   (and input, run only when named)
 #
@@ -54,6 +54,8 @@ fi
 # (written first when absent: allow a minute for it).
 [[ $parts == *decode* ]] && run decode-probe "${DECODE_TIMEOUT:-260}" python3 benchmarks/probe_device_decode.py \
   --world /tmp/e2e-data --train-size "${E2E_TRAIN_SIZE:-65536}" --out "$out/device_decode.jsonl"
+# losssizes: the fused CLIP loss against the reference at per-GPU batches 256..16384 (where the fused one pays).
+[[ $parts == *losssizes* ]] && run loss-sizes 120 python3 benchmarks/probe_clip_loss_sizes.py --out "$out/clip_loss_sizes.json"
 # lm: lm-125m at the recipe batch (16 x 16 micro-batches = 256 x 2048 tokens), compiled blocks, random ids and
 # packed text of a built-in text world (through the trainer's loader, its worker processes) side by side on one
 # engine; the record's "comparison" has both tokens/s and MFUs and their ratio. The world is built untimed in /tmp.

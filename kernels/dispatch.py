@@ -1,7 +1,9 @@
 """The one entry point the trainers call: Triton kernels on GPU, PyTorch references on CPU.
 
 ``impl``:
-  * ``"auto"``      Triton when the tensors are on CUDA, the reference on CPU.
+  * ``"auto"``      Triton when the tensors are on CUDA, the reference on CPU; for the CLIP
+                    loss, the reference also below ``CLIP_FUSED_MIN_LOGITS`` (a fixed rule on
+                    the shape, so a cell's numerics never depend on the machine).
   * ``"triton"``    the Triton kernel; on CPU only under ``TRITON_INTERPRET=1`` (set before the
                     kernel modules are first imported), otherwise an error.
   * ``"reference"`` the PyTorch reference, anywhere.
@@ -32,6 +34,12 @@ __all__ = [
 ]
 
 IMPLS = ("auto", "triton", "reference")
+# Local rows x candidate columns below which "auto" scores the CLIP loss with plain logits. The
+# fused kernel exists to avoid the B x B logits; below ~4096² entries they are a few MiB and the
+# plain path's few large launches win: fwd+bwd at d=512, bf16, H200 (benchmarks/results/
+# clip_loss_sizes_h200.json): B=512 1.95 against 0.82 ms, 2048 1.54 against 0.91, 4096 1.69
+# against 1.84, 8192 1.72 against 6.37.
+CLIP_FUSED_MIN_LOGITS = 4096 * 4096
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -120,6 +128,15 @@ def _check_pair(fn: str, image_features: torch.Tensor, text_features: torch.Tens
         raise TypeError(f"{fn}: image_features is {image_features.dtype}, text_features {text_features.dtype}")
 
 
+def _clip_logits(image_features: torch.Tensor, gather: bool) -> int:
+    """Entries of the logits one rank would score: local rows x (world x local) columns."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if gather and dist.is_available() and dist.is_initialized() else 1
+    rows = image_features.shape[0]
+    return rows * rows * world
+
+
 def clip_contrastive_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -142,6 +159,8 @@ def clip_contrastive_loss(
     _check_pair(fn, image_features, text_features)
     _check_scalar(fn, "logit_scale", logit_scale)
     which = _choose(impl, fn, image_features, text_features, logit_scale)
+    if impl == "auto" and which == "triton" and _clip_logits(image_features, gather) < CLIP_FUSED_MIN_LOGITS:
+        which = "reference"
     if which == "reference":
         return clip_contrastive_loss_reference(image_features, text_features, logit_scale, gather=gather)
     from inheritlab.kernels.clip_loss import clip_loss_triton

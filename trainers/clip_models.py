@@ -164,10 +164,45 @@ def build_clip(rung: str | ClipRung, *, pretrained: str | None = None, seed: int
     if seed is not None:
         torch.manual_seed(seed)
     model = open_clip.create_model(r.open_clip_name, pretrained=pretrained)
+    patch_embed_as_matmul(model)
     cfg = open_clip_model_cfg(r)
     transform = open_clip.image_transform(r.image_size, is_train=False)
     tokenizer = open_clip.get_tokenizer(r.open_clip_name)
     return BuiltClip(model=model, transform=transform, tokenizer=tokenizer, rung=r, model_cfg=cfg)
+
+
+class PatchConv2d(torch.nn.Conv2d):
+    """A ViT patch embedding (kernel = stride, no padding) computed as one matrix product.
+
+    For non-overlapping patches the convolution is exactly ``patches @ weight.T``; cuDNN's
+    default algorithm for this shape is not a tensor-core GEMM (ViT-B/32 at batch 512 on an
+    H200: 4.3 ms forward and 5.1 ms weight gradient a step, 11 % of the step, where the matrix
+    product takes a fraction of a millisecond: benchmarks/results/clip_step_h200.md). Same
+    parameters and state-dict keys as the convolution it replaces, so checkpoints and exports
+    load in plain open_clip.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        (p, q), o = self.kernel_size, self.out_channels
+        gh, gw = h // p, w // q
+        patches = x[:, :, :gh * p, :gw * q].reshape(b, c, gh, p, gw, q).permute(0, 2, 4, 1, 3, 5)
+        y = torch.nn.functional.linear(patches.reshape(b * gh * gw, c * p * q), self.weight.reshape(o, -1), self.bias)
+        return y.reshape(b, gh, gw, o).permute(0, 3, 1, 2)   # the convolution's [B, O, gh, gw]
+
+
+def patch_embed_as_matmul(model: torch.nn.Module) -> bool:
+    """Compute an open_clip ViT's patch embedding as a matrix product (in place; see
+    ``PatchConv2d``). The rule: only a plain non-overlapping convolution qualifies (kernel =
+    stride, no padding or dilation, one group); anything else is left to cuDNN. True if changed."""
+    conv = getattr(getattr(model, "visual", None), "conv1", None)
+    if type(conv) is not torch.nn.Conv2d:
+        return False
+    if (conv.kernel_size != conv.stride or conv.padding not in ((0, 0), "valid") or conv.dilation != (1, 1)
+            or conv.groups != 1 or conv.padding_mode != "zeros"):
+        return False
+    conv.__class__ = PatchConv2d   # same module, same parameters: only forward changes
+    return True
 
 
 def compile_towers(model: torch.nn.Module) -> torch.nn.Module:

@@ -48,10 +48,10 @@ CASES = [
 
 
 def _agrees_with_reference(loss, inputs: list[torch.Tensor], dtype: torch.dtype, *, grad_dtype: bool) -> None:
-    """The kernel (impl="auto" → Triton on CUDA) against the float64 reference: loss and every gradient."""
+    """The Triton kernel against the float64 reference: loss and every gradient."""
     ours = [x.clone().requires_grad_() for x in inputs]
     ref = [x.double().clone().requires_grad_() for x in inputs]
-    lo = loss(*ours)
+    lo = loss(*ours, impl="triton")
     lr = loss(*ref, impl="reference")
     lo.backward()
     lr.backward()
@@ -76,13 +76,21 @@ def test_siglip_gpu(b: int, d: int, scale: float, aligned: float, dtype: torch.d
     _agrees_with_reference(siglip_loss, [i, t, s, bias], dtype, grad_dtype=False)
 
 
+@pytest.mark.parametrize(("b", "expect"), [(512, "reference"), (4096, "triton")])
+def test_clip_auto_follows_the_size_rule(b: int, expect: str) -> None:
+    # "auto" scores small batches with plain logits (dispatch.CLIP_FUSED_MIN_LOGITS), large ones fused.
+    i, t = _features(b, 512, 0.5, torch.bfloat16, seed=b)
+    s = torch.tensor(30.0, device=DEV)
+    assert torch.equal(clip_contrastive_loss(i, t, s), clip_contrastive_loss(i, t, s, impl=expect))
+
+
 def test_clip_backward_in_several_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clip_mod, "CHUNK_BYTES", 512 * 3000 * 2)  # 512-row chunks of 3000 columns
     i, t = _features(3000, 512, 0.5, torch.bfloat16, seed=5)
     s = torch.tensor(30.0, device=DEV)
     ours = [x.clone().requires_grad_() for x in (i, t, s)]
     ref = [x.double().clone().requires_grad_() for x in (i, t, s)]
-    clip_contrastive_loss(*ours).backward()
+    clip_contrastive_loss(*ours, impl="triton").backward()
     clip_contrastive_loss(*ref, impl="reference").backward()
     for a, r in zip(ours, ref):
         assert _rel(a.grad, r.grad) < 2e-2
