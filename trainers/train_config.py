@@ -52,7 +52,7 @@ class BaseTrainConfig:
     precision: str = "auto"                # auto: bf16 on GPU, fp32 on CPU
     device: str = "auto"                   # auto: CUDA when available
     compile: str = "auto"                  # torch.compile: auto = the GPU rungs on a GPU
-    loss_impl: str = "auto"                # auto: the fused Triton kernel on GPU, the reference on CPU
+    loss_impl: str = "auto"                # auto: fused Triton on GPU (CLIP: from 4096² logits), else the reference
     ckpt_every: int = 50
     export_every_ckpt: bool = False
     export_steps: tuple[int, ...] = ()
