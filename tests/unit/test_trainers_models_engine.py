@@ -50,10 +50,13 @@ def test_exported_weights_load_through_open_clip(tmp_path: Path) -> None:
     by_name = open_clip.create_model("clip-tiny", pretrained=str(path)).eval()
     by_dir = open_clip.create_model(f"local-dir:{tmp_path}").eval()
     ref = built.model.eval()
+    # Ours computes the patch embedding as a matmul (clip_models.PatchConv2d), plain open_clip as a
+    # convolution: the same function in another summation order, so fp32 rounding apart.
+    close = {"rtol": 1e-4, "atol": 1e-5}
     with torch.no_grad():
         want = ref.encode_image(x)
-        assert torch.allclose(by_name.encode_image(x), want)
-        assert torch.allclose(by_dir.encode_image(x), want)
+        assert torch.allclose(by_name.encode_image(x), want, **close)
+        assert torch.allclose(by_dir.encode_image(x), want, **close)
         assert torch.allclose(by_name.encode_text(t), ref.encode_text(t))
     other = build_clip("clip-tiny", seed=4).model.eval()
     with torch.no_grad():
