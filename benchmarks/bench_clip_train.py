@@ -1,4 +1,4 @@
-"""Throughput of one CLIP pre-training cell (DeepSpeed, the real data stream, the fused loss).
+"""Throughput of one CLIP pre-training cell (DeepSpeed, the real data stream, the trainer's loss).
 
 Launch alone or under torchrun; rank 0 appends one JSON record to ``--out``::
 
@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--label-noise", type=float, default=0.0, help="train through the corruptor chain")
     ap.add_argument("--ckpt-every", type=int, default=0, help="commit a checkpoint every N steps (0: at the end)")
     ap.add_argument("--loader-workers", type=int, default=4)
-    ap.add_argument("--loss-impl", default="auto", help="auto = the Triton kernel on GPU")
+    ap.add_argument("--loss-impl", default="auto", help="auto = the Triton kernel on GPU (CLIP: from 4096² logits)")
     ap.add_argument("--compile", default="auto", choices=("auto", "yes", "no"))
     ap.add_argument("--image-decode", default="auto", choices=("auto", "loader", "device"),
                     help="where JPEGs are decoded: auto = on the GPU (nvJPEG) when training on one")
@@ -168,6 +168,8 @@ def main() -> None:
     else:
         from inheritlab.corruptors.world import load_world_info
 
+        if not world_root.exists():   # generated first when absent, as the JPEG shards are
+            make_world(world_root, args.image_size, args.train_size, args.per_shard)
         world = load_world_info(world_root)
         shards, classes, label_key = list(world.splits["train"]), world.num_classes, None
     if Path(args.cell).exists():
@@ -203,6 +205,7 @@ def main() -> None:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
         peak = _peak(gpu)
         steady = s.samples_per_s_steady
+        progress = _progress(args.cell)
         record = {
             "bench": "clip_train", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "device": gpu, "gpus": s.world_size if torch.cuda.is_available() else 0,
@@ -215,8 +218,7 @@ def main() -> None:
             "compile": args.compile, "image_decode": args.image_decode,
             # Launch to first step: this process's start to its first optimizer step, and when each
             # phase before it ended (the trainer's progress.json).
-            "first_step_after_s": _progress(args.cell).get("first_step_after_s"),
-            "startup": _progress(args.cell).get("startup"),
+            "first_step_after_s": progress.get("first_step_after_s"), "startup": progress.get("startup"),
             "precision": s.precision, "loader_workers": args.loader_workers, "loss_impl": args.loss_impl, "image_size": args.image_size,
             "params": s.params, "flops_per_sample": s.flops_per_sample,
             "samples_per_s": s.samples_per_s, "samples_per_s_steady": steady,

@@ -5,7 +5,6 @@
 #   benchmarks/gpu_checks.sh OUT_DIR [PARTS]        PARTS: comma list of tests,step,e2e,lm,lmcheck (default all);
 #                                                   decode, input, compiledbg, losssizes run only when named
 #                                                   (STEP_PROFILE=1: kernel tables of the step rows)
-#                                                   (and input, run only when named)
 #
 # lm measures LM MFU at the recipe batch on random ids and on packed built-in-world text (one call, both).
 # e2e trains ViT-B/32 (rung datacomp-small, batch 512) from img2dataset-style 256-px JPEG shards

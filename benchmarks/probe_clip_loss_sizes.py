@@ -46,17 +46,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    rows = []
+    record = {"probe": "clip_loss_sizes", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "d": 512, "rows": []}
     for dtype in (torch.bfloat16, torch.float32):
         for b in SIZES:
             ms = {impl: round(_time(impl, b, dtype), 4) for impl in ("triton", "reference")}
-            rows.append({"batch": b, "dtype": str(dtype).split(".")[-1], "ms": ms,
-                         "triton_over_reference": round(ms["triton"] / ms["reference"], 3)})
-            print(json.dumps(rows[-1]), flush=True)
-    record = {"probe": "clip_loss_sizes", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "d": 512, "rows": rows}
-    with open(args.out, "w") as fh:
-        json.dump(record, fh, indent=1)
+            record["rows"].append({"batch": b, "dtype": str(dtype).split(".")[-1], "ms": ms,
+                                   "triton_over_reference": round(ms["triton"] / ms["reference"], 3)})
+            print(json.dumps(record["rows"][-1]), flush=True)
+            # Rewritten after every row: a run stopped by its time limit (a new shape's first call
+            # tunes the kernel's tiles) keeps the rows it finished.
+            with open(args.out, "w") as fh:
+                json.dump(record, fh, indent=1)
 
 
 if __name__ == "__main__":
