@@ -14,7 +14,9 @@ Rows (ViT-B-32, batch 512, 224 px, 77 text tokens, the anchor's shape):
                                   outside DeepSpeed's hooks and compiled whole) and, for
                                   comparison, DeepSpeed's bf16 ZeRO-2 (FusedAdam, fp32 master
                                   weights, towers compiled): rows ``ours-eager``, ``ours-compile``,
-                                  ``zero2-eager``, ``zero2-compile``. Diagnostic rows:
+                                  ``ours-graphs`` (compiled and replayed as CUDA graphs, what
+                                  ``cuda_graphs: auto`` runs), ``zero2-eager``, ``zero2-compile``.
+                                  Diagnostic rows:
                                   ``ours-wcompile`` (the whole module compiled with the engine's
                                   hooks inside), ``bare-compile``/``bare-wcompile`` (the same step
                                   without DeepSpeed), ``direct-wcompile``.
@@ -160,7 +162,8 @@ def _ours(rung: str, img: torch.Tensor, txt: torch.Tensor, compile_: bool | str,
     img16 = img.to(torch.bfloat16)
     # What the trainer calls: at stage 0 the module's forward outside the engine's hooks, compiled
     # whole when compiling (engine.step_forward); elsewhere the engine.
-    forward = step_forward(engine, compile_model=compile_ is True and engine.zero_optimization_stage() == 0)
+    compiled = compile_ in (True, "graphs") and engine.zero_optimization_stage() == 0
+    forward = step_forward(engine, compile_model=compiled, cuda_graphs=compile_ == "graphs")
 
     def step() -> None:
         i, t, s = forward(img16, txt)
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--profile", action="store_true", help="write each row's kernel table beside --out")
-    ap.add_argument("--rows", default="anchor-eager,anchor-compile,ours-eager,ours-compile,zero2-eager,zero2-compile")
+    ap.add_argument("--rows", default="anchor-eager,anchor-compile,ours-eager,ours-compile,ours-graphs,zero2-eager,zero2-compile")
     args = ap.parse_args(argv)
     import faulthandler
     import signal
@@ -276,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             elif kind == "direct":
                 dt, flops = _direct("datacomp-small", img, txt)
                 label = "inheritlab engine, stage 0, module forward compiled whole and called directly"
+            elif kind == "ours" and mode == "graphs":
+                dt, flops = _ours("datacomp-small", img, txt, "graphs", "auto")
+                label = ("inheritlab engine (auto: ZeRO-0, bf16 autocast, fused AdamW, multi-tensor clip; loss by size rule; "
+                         "patch embedding as a matmul), forward and backward compiled and replayed as CUDA graphs")
             elif kind == "ours" and mode == "wcompile":
                 dt, flops = _ours("datacomp-small", img, txt, "whole", "auto")
                 label = "inheritlab engine (auto: ZeRO-0, bf16 autocast, fused AdamW, multi-tensor clip; loss by size rule; patch embedding as a matmul), whole model compiled"
@@ -285,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 dt, flops = _ours("datacomp-small", img, txt, mode == "compile", 2)
                 label = "inheritlab engine (DeepSpeed bf16 ZeRO-2, loss by size rule)"
-            rows.append({"method": label, "compile": mode != "eager", "model": "ViT-B-32", "batch": args.batch,
+            rows.append({"method": label, "compile": mode != "eager", "cuda_graphs": mode == "graphs", "model": "ViT-B-32", "batch": args.batch,
                          "samples_per_s": round(args.batch / dt, 1), "step_ms": round(dt * 1e3, 2),
                          "mfu": round(flops / dt / rate, 4), "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)})
         except Exception as exc:  # one failing row must not lose the others

@@ -144,6 +144,8 @@ def main() -> None:
     ap.add_argument("--loader-workers", type=int, default=4)
     ap.add_argument("--loss-impl", default="auto", help="auto = the Triton kernel on GPU (CLIP: from 4096² logits)")
     ap.add_argument("--compile", default="auto", choices=("auto", "yes", "no"))
+    ap.add_argument("--cuda-graphs", default="auto", choices=("auto", "yes", "no"),
+                    help="replay the compiled step as CUDA graphs (auto: wherever it can be graphed)")
     ap.add_argument("--image-decode", default="auto", choices=("auto", "loader", "device"),
                     help="where JPEGs are decoded: auto = on the GPU (nvJPEG) when training on one")
     ap.add_argument("--out", required=True)
@@ -182,7 +184,7 @@ def main() -> None:
         ckpt_every=args.ckpt_every or args.steps, loader_workers=args.loader_workers, num_classes=classes,
         class_names=tuple(f"class {i}" for i in range(classes)), label_key=label_key,
         unique_samples=args.train_size, log_every=5, loss_impl=args.loss_impl, bad_sample_ceiling=0.01,
-        compile=args.compile, image_decode=args.image_decode,
+        compile=args.compile, image_decode=args.image_decode, cuda_graphs=args.cuda_graphs,
     )
     rate = None
     if torch.cuda.is_available():
@@ -190,7 +192,7 @@ def main() -> None:
 
         rate = _matmul_rate()
     window = tuple(int(x) for x in args.profile_steps.split(":")) if args.profile_steps else None
-    watch = _StepWatch(window, f"{Path(args.out).with_suffix('')}_profile_{args.image_decode}.txt" if window else None, args.cell)
+    watch = _StepWatch(window, f"{Path(args.out).with_suffix('')}_profile_{args.image_decode}_graphs-{args.cuda_graphs}.txt" if window else None, args.cell)
     watch.install()
     t0 = time.perf_counter()
     s = train_clip(cfg)
@@ -215,7 +217,8 @@ def main() -> None:
             "data": args.data, "label_noise": args.label_noise, "ckpt_every": cfg.ckpt_every,
             "bf16_matmul_tflops_measured": rate / 1e12 if rate else None,
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-            "compile": args.compile, "image_decode": args.image_decode,
+            "compile": args.compile, "image_decode": args.image_decode, "cuda_graphs": args.cuda_graphs,
+            "step_mode": s.extra.get("step"),  # what ran: compiled, graphed, graphs Inductor skipped
             # Launch to first step: this process's start to its first optimizer step, and when each
             # phase before it ended (the trainer's progress.json).
             "first_step_after_s": progress.get("first_step_after_s"), "startup": progress.get("startup"),

@@ -32,7 +32,7 @@ from inheritlab.trainers.checkpoint import CheckpointManager, Export, TrainSumma
 from inheritlab.trainers.data_check import StreamChecker, slot_ceiling
 from inheritlab.trainers.engine import PARAM_LAYOUT
 from inheritlab.trainers.loop import CellControl, LossLog, StepClock, process_age_s
-from inheritlab.trainers.train_config import BaseTrainConfig
+from inheritlab.trainers.train_config import SWITCHES, BaseTrainConfig
 
 if TYPE_CHECKING:
     from inheritlab.trainers.clip_models import BuiltClip, ClipRung
@@ -55,6 +55,7 @@ class ClipTrainConfig(BaseTrainConfig):
     label_key: str | None = None           # labels from this .json key when samples have no .cls
     augment: str = "auto"                  # "auto": the rung's (rrc on GPU rungs); "none"; "rrc"
     image_decode: str = "auto"             # "auto": on the GPU (nvJPEG) when training on one; "loader"; "device"
+    cuda_graphs: str = "auto"              # "auto": wherever the compiled step can be graphed (engine.cuda_graphs_for)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -64,6 +65,8 @@ class ClipTrainConfig(BaseTrainConfig):
         if self.augment not in ("auto", *AUGMENTS):
             raise SpecError(f"augment: got {self.augment!r}; expected one of {['auto', *AUGMENTS]}")
         check_decode(self.image_decode)
+        if self.cuda_graphs not in SWITCHES:
+            raise SpecError(f"cuda_graphs: got {self.cuda_graphs!r}; allowed {', '.join(SWITCHES)}")
         if not self.train_shards:
             raise SpecError("train_shards: empty; expected at least one training shard")
         if self.samples_seen is None:
@@ -205,7 +208,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     """Train (or finish training) one cell; returns its summary (the same on every rank)."""
     from inheritlab.kernels import clip_contrastive_loss
     from inheritlab.trainers.clip_images import crop_boxes, device_images
-    from inheritlab.trainers.engine import init_distributed, optimizer_step, step_forward
+    from inheritlab.trainers.engine import cuda_graphs_for, graph_skips, init_distributed, optimizer_step, step_forward
     from inheritlab.trainers.image_feed import DeviceFeed
     from inheritlab.trainers.slots import gather_slot_states, rank_slots
 
@@ -226,7 +229,10 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     control.mark("engine")
     stage = int(engine.zero_optimization_stage())
     ckpt.shape["zero_stage"] = stage  # a resume must keep the stage
-    forward = step_forward(engine, compile_model=cfg.compiles(use_gpu, plan.rung.device, stage, plan.total_steps))
+    compiled = cfg.compiles(use_gpu, plan.rung.device, stage, plan.total_steps)
+    graphs = cuda_graphs_for(cfg.cuda_graphs, compiled=compiled, engine=engine)
+    forward = step_forward(engine, compile_model=compiled, cuda_graphs=graphs)
+    skips_before = graph_skips()
     resumed = ckpt.resume(engine)
     step = int(resumed["step"]) if resumed else 0
     losses = LossLog(cfg.log_every, resumed["loss_curve"] if resumed else (),
@@ -279,8 +285,10 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
         if stop:
             raise StopRequested(f"training stopped on request after step {step} of {plan.total_steps}; "
                                 f"checkpoint committed, a rerun resumes from it")
+    # How the step ran, so a results row says it: a graph Inductor could not record runs without.
+    how = {"compiled": compiled, "cuda_graphs": graphs, "graph_skips": graph_skips() - skips_before}
     return _finish(cfg, plan, ckpt, built, step=step, trained=step - first_step, epoch=epoch, world=world,
-                   losses=losses, clock=clock, resumed_from=first_step if resumed else None, checker=checker)
+                   losses=losses, clock=clock, resumed_from=first_step if resumed else None, checker=checker, how=how)
 
 
 def _trace(cfg: ClipTrainConfig, rank: int, step: int, keys: list[str]) -> None:
@@ -293,7 +301,7 @@ def _trace(cfg: ClipTrainConfig, rank: int, step: int, keys: list[str]) -> None:
 
 def _finish(cfg: ClipTrainConfig, plan: _Plan, ckpt: CheckpointManager, built: "BuiltClip", *, step: int,
             trained: int, epoch: int, world: int, losses: LossLog, clock: StepClock, resumed_from: int | None,
-            checker: StreamChecker) -> TrainSummary:
+            checker: StreamChecker, how: dict[str, Any]) -> TrainSummary:
     """Check the data stream, write the summary of a finished run, return it."""
     from inheritlab.trainers.clip_models import count_params, flops_per_sample
 
@@ -307,7 +315,7 @@ def _finish(cfg: ClipTrainConfig, plan: _Plan, ckpt: CheckpointManager, built: "
         epochs=epoch + 1 if trained else None,
         repeats=(step * plan.global_batch / cfg.unique_samples) if cfg.unique_samples else None,
         exports=tuple(ckpt.exports()), resumed_from=resumed_from, data_check=checker.finish(),
-        extra={"checkpoints": ckpt.checkpoints()},
+        extra={"checkpoints": ckpt.checkpoints(), "step": how},
     )
     ckpt.finish(summary)
     return summary

@@ -268,7 +268,7 @@ def build_engine(model: torch.nn.Module, cfg: EngineConfig) -> tuple[Any, Any, A
     return engine, opt, sched
 
 
-def step_forward(engine: Any, *, compile_model: bool) -> Any:
+def step_forward(engine: Any, *, compile_model: bool, cuda_graphs: bool = False) -> Any:
     """What a training step calls for its forward pass.
 
     Compiling under our own step (:attr:`EngineConfig.own_step`: ZeRO stage 0), the module's
@@ -280,20 +280,68 @@ def step_forward(engine: Any, *, compile_model: bool) -> Any:
     at batch 512: 81.8 ms a step this way against open_clip's compiled 79–80 ms
     (``benchmarks/results/clip_step_h200.md``). Backward and the optimizer step stay the
     engine's. Otherwise (eager; ZeRO 1–3 or fp16, which need it) the engine's own forward.
+
+    With ``cuda_graphs`` (decided by :func:`cuda_graphs_for`) the compiled forward and its
+    backward are recorded once as CUDA graphs and replayed (Inductor's ``reduce-overhead``):
+    one launch each where the host otherwise issues ~1,800 kernels a ViT-B/32 step. Each call
+    starts a new graph step, so the previous step's outputs (features; gradients the engine
+    set to ``None``) may be overwritten — which is why graphs need one micro-batch a step.
     """
     if not (compile_model and getattr(engine, "inheritlab_own_step", False)):
+        if cuda_graphs:
+            raise ValueError("step_forward: CUDA graphs need the forward compiled under our own step (ZeRO stage 0)")
         return engine
-    forward = torch.compile(engine.module.forward)
+    forward = torch.compile(engine.module.forward, mode="reduce-overhead" if cuda_graphs else None)
     dtype = getattr(engine, "inheritlab_autocast", None)
-    if dtype is None:
-        return forward
     device_type = "cuda" if torch.cuda.is_available() and next(engine.module.parameters()).is_cuda else "cpu"
+    if dtype is None and not cuda_graphs:
+        return forward
 
-    def autocast_forward(*args: Any, **kwargs: Any) -> Any:
+    def step_forward_call(*args: Any, **kwargs: Any) -> Any:
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        if dtype is None:
+            return forward(*args, **kwargs)
         with torch.autocast(device_type, dtype=dtype):
             return forward(*args, **kwargs)
 
-    return autocast_forward
+    return step_forward_call
+
+
+def cuda_graphs_for(requested: str, *, compiled: bool, engine: Any) -> bool:
+    """Whether the compiled step replays CUDA graphs (:func:`step_forward`). ``auto`` picks by
+    this rule: yes wherever a step can be graphed — the forward compiled whole under our own
+    step (ZeRO stage 0, not fp16), on a GPU, one micro-batch a step (every CLIP rung).
+
+    Why yes wherever it can: graphs remove the host's per-kernel launch cost and nothing of the
+    device's work, so they pay exactly where the host bounds the step — a step fed from shards,
+    whose training thread shares the cores with the loader workers and the decode thread — and
+    cost only the inputs' copy into the graph's buffers where the device bounds it. Measured:
+    ``benchmarks/results/clip_e2e_h200.md`` (2026-12-03). ``yes`` where a step cannot be graphed
+    is an error naming why; ``no`` never graphs.
+    """
+    if requested == "no":
+        return False
+    why_not = []
+    if not compiled:
+        why_not.append("the step is not compiled")
+    if not getattr(engine, "inheritlab_own_step", False):
+        why_not.append(f"ZeRO stage {engine.zero_optimization_stage()} runs DeepSpeed's own step (graphs need stage 0 outside fp16)")
+    if not next(engine.module.parameters()).is_cuda:
+        why_not.append("the model is not on a GPU")
+    if engine.gradient_accumulation_steps() != 1:
+        why_not.append(f"{engine.gradient_accumulation_steps()} micro-batches a step (graphs need one)")
+    if why_not and requested == "yes":
+        raise SpecError("cuda_graphs: yes, but " + "; ".join(why_not))
+    return not why_not
+
+
+def graph_skips() -> int:
+    """How many compiled graphs Inductor ran without CUDA graphs in this process, though asked
+    (dynamic shapes, CPU tensors, mutated inputs ...: it logs why and goes on without them)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def optimizer_step(engine: Any) -> None:

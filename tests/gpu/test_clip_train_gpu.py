@@ -1,6 +1,6 @@
 """CLIP pre-training on one GPU: DeepSpeed bf16 at ZeRO-2 (FusedAdam, towers compiled in the engine)
-and at stage 0 (our fused step, the whole forward compiled outside the engine's hooks), the
-Triton loss, resume, export."""
+and at stage 0 (our fused step, the whole forward compiled outside the engine's hooks and replayed
+as CUDA graphs), the Triton loss, resume, export."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def test_bf16_trains_resumes_and_exports(tmp_path: Path, compile_: str, stage: i
     assert first.precision == "bf16" and first.steps == 6
     done = train_clip(ClipTrainConfig(**base))
     assert done.resumed_from == 6 and done.steps == 12
+    # cuda_graphs: auto graphs the compiled stage-0 step, and Inductor recorded every graph.
+    graphed = compile_ == "yes" and stage == 0
+    assert done.extra["step"] == {"compiled": compile_ == "yes", "cuda_graphs": graphed, "graph_skips": 0}
     losses = [v for _, v in done.loss_curve]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) < sum(losses[:3])  # it learns
@@ -36,3 +39,24 @@ def test_bf16_trains_resumes_and_exports(tmp_path: Path, compile_: str, stage: i
     with torch.no_grad():
         f = model.encode_image(torch.rand(2, 3, 32, 32, device="cuda"), normalize=True)
     assert torch.allclose(f.norm(dim=-1), torch.ones(2, device="cuda"), atol=1e-3)
+
+
+def test_cuda_graphs_train_as_the_plain_compiled_step(tmp_path: Path) -> None:
+    """Replaying the compiled step as CUDA graphs must not change what is trained: the graphs'
+    buffers hold each step's features and gradients, and a buffer reused too early (a gradient
+    still in use, an output of the previous step) would show as a different loss curve."""
+    from inheritlab.corruptors.world import ImageWorldConfig, write_image_world
+    from inheritlab.trainers.clip_pretrain import ClipTrainConfig, train_clip
+
+    world = write_image_world(ImageWorldConfig(seed=0, train_size=1024, test_id_size=64, test_ood_size=64,
+                                               samples_per_shard=256), tmp_path / "world")
+    curves = {}
+    for graphs in ("no", "yes"):
+        done = train_clip(ClipTrainConfig(
+            rung="clip-tiny", train_shards=tuple(world.splits["train"]), cell_dir=str(tmp_path / f"cell-{graphs}"),
+            samples_seen=10 * 128, batch_size=128, ckpt_every=10, log_every=1, zero_stage=0, loss_impl="triton",
+            loader_workers=2, compile="yes", cuda_graphs=graphs))
+        assert done.extra["step"]["cuda_graphs"] == (graphs == "yes") and done.extra["step"]["graph_skips"] == 0
+        curves[graphs] = torch.tensor([v for _, v in done.loss_curve])
+    assert len(curves["yes"]) == 10
+    torch.testing.assert_close(curves["yes"], curves["no"], rtol=2e-3, atol=2e-3)

@@ -173,6 +173,28 @@ def test_stage_0_forward_outside_the_engine_trains_the_same_weights() -> None:
     assert not torch.equal(weights[0][0], start)  # it trained
 
 
+def test_cuda_graphs_rule_names_what_stops_them() -> None:
+    """``cuda_graphs: auto`` graphs only a step that can be graphed; ``yes`` on one that cannot is
+    an error naming every reason; ``no`` never graphs."""
+    from inheritlab.trainers.clip_pretrain import ClipTrainConfig
+    from inheritlab.trainers.engine import build_engine, cuda_graphs_for, init_distributed, step_forward
+
+    init_distributed(use_gpu=False)
+    engine, _, _ = build_engine(torch.nn.Linear(4, 1), EngineConfig(micro_batch_per_rank=2, world_size=1, total_steps=4))
+    accum, _, _ = build_engine(torch.nn.Linear(4, 1), EngineConfig(micro_batch_per_rank=2, world_size=1, total_steps=4,
+                                                                   grad_accum=2))
+    assert engine.inheritlab_own_step  # stage 0 on the CPU: our own step, so only the device stops graphs
+    assert not cuda_graphs_for("auto", compiled=True, engine=engine)
+    assert not cuda_graphs_for("no", compiled=True, engine=engine)
+    with pytest.raises(SpecError, match="not on a GPU") as err:
+        cuda_graphs_for("yes", compiled=False, engine=accum)
+    assert "not compiled" in str(err.value) and "2 micro-batches a step" in str(err.value)
+    with pytest.raises(ValueError, match="own step"):
+        step_forward(engine, compile_model=False, cuda_graphs=True)
+    with pytest.raises(SpecError, match="cuda_graphs: got 'always'"):
+        ClipTrainConfig(rung="clip-tiny", train_shards=("a.tar",), cell_dir="c", samples_seen=1, cuda_graphs="always")
+
+
 def test_no_weight_decay_on_gains_biases_and_temperature() -> None:
     model = build_clip("clip-tiny", seed=0).model
     decay, no_decay = param_groups(model, 0.1)
