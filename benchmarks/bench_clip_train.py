@@ -192,7 +192,9 @@ def main() -> None:
 
         rate = _matmul_rate()
     window = tuple(int(x) for x in args.profile_steps.split(":")) if args.profile_steps else None
-    watch = _StepWatch(window, f"{Path(args.out).with_suffix('')}_profile_{args.image_decode}_graphs-{args.cuda_graphs}.txt" if window else None, args.cell)
+    profile_to = (f"{Path(args.out).with_suffix('')}_profile_{args.image_decode}"
+                  f"_w{args.loader_workers}_graphs-{args.cuda_graphs}.txt")
+    watch = _StepWatch(window, profile_to if window else None, args.cell)
     watch.install()
     t0 = time.perf_counter()
     s = train_clip(cfg)

@@ -32,8 +32,9 @@ log="$out/gpu_checks.log"
 # e2e: the JPEG world is written first, in a process of its own, so that each training process's
 # first_step_after_s (launch to first step) is the cell's own fixed cost: the first run meets cold
 # compile caches, the second warm ones (a cold ViT-B/32 cell took 204-230 s to its first step on an
-# H200, hence the limit). E2E_DECODES orders the runs (image_decode of each), E2E_GRAPHS the cuda_graphs
-# settings tried for each (default auto), E2E_WORKERS the loader workers (14); E2E_PROFILE=A:B writes a
+# H200, hence the limit). E2E_RUNS lists the runs in order, each DECODE:LOADER_WORKERS:CUDA_GRAPHS
+# (image_decode, loader processes, cuda_graphs); the default is what a cell gets on a 16-core one-GPU
+# node (8 loader workers: flows.scheduler's rule) with each decoding. E2E_PROFILE=A:B writes a
 # torch.profiler table of steps A+1..B beside the results. The world has as many shards as the batch
 # has data slots (64 at 512) and more samples than the run trains on, as a real img2dataset world
 # does: with fewer shards every loader worker reads every shard at each epoch start
@@ -41,16 +42,15 @@ log="$out/gpu_checks.log"
 e2e_world=(--data jpeg --world /tmp/e2e-data --train-size "${E2E_TRAIN_SIZE:-65536}" --per-shard 1024)
 if [[ $parts == *e2e* ]]; then
   run e2e-world 300 python3 benchmarks/bench_clip_train.py "${e2e_world[@]}" --cell /tmp/e2e-none --out /dev/null --make-world-only
-  for dec in ${E2E_DECODES:-device loader}; do
-    for graphs in ${E2E_GRAPHS:-auto}; do
-      cell="/tmp/e2e-cell-$dec-graphs-$graphs"
-      run "e2e-jpeg-$dec-graphs-$graphs" "${E2E_TIMEOUT:-420}" python3 benchmarks/bench_clip_train.py "${e2e_world[@]}" \
-        --rung datacomp-small --batch-size 512 --steps "${E2E_STEPS:-120}" --ckpt-every 40 --label-noise 0.2 \
-        --loader-workers "${E2E_WORKERS:-14}" --compile "${E2E_COMPILE:-yes}" --cuda-graphs "$graphs" \
-        ${E2E_PROFILE:+--profile-steps "$E2E_PROFILE"} --image-decode "$dec" --cell "$cell" --out "$out/clip_train_e2e.jsonl"
-      # Written by the run as it goes: where a run that overran its limit had got to.
-      cat "$cell/progress.json" "$cell/timeline.json" 2>/dev/null | tee -a "$log"; echo
-    done
+  for spec in ${E2E_RUNS:-device:8:auto loader:8:auto}; do
+    IFS=: read -r dec workers graphs <<< "$spec"
+    cell="/tmp/e2e-cell-$dec-w$workers-graphs-$graphs"
+    run "e2e-jpeg-$dec-w$workers-graphs-$graphs" "${E2E_TIMEOUT:-420}" python3 benchmarks/bench_clip_train.py "${e2e_world[@]}" \
+      --rung datacomp-small --batch-size 512 --steps "${E2E_STEPS:-120}" --ckpt-every 40 --label-noise 0.2 \
+      --loader-workers "$workers" --compile "${E2E_COMPILE:-yes}" --cuda-graphs "$graphs" \
+      ${E2E_PROFILE:+--profile-steps "$E2E_PROFILE"} --image-decode "$dec" --cell "$cell" --out "$out/clip_train_e2e.jsonl"
+    # Written by the run as it goes: where a run that overran its limit had got to.
+    cat "$cell/progress.json" "$cell/timeline.json" 2>/dev/null | tee -a "$log"; echo
   done
 fi
 # decode: device JPEG decoding in stages (benchmarks/probe_device_decode.py) on the e2e JPEG world
