@@ -26,7 +26,7 @@ log="$out/gpu_checks.log"
   python3 -c "import torch, triton, deepspeed, open_clip; print('torch', torch.__version__, 'triton', triton.__version__, 'deepspeed', deepspeed.__version__, 'open_clip', open_clip.__version__)"
 } 2>&1 | tee "$log"
 # shellcheck disable=SC2086  # GPU_TESTS is a list of node ids and options, split on purpose
-[[ $parts == *tests* ]] && run gpu-tests "${TESTS_TIMEOUT:-420}" python3 -m pytest ${GPU_TESTS:-tests/gpu} -q -p no:cacheprovider -o addopts="" --durations=0
+[[ $parts == *tests* ]] && run gpu-tests "${TESTS_TIMEOUT:-420}" python3 -m pytest ${GPU_TESTS:-tests/gpu} -v -p no:cacheprovider -o addopts="" --durations=0
 [[ $parts == *step* ]] && run clip-step "${STEP_TIMEOUT:-360}" python3 benchmarks/bench_clip_step.py --out "$out/clip_step.json" \
   ${STEP_ROWS:+--rows "$STEP_ROWS"} ${STEP_PROFILE:+--profile}
 # e2e: the JPEG world is written first, in a process of its own, so that each training process's

@@ -286,7 +286,8 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
             raise StopRequested(f"training stopped on request after step {step} of {plan.total_steps}; "
                                 f"checkpoint committed, a rerun resumes from it")
     # How the step ran, so a results row says it: a graph Inductor could not record runs without.
-    how = {"compiled": compiled, "cuda_graphs": graphs, "graph_skips": graph_skips() - skips_before}
+    how = {"compiled": compiled, "cuda_graphs": graphs, "graph_skips": graph_skips() - skips_before,
+           "feed": feed.timings()}
     return _finish(cfg, plan, ckpt, built, step=step, trained=step - first_step, epoch=epoch, world=world,
                    losses=losses, clock=clock, resumed_from=first_step if resumed else None, checker=checker, how=how)
 

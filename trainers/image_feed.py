@@ -18,8 +18,10 @@ path decodes with libjpeg-turbo through torchvision, pixel-identical to the load
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -29,6 +31,8 @@ from inheritlab.infra.background import Background
 from inheritlab.infra.errors import ShardError, SpecError
 
 DECODES = ("auto", "loader", "device")
+# DeviceFeed keeps the timings of this many latest batches.
+FEED_TIMINGS_KEPT = 4096
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 
 
@@ -141,6 +145,10 @@ class DeviceFeed:
     stream: the loader's wait, the decoder's host-side work and the device's decode then run
     beside the step instead of before the next one. Where the loader decoded (tensors), images
     are copied as they come.
+
+    It times itself (:meth:`timings`): how long the training thread waited in :meth:`take`, and
+    how long each batch took to read from the loader and to decode (host side). A wait near
+    zero means the feed keeps up; a wait near read + decode minus the step means it bounds it.
     """
 
     def __init__(self, batches: Iterator[dict[str, Any]], device: torch.device) -> None:
@@ -148,26 +156,50 @@ class DeviceFeed:
         self._device = device
         self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._next: Background[tuple[dict[str, Any], torch.Tensor]] | None = None
+        # The latest batches' seconds (a long run keeps the recent ones).
+        self._seconds: dict[str, collections.deque[float]] = {
+            k: collections.deque(maxlen=FEED_TIMINGS_KEPT) for k in ("wait", "read", "decode")}
 
     def _load(self) -> tuple[dict[str, Any], torch.Tensor]:
+        t0 = time.perf_counter()
         batch = next(self._batches)
+        t1 = time.perf_counter()
         images = batch["images"]
         if self._side is None:
-            return batch, (images if isinstance(images, torch.Tensor) else decode_rows(images, self._device))
-        with torch.cuda.device(self._device), torch.cuda.stream(self._side):
-            if isinstance(images, torch.Tensor):
-                return batch, images.to(self._device, non_blocking=True)
-            return batch, decode_rows(images, self._device)
+            out = images if isinstance(images, torch.Tensor) else decode_rows(images, self._device)
+        else:
+            with torch.cuda.device(self._device), torch.cuda.stream(self._side):
+                if isinstance(images, torch.Tensor):
+                    out = images.to(self._device, non_blocking=True)
+                else:
+                    out = decode_rows(images, self._device)
+        self._seconds["read"].append(t1 - t0)
+        self._seconds["decode"].append(time.perf_counter() - t1)
+        return batch, out
 
     def prefetch(self) -> None:
         if self._next is None:
             self._next = Background(self._load, "image-feed")
 
     def take(self) -> tuple[dict[str, Any], torch.Tensor]:
+        t0 = time.perf_counter()
         ahead, self._next = self._next, None
         batch, images = ahead.result() if ahead is not None else self._load()
+        self._seconds["wait"].append(time.perf_counter() - t0)
         if self._side is not None:
             main = torch.cuda.current_stream(self._device)
             main.wait_stream(self._side)
             images.record_stream(main)  # freed after the main stream's use, not the side stream's
         return batch, images
+
+    def timings(self, skip: int = 5) -> dict[str, Any]:
+        """Median and 90th percentile (ms) of the training thread's wait in :meth:`take`, and of
+        each batch's read and decode, over the kept batches after the first ``skip`` (loader
+        start-up, the decoder's first call)."""
+        out: dict[str, Any] = {"batches": len(self._seconds["wait"])}
+        for name, seconds in self._seconds.items():
+            kept = sorted(list(seconds)[skip:] if len(seconds) > skip else seconds)
+            if kept:
+                out[f"{name}_ms"] = {"median": round(1e3 * kept[len(kept) // 2], 2),
+                                     "p90": round(1e3 * kept[min(len(kept) - 1, int(0.9 * len(kept)))], 2)}
+        return out

@@ -31,7 +31,9 @@ def test_bf16_trains_resumes_and_exports(tmp_path: Path, compile_: str, stage: i
     assert done.resumed_from == 6 and done.steps == 12
     # cuda_graphs: auto graphs the compiled stage-0 step, and Inductor recorded every graph.
     graphed = compile_ == "yes" and stage == 0
-    assert done.extra["step"] == {"compiled": compile_ == "yes", "cuda_graphs": graphed, "graph_skips": 0}
+    how = done.extra["step"]
+    assert (how["compiled"], how["cuda_graphs"], how["graph_skips"]) == (compile_ == "yes", graphed, 0)
+    assert how["feed"]["batches"] == 6  # this process's steps, each fed and timed
     losses = [v for _, v in done.loss_curve]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) < sum(losses[:3])  # it learns

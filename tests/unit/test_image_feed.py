@@ -5,7 +5,10 @@ either way (on the CPU, where torchvision's libjpeg-turbo stands in for nvJPEG).
 from __future__ import annotations
 
 import io
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,6 +89,25 @@ def test_the_feed_hands_out_batches_in_order_prefetched_or_not() -> None:
     _, second = feed.take()
     _, third = feed.take()
     assert [int(t[0, 0, 0, 0]) for t in (first, second, third)] == [0, 1, 2]
+    timed = feed.timings(skip=0)
+    assert timed["batches"] == 3 and set(timed) == {"batches", "wait_ms", "read_ms", "decode_ms"}
+    assert all(timed[k]["median"] <= timed[k]["p90"] for k in ("wait_ms", "read_ms", "decode_ms"))
+
+
+def test_the_feed_times_what_the_training_thread_waits_for() -> None:
+    """A slow loader shows as read time and, unhidden by a step, as the training thread's wait."""
+    def slow() -> Iterator[dict[str, Any]]:
+        for i in range(4):
+            time.sleep(0.05)
+            yield {"images": torch.full((1, 2, 2, 3), i, dtype=torch.uint8)}
+
+    feed = DeviceFeed(slow(), torch.device("cpu"))
+    for _ in range(3):
+        feed.take()
+        feed.prefetch()
+    feed.take()
+    timed = feed.timings(skip=0)
+    assert timed["read_ms"]["median"] >= 45 and timed["wait_ms"]["median"] >= 40
 
 
 def test_a_cell_trains_identically_with_the_device_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
