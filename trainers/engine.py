@@ -320,7 +320,7 @@ def cuda_graphs_for(requested: str, *, compiled: bool, engine: Any) -> bool:
     ViT-B/32, batch 512): in memory 71.0 ms a step against 72.1 ms without, peak memory 18.1
     against 19.9 GiB; end to end from JPEG shards 102.5 against 109.2 ms (median step), the
     device busy 76 % of a profiled step against 58 % (``benchmarks/results/clip_e2e_h200.md``).
-    A graph records on the second and third step: a few seconds once per process. ``yes``
+    Recording costs one slow step once per process (0.4–0.7 s, the second step). ``yes``
     where a step cannot be graphed is an error naming why; ``no`` never graphs.
     """
     if requested == "no":
