@@ -21,8 +21,8 @@ def test_torchrun_two_gpus(tmp_path: Path, stage: int, compile_: str) -> None:
     world = write_image_world(ImageWorldConfig(seed=0, train_size=1024, test_id_size=64, test_ood_size=64,
                                                samples_per_shard=128), tmp_path / "world")
     cfg = {"rung": "clip-tiny", "train_shards": world.splits["train"], "cell_dir": str(tmp_path / "cell"),
-           "samples_seen": 8 * 256, "batch_size": 256, "ckpt_every": 4, "zero_stage": stage, "loss_impl": "triton", "log_every": 1,
-           "compile": compile_}
+           "samples_seen": 8 * 256, "batch_size": 256, "ckpt_every": 4, "zero_stage": stage, "loss_impl": "triton",
+           "log_every": 1, "compile": compile_}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "inheritlab.trainers.clip_pretrain", "--config", str(tmp_path / "cfg.json")]
