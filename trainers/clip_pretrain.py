@@ -268,7 +268,9 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
         engine.backward(loss)
         optimizer_step(engine)
         if step + 1 < last_step:
-            feed.prefetch()  # the next batch's images decode beside this step's queued work
+            # The next batch's images decode beside this step's queued work; the one after it is
+            # read meanwhile, unless it is past the last step this process trains.
+            feed.prefetch(read_after=step + 2 < last_step)
         step += 1
         losses.add(step, loss, last=step == last_step)
         clock.tick()

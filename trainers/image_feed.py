@@ -141,14 +141,16 @@ class DeviceFeed:
     """The training loop's batches with their images as ``uint8 [B, L, L, 3]`` on the device.
 
     :meth:`take` returns the next batch and its images. :meth:`prefetch`, called once a step's
-    work is queued, reads the batch after it and decodes it in a thread of its own, on a side
-    stream: the loader's wait, the decoder's host-side work and the device's decode then run
-    beside the step instead of before the next one. Where the loader decoded (tensors), images
-    are copied as they come.
+    work is queued, decodes the batch after it in a thread of its own, on a side stream, while
+    a second thread already reads the batch after that from the loader: the loader's hand-over
+    (one chunk per data slot, joined), the decoder's host-side work and the device's decode run
+    beside the step instead of before the next one, and beside each other — one thread doing
+    both paid their sum per batch. Where the loader decoded (tensors), images are copied as
+    they come.
 
     It times itself (:meth:`timings`): how long the training thread waited in :meth:`take`, and
     how long each batch took to read from the loader and to decode (host side). A wait near
-    zero means the feed keeps up; a wait near read + decode minus the step means it bounds it.
+    zero means the feed keeps up; a wait near max(read, decode) minus the step means it bounds it.
     """
 
     def __init__(self, batches: Iterator[dict[str, Any]], device: torch.device) -> None:
@@ -156,13 +158,23 @@ class DeviceFeed:
         self._device = device
         self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._next: Background[tuple[dict[str, Any], torch.Tensor]] | None = None
+        self._read_ahead: Background[dict[str, Any]] | None = None
         # The latest batches' seconds (a long run keeps the recent ones).
         self._seconds: dict[str, collections.deque[float]] = {
             k: collections.deque(maxlen=FEED_TIMINGS_KEPT) for k in ("wait", "read", "decode")}
 
-    def _load(self) -> tuple[dict[str, Any], torch.Tensor]:
+    def _read(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         batch = next(self._batches)
+        self._seconds["read"].append(time.perf_counter() - t0)
+        return batch
+
+    def _load(self, read_after: bool = False) -> tuple[dict[str, Any], torch.Tensor]:
+        # One reader at a time: the next read starts only once this one's batch is in hand.
+        ahead, self._read_ahead = self._read_ahead, None
+        batch = ahead.result() if ahead is not None else self._read()
+        if read_after:
+            self._read_ahead = Background(self._read, "image-feed-read")
         t1 = time.perf_counter()
         images = batch["images"]
         if self._side is None:
@@ -173,13 +185,14 @@ class DeviceFeed:
                     out = images.to(self._device, non_blocking=True)
                 else:
                     out = decode_rows(images, self._device)
-        self._seconds["read"].append(t1 - t0)
         self._seconds["decode"].append(time.perf_counter() - t1)
         return batch, out
 
-    def prefetch(self) -> None:
+    def prefetch(self, read_after: bool = True) -> None:
+        """Start decoding the next batch; with ``read_after`` also start reading the one after
+        it (leave it off before the last batch wanted, so the loader is not read past it)."""
         if self._next is None:
-            self._next = Background(self._load, "image-feed")
+            self._next = Background(functools.partial(self._load, read_after), "image-feed")
 
     def take(self) -> tuple[dict[str, Any], torch.Tensor]:
         t0 = time.perf_counter()

@@ -94,6 +94,30 @@ def test_the_feed_hands_out_batches_in_order_prefetched_or_not() -> None:
     assert all(timed[k]["median"] <= timed[k]["p90"] for k in ("wait_ms", "read_ms", "decode_ms"))
 
 
+def test_the_feed_reads_the_batch_after_next_while_it_decodes_and_never_past_the_last() -> None:
+    reads: list[int] = []
+
+    def counted() -> Iterator[dict[str, Any]]:
+        for i in range(6):
+            reads.append(i)
+            yield {"images": torch.full((1, 2, 2, 3), i, dtype=torch.uint8)}
+
+    def settled() -> list[int]:
+        time.sleep(0.2)  # let a read-ahead thread finish its read
+        return list(reads)
+
+    feed = DeviceFeed(counted(), torch.device("cpu"))
+    got = [feed.take()[1]]                  # batch 0, read in the training thread
+    feed.prefetch()                         # decodes 1 and reads 2 meanwhile
+    got.append(feed.take()[1])
+    assert settled() == [0, 1, 2]
+    feed.prefetch(read_after=False)         # 2 was read already; nothing past it
+    got.append(feed.take()[1])
+    assert settled() == [0, 1, 2]
+    got.append(feed.take()[1])              # no prefetch: read when asked
+    assert [int(t[0, 0, 0, 0]) for t in got] == [0, 1, 2, 3] and reads == [0, 1, 2, 3]
+
+
 def test_the_feed_times_what_the_training_thread_waits_for() -> None:
     """A slow loader shows as read time and, unhidden by a step, as the training thread's wait."""
     def slow() -> Iterator[dict[str, Any]]:
