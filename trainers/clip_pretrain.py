@@ -207,10 +207,9 @@ def export_weights(export: Export) -> str:
 def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     """Train (or finish training) one cell; returns its summary (the same on every rank)."""
     from inheritlab.kernels import clip_contrastive_loss
-    from inheritlab.trainers.clip_images import crop_boxes, device_images
     from inheritlab.trainers.engine import cuda_graphs_for, graph_skips, init_distributed, optimizer_step, step_forward
     from inheritlab.trainers.image_feed import DeviceFeed
-    from inheritlab.trainers.slots import gather_slot_states, rank_slots
+    from inheritlab.trainers.slots import rank_slots
 
     entered = process_age_s()  # the start-up split begins here (CellControl.mark)
     use_gpu = cfg.use_gpu
@@ -242,7 +241,6 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     mine = rank_slots(rank, world, plan.slots)
     checker = StreamChecker(plan_dir=cfg.plan_dir, slots=plan.slots, ceiling=cfg.bad_sample_ceiling)
     device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision, torch.float32)
     commits, exports = cfg.commit_at(plan.total_steps), cfg.export_at(plan.total_steps)
     last_step = cfg.last_step(plan.total_steps, step)
     clock = StepClock(sync=use_gpu, warm_steps=min(5, max(0, (last_step - step) // 4)))
@@ -256,12 +254,8 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
             checker.collect(report)
         if cfg.trace_data:
             _trace(cfg, rank, step + 1, batch["keys"])
-        # Crops are drawn per (step, slot) from the seed tree: the same on any number of ranks.
-        boxes = (crop_boxes(cfg.study_seed, cfg.seed, step, mine, plan.global_batch // plan.slots, plan.transfer_size)
-                 if plan.augment == "rrc" else None)
-        images = device_images(uint8_images, size=plan.rung.image_size, dtype=dtype, boxes=boxes)
+        images = _step_images(cfg, plan, uint8_images, step=step, slots=mine)
         texts = batch["texts"].to(device, non_blocking=True)
-        positions = batch["positions"]
         # open_clip returns L2-normalised features and exp(logit_scale).
         image_features, text_features, scale = forward(images, texts)
         loss = clip_contrastive_loss(image_features, text_features, scale, impl=cfg.loss_impl, gather=world > 1)
@@ -278,12 +272,8 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
         stop = step < last_step and control.stop_requested(step)
         if step in commits or step in exports or stop:
             with clock.paused():
-                seen = step * plan.global_batch
-                if step in exports:
-                    export_open_clip(ckpt, engine, built, step=step, samples_seen=seen)
-                if step in commits or stop:
-                    ckpt.commit(engine, step=step, samples_seen=seen,
-                                state={"loss_curve": losses.curve, "loss_window": losses.window_state(), "loader": gather_slot_states(positions)})
+                _save(ckpt, engine, built, losses, batch["positions"], step=step, samples_seen=step * plan.global_batch,
+                      export=step in exports, commit=step in commits or stop)
         if stop:
             raise StopRequested(f"training stopped on request after step {step} of {plan.total_steps}; "
                                 f"checkpoint committed, a rerun resumes from it")
@@ -292,6 +282,34 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
            "feed": feed.timings()}
     return _finish(cfg, plan, ckpt, built, step=step, trained=step - first_step, epoch=epoch, world=world,
                    losses=losses, clock=clock, resumed_from=first_step if resumed else None, checker=checker, how=how)
+
+
+def _step_images(cfg: ClipTrainConfig, plan: _Plan, uint8_images: torch.Tensor, *, step: int,
+                 slots: list[int]) -> torch.Tensor:
+    """The step's model input from the batch's ``uint8`` images on the device: augmented (crops
+    drawn per (step, slot) from the seed tree: the same on any number of ranks), resized,
+    normalised, in the run's precision."""
+    from inheritlab.trainers.clip_images import crop_boxes, device_images
+
+    boxes = (crop_boxes(cfg.study_seed, cfg.seed, step, slots, plan.global_batch // plan.slots, plan.transfer_size)
+             if plan.augment == "rrc" else None)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision, torch.float32)
+    return device_images(uint8_images, size=plan.rung.image_size, dtype=dtype, boxes=boxes)
+
+
+def _save(ckpt: CheckpointManager, engine: Any, built: "BuiltClip", losses: LossLog, positions: Any, *, step: int,
+          samples_seen: int, export: bool, commit: bool) -> None:
+    """Export the weights and/or commit a checkpoint after ``step``; every rank calls it (both
+    are collectives). The checkpoint holds the loss curve, its open window and every data slot's
+    position, so a resume continues the same curve and sample sequence."""
+    from inheritlab.trainers.slots import gather_slot_states
+
+    if export:
+        export_open_clip(ckpt, engine, built, step=step, samples_seen=samples_seen)
+    if commit:
+        ckpt.commit(engine, step=step, samples_seen=samples_seen,
+                    state={"loss_curve": losses.curve, "loss_window": losses.window_state(),
+                           "loader": gather_slot_states(positions)})
 
 
 def _trace(cfg: ClipTrainConfig, rank: int, step: int, keys: list[str]) -> None:

@@ -159,14 +159,19 @@ class DeviceFeed:
         self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._next: Background[tuple[dict[str, Any], torch.Tensor]] | None = None
         self._read_ahead: Background[dict[str, Any]] | None = None
-        # The latest batches' seconds (a long run keeps the recent ones).
+        # The latest batches' seconds (a long run keeps the recent ones), and how many there were.
         self._seconds: dict[str, collections.deque[float]] = {
             k: collections.deque(maxlen=FEED_TIMINGS_KEPT) for k in ("wait", "read", "decode")}
+        self._counts: collections.Counter[str] = collections.Counter()
+
+    def _timed(self, name: str, since: float) -> None:
+        self._seconds[name].append(time.perf_counter() - since)
+        self._counts[name] += 1
 
     def _read(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         batch = next(self._batches)
-        self._seconds["read"].append(time.perf_counter() - t0)
+        self._timed("read", t0)
         return batch
 
     def _load(self, read_after: bool = False) -> tuple[dict[str, Any], torch.Tensor]:
@@ -185,7 +190,7 @@ class DeviceFeed:
                     out = images.to(self._device, non_blocking=True)
                 else:
                     out = decode_rows(images, self._device)
-        self._seconds["decode"].append(time.perf_counter() - t1)
+        self._timed("decode", t1)
         return batch, out
 
     def prefetch(self, read_after: bool = True) -> None:
@@ -198,7 +203,7 @@ class DeviceFeed:
         t0 = time.perf_counter()
         ahead, self._next = self._next, None
         batch, images = ahead.result() if ahead is not None else self._load()
-        self._seconds["wait"].append(time.perf_counter() - t0)
+        self._timed("wait", t0)
         if self._side is not None:
             main = torch.cuda.current_stream(self._device)
             main.wait_stream(self._side)
@@ -207,11 +212,12 @@ class DeviceFeed:
 
     def timings(self, skip: int = 5) -> dict[str, Any]:
         """Median and 90th percentile (ms) of the training thread's wait in :meth:`take`, and of
-        each batch's read and decode, over the kept batches after the first ``skip`` (loader
-        start-up, the decoder's first call)."""
-        out: dict[str, Any] = {"batches": len(self._seconds["wait"])}
+        each batch's read and decode, over the kept (latest) batches, leaving out the first
+        ``skip`` of the run (loader start-up, the decoder's first call) while they are kept."""
+        out: dict[str, Any] = {"batches": self._counts["wait"]}
         for name, seconds in self._seconds.items():
-            kept = sorted(list(seconds)[skip:] if len(seconds) > skip else seconds)
+            first = max(0, skip - (self._counts[name] - len(seconds)))  # of the run's first, still kept
+            kept = sorted(list(seconds)[first:] if len(seconds) > first else seconds)
             if kept:
                 out[f"{name}_ms"] = {"median": round(1e3 * kept[len(kept) // 2], 2),
                                      "p90": round(1e3 * kept[min(len(kept) - 1, int(0.9 * len(kept)))], 2)}
