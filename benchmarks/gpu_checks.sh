@@ -55,8 +55,10 @@ if [[ $parts == *e2e* ]]; then
 fi
 # decode: device JPEG decoding in stages (benchmarks/probe_device_decode.py) on the e2e JPEG world
 # (written first when absent: allow a minute for it).
+# DECODE_STAGES narrows it (probe_device_decode.py --stages).
 [[ $parts == *decode* ]] && run decode-probe "${DECODE_TIMEOUT:-260}" python3 benchmarks/probe_device_decode.py \
-  --world /tmp/e2e-data --train-size "${E2E_TRAIN_SIZE:-65536}" --out "$out/device_decode.jsonl"
+  --world /tmp/e2e-data --train-size "${E2E_TRAIN_SIZE:-65536}" --out "$out/device_decode.jsonl" \
+  ${DECODE_STAGES:+--stages "$DECODE_STAGES"}
 # losssizes: the fused CLIP loss against the reference at per-GPU batches 256..16384 (where the fused one pays).
 [[ $parts == *losssizes* ]] && run loss-sizes 120 python3 benchmarks/probe_clip_loss_sizes.py --out "$out/clip_loss_sizes.json"
 # lm: lm-125m at the recipe batch (16 x 16 micro-batches = 256 x 2048 tokens), compiled blocks, random ids and

@@ -5,9 +5,11 @@
 On the JPEG world of ``bench_clip_train.py --data jpeg`` (256-px img2dataset-style shards):
 
 1. ``nvjpeg``: ``image_feed.decode_rows`` of one batch on the device, in the main thread;
+   ``nvjpeg-pinned``: the same with the batch's bytes joined in page-locked memory;
 2. ``cpu``: the same batch decoded by torchvision on the CPU (libjpeg-turbo, one thread);
 3. ``feed-memory``: :class:`DeviceFeed` over in-memory batches, prefetching in its thread while
    the main thread keeps the GPU busy with matmuls (the trainer's overlap, without the model);
+   ``feed-memory-pinned``: the same, bytes pinned;
 4. ``loader``: the trainer's own loader shipping bytes (``image_decode: device``), alone;
 5. ``feed-loader``: :class:`DeviceFeed` over that loader — what a training step could be fed.
 
@@ -62,10 +64,10 @@ def _timed(fn: Callable[[], Any], reps: int, sync: bool) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def _feed_rate(batches: Iterator[dict[str, Any]], count: int, busy: bool) -> dict[str, Any]:
+def _feed_rate(batches: Iterator[dict[str, Any]], count: int, busy: bool, pinned: bool = False) -> dict[str, Any]:
     from inheritlab.trainers.image_feed import DeviceFeed
 
-    feed = DeviceFeed(batches, torch.device("cuda", 0))
+    feed = DeviceFeed(batches, torch.device("cuda", 0), pinned=pinned)
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     waits: list[float] = []
     got = 0
@@ -84,7 +86,7 @@ def _feed_rate(batches: Iterator[dict[str, Any]], count: int, busy: bool) -> dic
     elapsed = time.perf_counter() - t0
     waits.sort()
     return {"batches": count, "samples_per_s": got / elapsed, "wait_ms_median": waits[len(waits) // 2] * 1e3,
-            "wait_ms_max": waits[-1] * 1e3, "elapsed_s": elapsed}
+            "wait_ms_max": waits[-1] * 1e3, "elapsed_s": elapsed, "feed": feed.timings()}
 
 
 def main() -> None:
@@ -95,7 +97,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--workers", type=int, default=14)
     ap.add_argument("--batches", type=int, default=30)
-    ap.add_argument("--stages", default="nvjpeg,cpu,feed-memory,loader,feed-loader")
+    ap.add_argument("--stages", default="nvjpeg,nvjpeg-pinned,cpu,feed-memory,feed-memory-pinned,loader,feed-loader")
     args = ap.parse_args()
     out = Path(args.out)
     from bench_clip_train import make_jpeg_shards
@@ -103,7 +105,7 @@ def main() -> None:
 
     shards = make_jpeg_shards(Path(args.world), args.train_size, 1024)
     rows = _rows(shards, args.batch)
-    stages = args.stages.split(",")
+    stages = set(args.stages.split(","))
     base = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "batch": args.batch,
             "mean_jpeg_bytes": sum(len(r[2]) for r in rows) / len(rows),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -111,15 +113,19 @@ def main() -> None:
 
     base["torchvision"] = torchvision.__version__
     dev = torch.device("cuda", 0)
-    if "nvjpeg" in stages:
-        s = _timed(lambda: decode_rows(rows, dev), 10, sync=True)
-        _emit(out, {**base, "stage": "nvjpeg", "ms_per_batch": s * 1e3, "samples_per_s": args.batch / s})
+    for pinned in (False, True):
+        stage = "nvjpeg-pinned" if pinned else "nvjpeg"
+        if stage in stages:
+            s = _timed(lambda: decode_rows(rows, dev, pinned=pinned), 10, sync=True)
+            _emit(out, {**base, "stage": stage, "ms_per_batch": s * 1e3, "samples_per_s": args.batch / s})
     if "cpu" in stages:
         s = _timed(lambda: decode_rows(rows, torch.device("cpu")), 2, sync=False)
         _emit(out, {**base, "stage": "cpu", "ms_per_batch": s * 1e3, "samples_per_s": args.batch / s})
-    if "feed-memory" in stages:
-        memory = ({"images": rows} for _ in range(10**9))
-        _emit(out, {**base, "stage": "feed-memory", **_feed_rate(memory, args.batches, busy=True)})
+    for pinned in (False, True):
+        stage = "feed-memory-pinned" if pinned else "feed-memory"
+        if stage in stages:
+            memory = ({"images": rows} for _ in range(10**9))
+            _emit(out, {**base, "stage": stage, **_feed_rate(memory, args.batches, busy=True, pinned=pinned)})
     if {"loader", "feed-loader"} & set(stages):
         from types import SimpleNamespace
 

@@ -31,6 +31,9 @@ from inheritlab.infra.background import Background
 from inheritlab.infra.errors import ShardError, SpecError
 
 DECODES = ("auto", "loader", "device")
+# Whether DeviceFeed joins a batch's JPEG bytes in page-locked memory (decode_rows' pinned):
+# off until an H200 run measures it (benchmarks/probe_device_decode.py, stages *-pinned).
+PIN_ENCODED = False
 # DeviceFeed keeps the timings of this many latest batches.
 FEED_TIMINGS_KEPT = 4096
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
@@ -95,12 +98,16 @@ def encoded_row(sample: dict[str, Any]) -> tuple[str, str, bytes]:
     return str(sample.get("__shard__", "?")), image_member(sample), bytes(sample["image"])
 
 
-def decode_rows(rows: Sequence[Any], device: torch.device) -> torch.Tensor:
+def decode_rows(rows: Sequence[Any], device: torch.device, *, pinned: bool = False) -> torch.Tensor:
     """A batch's image rows — :func:`encoded_row` tuples or worker-decoded ``uint8 [L, L, 3]``
     arrays — as ``uint8 [B, L, L, 3]`` on ``device`` (a channels-last view where every row was
     encoded). An image that passed :func:`deferrable_jpeg` but does not decode is a
     :class:`ShardError` naming its shard and member: its place in the batch is fixed, so it
-    cannot be skipped here as a worker skips a bad image."""
+    cannot be skipped here as a worker skips a bad image.
+
+    ``pinned`` (CUDA only) joins the batch's JPEG bytes in page-locked memory, once per batch:
+    nvJPEG copies each image's bytes to the device itself, and from pageable memory every one
+    of those copies is staged and waited on (512 a batch at batch 512)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     # The DataLoader's conversion turns tuples into lists and arrays into tensors on the way.
@@ -111,6 +118,10 @@ def decode_rows(rows: Sequence[Any], device: torch.device) -> torch.Tensor:
         # One buffer for the batch, split into views: decode_jpeg wants a uint8 tensor per image.
         lengths = [len(rows[i][2]) for i in encoded]
         flat = torch.frombuffer(bytearray().join(rows[i][2] for i in encoded), dtype=torch.uint8)
+        if pinned and device.type == "cuda":
+            # decode_jpeg returns only after its stream is synchronised, so the pinned block is
+            # not reused (freed with ``flat``) while nvJPEG still copies from it.
+            flat = flat.pin_memory()
         chunks = list(torch.split(flat, lengths))
         try:
             images = decode_jpeg(chunks, mode=ImageReadMode.RGB, device=device)
@@ -153,9 +164,11 @@ class DeviceFeed:
     zero means the feed keeps up; a wait near max(read, decode) minus the step means it bounds it.
     """
 
-    def __init__(self, batches: Iterator[dict[str, Any]], device: torch.device) -> None:
+    def __init__(self, batches: Iterator[dict[str, Any]], device: torch.device, *,
+                 pinned: bool = PIN_ENCODED) -> None:
         self._batches = batches
         self._device = device
+        self._pinned = pinned
         self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._next: Background[tuple[dict[str, Any], torch.Tensor]] | None = None
         self._read_ahead: Background[dict[str, Any]] | None = None
@@ -189,7 +202,7 @@ class DeviceFeed:
                 if isinstance(images, torch.Tensor):
                     out = images.to(self._device, non_blocking=True)
                 else:
-                    out = decode_rows(images, self._device)
+                    out = decode_rows(images, self._device, pinned=self._pinned)
         self._timed("decode", t1)
         return batch, out
 
