@@ -7,8 +7,8 @@ On the JPEG world of ``bench_clip_train.py --data jpeg`` (256-px img2dataset-sty
 1. ``nvjpeg``: ``image_feed.decode_rows`` of one batch on the device, in the main thread;
    ``nvjpeg-pinned``: the same with the batch's bytes joined in page-locked memory;
 2. ``cpu``: the same batch decoded by torchvision on the CPU (libjpeg-turbo, one thread);
-3. ``feed-memory``: :class:`DeviceFeed` over in-memory batches, prefetching in its thread while
-   the main thread keeps the GPU busy with matmuls (the trainer's overlap, without the model);
+3. ``feed-memory``: :class:`DeviceFeed` over in-memory batches, decoding ahead in its threads
+   while the main thread keeps the GPU busy with matmuls (the trainer's overlap, without the model);
    ``feed-memory-pinned``: the same, bytes pinned;
 4. ``loader``: the trainer's own loader shipping bytes (``image_decode: device``), alone;
 5. ``feed-loader``: :class:`DeviceFeed` over that loader — what a training step could be fed.
@@ -67,22 +67,20 @@ def _timed(fn: Callable[[], Any], reps: int, sync: bool) -> float:
 def _feed_rate(batches: Iterator[dict[str, Any]], count: int, busy: bool, pinned: bool = False) -> dict[str, Any]:
     from inheritlab.trainers.image_feed import DeviceFeed
 
-    feed = DeviceFeed(batches, torch.device("cuda", 0), pinned=pinned)
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     waits: list[float] = []
     got = 0
     t0 = time.perf_counter()
-    for i in range(count):
-        w = time.perf_counter()
-        _, images = feed.take()
-        waits.append(time.perf_counter() - w)
-        got += images.shape[0]
-        if busy:  # ~ a training step's worth of device work queued, as the trainer does
-            for _ in range(20):
-                a @ a
-        if i + 1 < count:
-            feed.prefetch()
-        torch.cuda.synchronize()
+    with DeviceFeed(batches, torch.device("cuda", 0), count=count, pinned=pinned) as feed:
+        for _ in range(count):
+            w = time.perf_counter()
+            _, images = feed.take()
+            waits.append(time.perf_counter() - w)
+            got += images.shape[0]
+            if busy:  # ~ a training step's worth of device work queued, as the trainer does
+                for _ in range(20):
+                    a @ a
+            torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     waits.sort()
     return {"batches": count, "samples_per_s": got / elapsed, "wait_ms_median": waits[len(waits) // 2] * 1e3,

@@ -245,38 +245,37 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
     last_step = cfg.last_step(plan.total_steps, step)
     clock = StepClock(sync=use_gpu, warm_steps=min(5, max(0, (last_step - step) // 4)))
     first_step, epoch = step, 0
-    feed = DeviceFeed(batches, device)
-    while step < last_step:
-        batch, uint8_images = feed.take()
-        control.mark("first_batch")
-        epoch = batch["epoch"]
-        for report in batch["pass_reports"]:
-            checker.collect(report)
-        if cfg.trace_data:
-            _trace(cfg, rank, step + 1, batch["keys"])
-        images = _step_images(cfg, plan, uint8_images, step=step, slots=mine)
-        texts = batch["texts"].to(device, non_blocking=True)
-        # open_clip returns L2-normalised features and exp(logit_scale).
-        image_features, text_features, scale = forward(images, texts)
-        loss = clip_contrastive_loss(image_features, text_features, scale, impl=cfg.loss_impl, gather=world > 1)
-        engine.backward(loss)
-        optimizer_step(engine)
-        if step + 1 < last_step:
-            # The next batch's images decode beside this step's queued work; the one after it is
-            # read meanwhile, unless it is past the last step this process trains.
-            feed.prefetch(read_after=step + 2 < last_step)
-        step += 1
-        losses.add(step, loss, last=step == last_step)
-        clock.tick()
-        control.stepped(step, losses)
-        stop = step < last_step and control.stop_requested(step)
-        if step in commits or step in exports or stop:
-            with clock.paused():
-                _save(ckpt, engine, built, losses, batch["positions"], step=step, samples_seen=step * plan.global_batch,
-                      export=step in exports, commit=step in commits or stop)
-        if stop:
-            raise StopRequested(f"training stopped on request after step {step} of {plan.total_steps}; "
-                                f"checkpoint committed, a rerun resumes from it")
+    # The feed decodes ahead of the loop in threads of its own, never past the last step this
+    # process trains; leaving the block early (a stop, an error) stops it.
+    with DeviceFeed(batches, device, count=last_step - step) as feed:
+        while step < last_step:
+            batch, uint8_images = feed.take()
+            control.mark("first_batch")
+            epoch = batch["epoch"]
+            for report in batch["pass_reports"]:
+                checker.collect(report)
+            if cfg.trace_data:
+                _trace(cfg, rank, step + 1, batch["keys"])
+            images = _step_images(cfg, plan, uint8_images, step=step, slots=mine)
+            texts = batch["texts"].to(device, non_blocking=True)
+            # open_clip returns L2-normalised features and exp(logit_scale).
+            image_features, text_features, scale = forward(images, texts)
+            loss = clip_contrastive_loss(image_features, text_features, scale, impl=cfg.loss_impl, gather=world > 1)
+            engine.backward(loss)
+            optimizer_step(engine)
+            step += 1
+            losses.add(step, loss, last=step == last_step)
+            clock.tick()
+            control.stepped(step, losses)
+            stop = step < last_step and control.stop_requested(step)
+            if step in commits or step in exports or stop:
+                with clock.paused():
+                    _save(ckpt, engine, built, losses, batch["positions"], step=step,
+                          samples_seen=step * plan.global_batch, export=step in exports,
+                          commit=step in commits or stop)
+            if stop:
+                raise StopRequested(f"training stopped on request after step {step} of {plan.total_steps}; "
+                                    f"checkpoint committed, a rerun resumes from it")
     # How the step ran, so a results row says it: a graph Inductor could not record runs without.
     how = {"compiled": compiled, "cuda_graphs": graphs, "graph_skips": graph_skips() - skips_before,
            "feed": feed.timings()}

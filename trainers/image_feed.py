@@ -21,6 +21,8 @@ from __future__ import annotations
 import collections
 import functools
 import io
+import queue
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -32,8 +34,9 @@ from inheritlab.infra.errors import ShardError, SpecError
 
 DECODES = ("auto", "loader", "device")
 # Whether DeviceFeed joins a batch's JPEG bytes in page-locked memory (decode_rows' pinned):
-# off until an H200 run measures it (benchmarks/probe_device_decode.py, stages *-pinned).
-PIN_ENCODED = False
+# on an H200 it cut nvJPEG's batch of 512 from 24.3 to 20.8 ms alone, and from 43.1 to 40.0 ms
+# beside matmuls (benchmarks/results/device_decode_h200_20261203.jsonl).
+PIN_ENCODED = True
 # DeviceFeed keeps the timings of this many latest batches.
 FEED_TIMINGS_KEPT = 4096
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
@@ -148,34 +151,57 @@ def _decode_one(data: torch.Tensor, device: torch.device, row: Sequence[Any]) ->
                          "train with image_decode: loader to count and skip such images") from None
 
 
+class _Failed:
+    """The producer's exception, queued in its batch's place and raised by :meth:`DeviceFeed.take`."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class DeviceFeed:
     """The training loop's batches with their images as ``uint8 [B, L, L, 3]`` on the device.
 
-    :meth:`take` returns the next batch and its images. :meth:`prefetch`, called once a step's
-    work is queued, decodes the batch after it in a thread of its own, on a side stream, while
-    a second thread already reads the batch after that from the loader: the loader's hand-over
-    (one chunk per data slot, joined), the decoder's host-side work and the device's decode run
-    beside the step instead of before the next one, and beside each other — one thread doing
-    both paid their sum per batch. Where the loader decoded (tensors), images are copied as
-    they come.
+    A thread of its own decodes batches continuously, on a side stream, one batch ahead of the
+    one the training thread holds (one decoded batch waits; the next decodes), while a second
+    thread reads the batch after from the loader. :meth:`take` hands them out in order. The
+    decode does not wait for the training thread to queue a step: nvJPEG's batched decode waits
+    on its own copies and kernels image by image, and beside a step that fills the device it took
+    ~74 ms a batch on an H200 (24 ms alone) — started only once a step was queued, it added its
+    latency to every step (``benchmarks/results/clip_e2e_h200.md``). Where the loader decoded
+    (tensors), images are copied as they come.
+
+    ``count`` is how many batches the process will take: the loader is never read past them.
+    :meth:`close` (or leaving the ``with`` block) stops the threads when training ends early.
 
     It times itself (:meth:`timings`): how long the training thread waited in :meth:`take`, and
-    how long each batch took to read from the loader and to decode (host side). A wait near
-    zero means the feed keeps up; a wait near max(read, decode) minus the step means it bounds it.
+    how long each batch took to read from the loader and to decode (host side, until its images
+    are on the device). A wait near zero means the feed keeps up; a decode near the step time
+    with a long wait means the decode bounds it.
     """
 
-    def __init__(self, batches: Iterator[dict[str, Any]], device: torch.device, *,
+    def __init__(self, batches: Iterator[dict[str, Any]], device: torch.device, *, count: int,
                  pinned: bool = PIN_ENCODED) -> None:
         self._batches = batches
         self._device = device
         self._pinned = pinned
+        self._count = count
+        self._taken = 0
         self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._next: Background[tuple[dict[str, Any], torch.Tensor]] | None = None
-        self._read_ahead: Background[dict[str, Any]] | None = None
         # The latest batches' seconds (a long run keeps the recent ones), and how many there were.
         self._seconds: dict[str, collections.deque[float]] = {
             k: collections.deque(maxlen=FEED_TIMINGS_KEPT) for k in ("wait", "read", "decode")}
         self._counts: collections.Counter[str] = collections.Counter()
+        self._ready: queue.Queue[tuple[dict[str, Any], torch.Tensor, torch.cuda.Event | None] | _Failed] = (
+            queue.Queue(maxsize=1))
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="image-feed", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> DeviceFeed:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def _timed(self, name: str, since: float) -> None:
         self._seconds[name].append(time.perf_counter() - since)
@@ -187,14 +213,10 @@ class DeviceFeed:
         self._timed("read", t0)
         return batch
 
-    def _load(self, read_after: bool = False) -> tuple[dict[str, Any], torch.Tensor]:
-        # One reader at a time: the next read starts only once this one's batch is in hand.
-        ahead, self._read_ahead = self._read_ahead, None
-        batch = ahead.result() if ahead is not None else self._read()
-        if read_after:
-            self._read_ahead = Background(self._read, "image-feed-read")
-        t1 = time.perf_counter()
+    def _decode(self, batch: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor, torch.cuda.Event | None]:
+        t0 = time.perf_counter()
         images = batch["images"]
+        done = None
         if self._side is None:
             out = images if isinstance(images, torch.Tensor) else decode_rows(images, self._device)
         else:
@@ -203,25 +225,64 @@ class DeviceFeed:
                     out = images.to(self._device, non_blocking=True)
                 else:
                     out = decode_rows(images, self._device, pinned=self._pinned)
-        self._timed("decode", t1)
-        return batch, out
+                # The training stream waits for this batch's work only, not for batches queued after it.
+                done = torch.cuda.Event()
+                done.record(self._side)
+        self._timed("decode", t0)
+        return batch, out, done
 
-    def prefetch(self, read_after: bool = True) -> None:
-        """Start decoding the next batch; with ``read_after`` also start reading the one after
-        it (leave it off before the last batch wanted, so the loader is not read past it)."""
-        if self._next is None:
-            self._next = Background(functools.partial(self._load, read_after), "image-feed")
+    def _produce(self) -> None:
+        try:
+            ahead: Background[dict[str, Any]] | None = None
+            for i in range(self._count):
+                batch = ahead.result() if ahead is not None else self._read()
+                # One reader at a time: the next read starts once this batch is in hand.
+                ahead = Background(self._read, "image-feed-read") if i + 1 < self._count else None
+                if not self._put(self._decode(batch)):
+                    return
+        except BaseException as exc:  # raised again in the training thread, in its batch's place
+            self._put(_Failed(exc))
+
+    def _put(self, item: Any) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def take(self) -> tuple[dict[str, Any], torch.Tensor]:
+        """The next batch and its images on the device (waits for its decode if need be)."""
+        if self._taken >= self._count:
+            raise RuntimeError(f"DeviceFeed: all {self._count} batches it was made for were taken")
         t0 = time.perf_counter()
-        ahead, self._next = self._next, None
-        batch, images = ahead.result() if ahead is not None else self._load()
+        while True:
+            try:
+                item = self._ready.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._ready.empty():
+                    raise RuntimeError("DeviceFeed: its decoding thread ended without a batch") from None
         self._timed("wait", t0)
-        if self._side is not None:
+        if isinstance(item, _Failed):
+            raise item.error
+        self._taken += 1
+        batch, images, done = item
+        if done is not None:
             main = torch.cuda.current_stream(self._device)
-            main.wait_stream(self._side)
+            main.wait_event(done)
             images.record_stream(main)  # freed after the main stream's use, not the side stream's
         return batch, images
+
+    def close(self) -> None:
+        """Stop decoding ahead (training ended before ``count`` batches); batches waiting are dropped."""
+        self._closed.set()
+        while True:
+            try:
+                self._ready.get_nowait()
+            except queue.Empty:
+                break
 
     def timings(self, skip: int = 5) -> dict[str, Any]:
         """Median and 90th percentile (ms) of the training thread's wait in :meth:`take`, and of

@@ -80,58 +80,80 @@ def test_decode_choice() -> None:
         resolve_decode("gpu", use_gpu=False)
 
 
-def test_the_feed_hands_out_batches_in_order_prefetched_or_not() -> None:
-    batches = iter([{"images": torch.full((2, 4, 4, 3), i, dtype=torch.uint8), "keys": ["a", "b"]} for i in range(3)])
-    feed = DeviceFeed(batches, torch.device("cpu"))
-    _, first = feed.take()
-    feed.prefetch()
-    feed.prefetch()  # a second prefetch before a take reads nothing more
-    _, second = feed.take()
-    _, third = feed.take()
-    assert [int(t[0, 0, 0, 0]) for t in (first, second, third)] == [0, 1, 2]
+def _numbered(n: int, reads: list[int] | None = None, delay: float = 0.0) -> Iterator[dict[str, Any]]:
+    for i in range(n):
+        time.sleep(delay)
+        if reads is not None:
+            reads.append(i)
+        yield {"images": torch.full((1, 2, 2, 3), i, dtype=torch.uint8)}
+
+
+def test_the_feed_hands_out_batches_in_order_and_times_them() -> None:
+    with DeviceFeed(_numbered(3), torch.device("cpu"), count=3) as feed:
+        got = [int(feed.take()[1][0, 0, 0, 0]) for _ in range(3)]
+        with pytest.raises(RuntimeError, match="all 3 batches"):
+            feed.take()
+    assert got == [0, 1, 2]
     timed = feed.timings(skip=0)
     assert timed["batches"] == 3 and set(timed) == {"batches", "wait_ms", "read_ms", "decode_ms"}
     assert all(timed[k]["median"] <= timed[k]["p90"] for k in ("wait_ms", "read_ms", "decode_ms"))
 
 
-def test_the_feed_reads_the_batch_after_next_while_it_decodes_and_never_past_the_last() -> None:
+def test_the_feed_works_ahead_of_the_training_thread_but_never_past_its_count() -> None:
     reads: list[int] = []
+    with DeviceFeed(_numbered(6, reads), torch.device("cpu"), count=4) as feed:
+        time.sleep(0.3)
+        # Before any take: batch 0 decoded and waiting, batch 1 decoded, batch 2 read.
+        assert reads == [0, 1, 2]
+        got = [int(feed.take()[1][0, 0, 0, 0]) for _ in range(4)]
+        time.sleep(0.2)
+    assert got == [0, 1, 2, 3] and reads == [0, 1, 2, 3]
 
-    def counted() -> Iterator[dict[str, Any]]:
-        for i in range(6):
-            reads.append(i)
-            yield {"images": torch.full((1, 2, 2, 3), i, dtype=torch.uint8)}
 
-    def settled() -> list[int]:
-        time.sleep(0.2)  # let a read-ahead thread finish its read
-        return list(reads)
+def test_the_decode_overlaps_the_step_instead_of_following_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step and a decode of 0.1 s each: the feed decodes while the step runs, so after the
+    first batch the training thread does not wait (a decode started only after each step was
+    queued made every step wait for it)."""
+    from inheritlab.trainers import image_feed
 
-    feed = DeviceFeed(counted(), torch.device("cpu"))
-    got = [feed.take()[1]]                  # batch 0, read in the training thread
-    feed.prefetch()                         # decodes 1 and reads 2 meanwhile
-    got.append(feed.take()[1])
-    assert settled() == [0, 1, 2]
-    feed.prefetch(read_after=False)         # 2 was read already; nothing past it
-    got.append(feed.take()[1])
-    assert settled() == [0, 1, 2]
-    got.append(feed.take()[1])              # no prefetch: read when asked
-    assert [int(t[0, 0, 0, 0]) for t in got] == [0, 1, 2, 3] and reads == [0, 1, 2, 3]
+    def slow_decode(rows: Any, device: torch.device, **_: Any) -> torch.Tensor:
+        time.sleep(0.1)
+        return torch.zeros((len(rows), 2, 2, 3), dtype=torch.uint8)
+
+    monkeypatch.setattr(image_feed, "decode_rows", slow_decode)
+    batches = ({"images": [("s.tar", f"{i}.jpg", b"")]} for i in range(8))
+    with DeviceFeed(batches, torch.device("cpu"), count=8) as feed:
+        for _ in range(8):
+            feed.take()
+            time.sleep(0.1)  # the step
+    timed = feed.timings(skip=1)
+    assert timed["decode_ms"]["median"] >= 90 and timed["wait_ms"]["median"] < 30, timed
 
 
 def test_the_feed_times_what_the_training_thread_waits_for() -> None:
     """A slow loader shows as read time and, unhidden by a step, as the training thread's wait."""
-    def slow() -> Iterator[dict[str, Any]]:
-        for i in range(4):
-            time.sleep(0.05)
-            yield {"images": torch.full((1, 2, 2, 3), i, dtype=torch.uint8)}
-
-    feed = DeviceFeed(slow(), torch.device("cpu"))
-    for _ in range(3):
-        feed.take()
-        feed.prefetch()
-    feed.take()
+    with DeviceFeed(_numbered(4, delay=0.05), torch.device("cpu"), count=4) as feed:
+        for _ in range(4):
+            feed.take()
     timed = feed.timings(skip=0)
     assert timed["read_ms"]["median"] >= 45 and timed["wait_ms"]["median"] >= 40
+
+
+def test_a_loader_error_is_raised_in_its_batchs_place_and_close_stops_the_feed() -> None:
+    def failing() -> Iterator[dict[str, Any]]:
+        yield from _numbered(2)
+        raise ShardError("s-1.tar", "000007.jpg", "truncated member")
+
+    with DeviceFeed(failing(), torch.device("cpu"), count=5) as feed:
+        assert [int(feed.take()[1][0, 0, 0, 0]) for _ in range(2)] == [0, 1]
+        with pytest.raises(ShardError, match="000007.jpg"):
+            feed.take()
+    reads: list[int] = []
+    feed = DeviceFeed(_numbered(100, reads), torch.device("cpu"), count=100)
+    feed.take()
+    feed.close()  # training ended early: the threads stop instead of decoding the rest
+    time.sleep(0.5)
+    assert not feed._thread.is_alive() and len(reads) <= 4
 
 
 def test_a_cell_trains_identically_with_the_device_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
