@@ -42,9 +42,11 @@ log="$out/gpu_checks.log"
 e2e_world=(--data jpeg --world /tmp/e2e-data --train-size "${E2E_TRAIN_SIZE:-65536}" --per-shard 1024)
 if [[ $parts == *e2e* ]]; then
   run e2e-world 300 python3 benchmarks/bench_clip_train.py "${e2e_world[@]}" --cell /tmp/e2e-none --out /dev/null --make-world-only
+  n=0
   for spec in ${E2E_RUNS:-device:8:auto loader:8:auto}; do
     IFS=: read -r dec workers graphs <<< "$spec"
-    cell="/tmp/e2e-cell-$dec-w$workers-graphs-$graphs"
+    n=$((n + 1))  # a run may repeat an earlier one's settings (warm caches, the spread between runs)
+    cell="/tmp/e2e-cell-$n-$dec-w$workers-graphs-$graphs"
     run "e2e-jpeg-$dec-w$workers-graphs-$graphs" "${E2E_TIMEOUT:-420}" python3 benchmarks/bench_clip_train.py "${e2e_world[@]}" \
       --rung datacomp-small --batch-size 512 --steps "${E2E_STEPS:-120}" --ckpt-every 40 --label-noise 0.2 \
       --loader-workers "$workers" --compile "${E2E_COMPILE:-yes}" --cuda-graphs "$graphs" \

@@ -80,7 +80,7 @@ def test_nvjpeg_decodes_a_batch_as_the_loader_does(pinned: bool) -> None:
     x = np.linspace(0, 255, 64)
     rows, expected = [], []
     for i in range(24):
-        smooth = np.stack(np.meshgrid(x, x) + [np.full((64, 64), 8.0 * i)], -1)
+        smooth = np.stack([*np.meshgrid(x, x), np.full((64, 64), 8.0 * i)], -1)
         pixels = np.clip(smooth + rng.integers(-20, 20, smooth.shape), 0, 255).astype(np.uint8)
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, format="JPEG", quality=85, subsampling=i % 3)
