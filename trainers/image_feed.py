@@ -35,7 +35,7 @@ from inheritlab.infra.errors import ShardError, SpecError
 DECODES = ("auto", "loader", "device")
 # Whether DeviceFeed joins a batch's JPEG bytes in page-locked memory (decode_rows' pinned):
 # on an H200 it cut nvJPEG's batch of 512 from 24.3 to 20.8 ms alone, and from 43.1 to 40.0 ms
-# beside matmuls (benchmarks/results/device_decode_h200_20261203.jsonl).
+# beside matmuls (benchmarks/results/device_decode_h200_20261203b.jsonl).
 PIN_ENCODED = True
 # DeviceFeed keeps the timings of this many latest batches.
 FEED_TIMINGS_KEPT = 4096
