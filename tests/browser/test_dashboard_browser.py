@@ -199,11 +199,14 @@ class Dashboard:
         self.saved: list[Path] = []
 
     def wait(self, what: str, until: Callable[[Any], Any], timeout: float = PAGE_TIMEOUT_S) -> Any:
-        from selenium.common.exceptions import TimeoutException
+        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
         from selenium.webdriver.support.ui import WebDriverWait
 
         try:
-            return WebDriverWait(self.driver, timeout, poll_frequency=0.25).until(until)
+            # The dashboard re-renders as data arrives: an element found in one poll may be gone
+            # by the next call on it; that poll is retried, not failed.
+            return WebDriverWait(self.driver, timeout, poll_frequency=0.25,
+                                 ignored_exceptions=(StaleElementReferenceException,)).until(until)
         except TimeoutException:
             page = self.shots / "failed-page.html"
             page.write_text(self.driver.page_source)
@@ -234,13 +237,20 @@ class Dashboard:
         self.saved.append(path)
 
     def image_loaded(self, alt: str) -> tuple[int, int]:
-        """Wait for the markdown image ``alt`` to be decoded; scroll it into view; its natural size."""
-        img = self.xpath(f"the image {alt!r}", f"//img[@alt={_xpath_text(alt)}]")
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", img)
-        size = self.wait(f"{alt!r} decoded with a non-zero size", lambda d: d.execute_script(
-            "const i = arguments[0]; return i.complete && i.naturalWidth > 0 ? [i.naturalWidth, i.naturalHeight] : null",
-            img))
-        assert img.size["width"] > 0 and img.size["height"] > 0, img.size  # drawn, not only decoded
+        """Wait for the markdown image ``alt`` to be decoded; scroll it into view; its natural size.
+        The image is looked up afresh on each poll: a re-render replaces the element."""
+        xpath = f"//img[@alt={_xpath_text(alt)}]"
+        self.xpath(f"the image {alt!r}", xpath)
+
+        def decoded(d: Any) -> Any:
+            img = self.xpath(f"the image {alt!r}", xpath)
+            d.execute_script("arguments[0].scrollIntoView({block: 'center'})", img)
+            size = d.execute_script("const i = arguments[0]; return i.complete && i.naturalWidth > 0 "
+                                    "? [i.naturalWidth, i.naturalHeight] : null", img)
+            # drawn, not only decoded
+            return size if size and img.size["width"] > 0 and img.size["height"] > 0 else None
+
+        size = self.wait(f"{alt!r} decoded with a non-zero size", decoded)
         return int(size[0]), int(size[1])
 
 
