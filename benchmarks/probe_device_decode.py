@@ -124,7 +124,7 @@ def main() -> None:
         if stage in stages:
             memory = ({"images": rows} for _ in range(10**9))
             _emit(out, {**base, "stage": stage, **_feed_rate(memory, args.batches, busy=True, pinned=pinned)})
-    if {"loader", "feed-loader"} & set(stages):
+    if {"loader", "feed-loader"} & stages:
         from types import SimpleNamespace
 
         import open_clip

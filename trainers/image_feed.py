@@ -151,13 +151,6 @@ def _decode_one(data: torch.Tensor, device: torch.device, row: Sequence[Any]) ->
                          "train with image_decode: loader to count and skip such images") from None
 
 
-class _Failed:
-    """The producer's exception, queued in its batch's place and raised by :meth:`DeviceFeed.take`."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
 class DeviceFeed:
     """The training loop's batches with their images as ``uint8 [B, L, L, 3]`` on the device.
 
@@ -191,7 +184,8 @@ class DeviceFeed:
         self._seconds: dict[str, collections.deque[float]] = {
             k: collections.deque(maxlen=FEED_TIMINGS_KEPT) for k in ("wait", "read", "decode")}
         self._counts: collections.Counter[str] = collections.Counter()
-        self._ready: queue.Queue[tuple[dict[str, Any], torch.Tensor, torch.cuda.Event | None] | _Failed] = (
+        # Decoded batches in order; the producer's exception, if any, in its batch's place.
+        self._ready: queue.Queue[tuple[dict[str, Any], torch.Tensor, torch.cuda.Event | None] | BaseException] = (
             queue.Queue(maxsize=1))
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._produce, name="image-feed", daemon=True)
@@ -241,7 +235,7 @@ class DeviceFeed:
                 if not self._put(self._decode(batch)):
                     return
         except BaseException as exc:  # raised again in the training thread, in its batch's place
-            self._put(_Failed(exc))
+            self._put(exc)
 
     def _put(self, item: Any) -> bool:
         while not self._closed.is_set():
@@ -265,8 +259,8 @@ class DeviceFeed:
                 if not self._thread.is_alive() and self._ready.empty():
                     raise RuntimeError("DeviceFeed: its decoding thread ended without a batch") from None
         self._timed("wait", t0)
-        if isinstance(item, _Failed):
-            raise item.error
+        if isinstance(item, BaseException):
+            raise item
         self._taken += 1
         batch, images, done = item
         if done is not None:

@@ -239,11 +239,13 @@ class Dashboard:
     def image_loaded(self, alt: str) -> tuple[int, int]:
         """Wait for the markdown image ``alt`` to be decoded; scroll it into view; its natural size.
         The image is looked up afresh on each poll: a re-render replaces the element."""
+        from selenium.webdriver.common.by import By
+
         xpath = f"//img[@alt={_xpath_text(alt)}]"
         self.xpath(f"the image {alt!r}", xpath)
 
         def decoded(d: Any) -> Any:
-            img = self.xpath(f"the image {alt!r}", xpath)
+            img = d.find_element(By.XPATH, xpath)  # gone for a moment in a re-render: the wait polls again
             d.execute_script("arguments[0].scrollIntoView({block: 'center'})", img)
             size = d.execute_script("const i = arguments[0]; return i.complete && i.naturalWidth > 0 "
                                     "? [i.naturalWidth, i.naturalHeight] : null", img)
