@@ -121,6 +121,13 @@ class _StepWatch:
         return out
 
 
+def _worker_share(given: float | None) -> float:
+    """The share of images the loader workers decoded under device decoding: the one given, or the trainer's default."""
+    from inheritlab.trainers.image_feed import WORKER_DECODE_SHARE
+
+    return WORKER_DECODE_SHARE if given is None else given
+
+
 def _progress(cell: str) -> dict[str, object]:
     """The cell's ``progress.json``: ``first_step_after_s`` and the ``startup`` split by phase."""
     path = Path(cell) / "progress.json"
@@ -148,6 +155,9 @@ def main() -> None:
                     help="replay the compiled step as CUDA graphs (auto: wherever it can be graphed)")
     ap.add_argument("--image-decode", default="auto", choices=("auto", "loader", "device"),
                     help="where JPEGs are decoded: auto = on the GPU (nvJPEG) when training on one")
+    ap.add_argument("--worker-decode-share", type=float, default=None,
+                    help="decoding on the GPU: the share of images the loader workers decode anyway "
+                         "(default: the trainer's, image_feed.WORKER_DECODE_SHARE)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--make-world-only", action="store_true")
     ap.add_argument("--profile-steps", default="", help="A:B: torch.profiler over steps A+1..B (tables beside --out)")
@@ -185,6 +195,7 @@ def main() -> None:
         class_names=tuple(f"class {i}" for i in range(classes)), label_key=label_key,
         unique_samples=args.train_size, log_every=5, loss_impl=args.loss_impl, bad_sample_ceiling=0.01,
         compile=args.compile, image_decode=args.image_decode, cuda_graphs=args.cuda_graphs,
+        worker_decode_share=args.worker_decode_share,
     )
     rate = None
     if torch.cuda.is_available():
@@ -192,7 +203,8 @@ def main() -> None:
 
         rate = _matmul_rate()
     window = tuple(int(x) for x in args.profile_steps.split(":")) if args.profile_steps else None
-    profile_to = (f"{Path(args.out).with_suffix('')}_profile_{args.image_decode}"
+    share = "" if args.worker_decode_share is None else f"_share{args.worker_decode_share:g}"
+    profile_to = (f"{Path(args.out).with_suffix('')}_profile_{args.image_decode}{share}"
                   f"_w{args.loader_workers}_graphs-{args.cuda_graphs}.txt")
     watch = _StepWatch(window, profile_to if window else None, args.cell)
     watch.install()
@@ -220,6 +232,7 @@ def main() -> None:
             "bf16_matmul_tflops_measured": rate / 1e12 if rate else None,
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             "compile": args.compile, "image_decode": args.image_decode, "cuda_graphs": args.cuda_graphs,
+            "worker_decode_share": _worker_share(args.worker_decode_share),
             "step_mode": s.extra.get("step"),  # what ran: compiled, graphed, graphs Inductor skipped
             # Launch to first step: this process's start to its first optimizer step, and when each
             # phase before it ended (the trainer's progress.json).

@@ -33,8 +33,9 @@ log="$out/gpu_checks.log"
 # first_step_after_s (launch to first step) is the cell's own fixed cost: the first run meets cold
 # compile caches, the second warm ones (a cold ViT-B/32 cell took 204-230 s to its first step on an
 # H200, hence the limit). E2E_RUNS lists the runs in order, each DECODE:LOADER_WORKERS:CUDA_GRAPHS
-# (image_decode, loader processes, cuda_graphs); the default is what a cell gets on a 16-core one-GPU
-# node (8 loader workers: flows.scheduler's rule) with each decoding. E2E_PROFILE=A:B writes a
+# (image_decode, loader processes, cuda_graphs), with an optional fourth :SHARE (the share of images
+# the loader workers decode under device decoding; default the trainer's); the default is what a
+# cell gets on a 16-core one-GPU node (8 loader workers: flows.scheduler's rule) with each decoding. E2E_PROFILE=A:B writes a
 # torch.profiler table of steps A+1..B beside the results. The world has as many shards as the batch
 # has data slots (64 at 512) and more samples than the run trains on, as a real img2dataset world
 # does: with fewer shards every loader worker reads every shard at each epoch start
@@ -44,12 +45,13 @@ if [[ $parts == *e2e* ]]; then
   run e2e-world 300 python3 benchmarks/bench_clip_train.py "${e2e_world[@]}" --cell /tmp/e2e-none --out /dev/null --make-world-only
   n=0
   for spec in ${E2E_RUNS:-device:8:auto loader:8:auto}; do
-    IFS=: read -r dec workers graphs <<< "$spec"
+    IFS=: read -r dec workers graphs share <<< "$spec"
     n=$((n + 1))  # a run may repeat an earlier one's settings (warm caches, the spread between runs)
-    cell="/tmp/e2e-cell-$n-$dec-w$workers-graphs-$graphs"
-    run "e2e-jpeg-$dec-w$workers-graphs-$graphs" "${E2E_TIMEOUT:-420}" python3 benchmarks/bench_clip_train.py "${e2e_world[@]}" \
+    cell="/tmp/e2e-cell-$n-$dec-w$workers-graphs-$graphs${share:+-share$share}"
+    run "e2e-jpeg-$dec-w$workers-graphs-$graphs${share:+-share$share}" "${E2E_TIMEOUT:-420}" python3 benchmarks/bench_clip_train.py "${e2e_world[@]}" \
       --rung datacomp-small --batch-size 512 --steps "${E2E_STEPS:-120}" --ckpt-every 40 --label-noise 0.2 \
       --loader-workers "$workers" --compile "${E2E_COMPILE:-yes}" --cuda-graphs "$graphs" \
+      ${share:+--worker-decode-share "$share"} \
       ${E2E_PROFILE:+--profile-steps "$E2E_PROFILE"} --image-decode "$dec" --cell "$cell" --out "$out/clip_train_e2e.jsonl"
     # Written by the run as it goes: where a run that overran its limit had got to.
     cat "$cell/progress.json" "$cell/timeline.json" 2>/dev/null | tee -a "$log"; echo

@@ -52,6 +52,7 @@ class StreamSpec:
     image_size: int = 224
     transfer_size: int | None = None   # side of the shipped uint8 images (clip_images.transfer_size)
     device_decode: bool = False        # ship deferrable JPEGs encoded for the device (trainers.image_feed)
+    worker_decode_share: float = 0.0   # ... but decode this share of them in the worker (image_feed.worker_decodes)
 
     @property
     def loader_size(self) -> int:
@@ -111,7 +112,7 @@ def iter_epoch_samples(spec: StreamSpec, slot: int, epoch: int, *, shared: Share
     advanced as samples are consumed; the first ``position.taken`` are skipped undecoded.
     """
     from inheritlab.corruptors.shards import ReadStats, decode_sample_image
-    from inheritlab.trainers.image_feed import deferrable_jpeg
+    from inheritlab.trainers.image_feed import deferrable_jpeg, worker_decodes
 
     pos = position if position is not None else SlotPosition(epoch=epoch)
     stats = ReadStats()
@@ -137,7 +138,10 @@ def iter_epoch_samples(spec: StreamSpec, slot: int, epoch: int, *, shared: Share
     for index, sample in enumerate(_shuffled(stream, rng, spec.shuffle_buffer)):
         if index < skip:
             continue
-        if spec.device_decode and deferrable_jpeg(sample["image"], spec.loader_size):
+        # Positions counted across the slots (index-major) so that every step's batch has the share,
+        # not every n-th batch all of it.
+        if (spec.device_decode and not worker_decodes(index * spec.num_slots + slot, spec.worker_decode_share)
+                and deferrable_jpeg(sample["image"], spec.loader_size)):
             decoded = sample  # its bytes go to the training device, which decodes the batch
         else:
             decoded = decode_sample_image(sample, stats=stats, bad_sample_ceiling=spec.bad_sample_ceiling,
@@ -258,8 +262,8 @@ class ClipBatchStream(IterableDataset):
 
     Each loader worker (or the main process, without workers) reads its share of the rank's
     slots and yields, for every step in order, one part: its slots' chunks collated as
-    ``{"images" (uint8 [n, S, S, 3], or with ``device_decode`` a list of JPEG bytes and uint8
-    arrays), "texts", "slots", "sizes", "keys", "epoch",
+    ``{"images" (uint8 [n, S, S, 3], or with ``device_decode`` a list of encoded rows and
+    image_feed.DecodedRow), "texts", "slots", "sizes", "keys", "epoch",
     "pass_reports", "positions"}``. :func:`rank_batches` joins the parts of a step in slot
     order. A resume starts each slot at its saved ``positions``; without them (a checkpoint
     from before loader state was saved) the first ``skip_batches`` steps are replayed, decoded,
@@ -302,16 +306,18 @@ class ClipBatchStream(IterableDataset):
     def _collate(self, chunks: list[list[dict[str, Any]]], streams: list[SlotStream],
                  reports: list[dict[str, Any]]) -> dict[str, Any]:
         from inheritlab.trainers.clip_images import to_uint8
-        from inheritlab.trainers.image_feed import encoded_row
+        from inheritlab.trainers.image_feed import DecodedRow, encoded_row
 
         flat = [s for chunk in chunks for s in chunk]
         size = self.spec.loader_size
         images: torch.Tensor | list[Any]
         if any(isinstance(s["image"], (bytes, bytearray)) for s in flat):
-            # Device decoding: encoded JPEGs as they are; the few images this worker decoded
-            # (another size or format) as rows of their own.
-            images = [encoded_row(s) if isinstance(s["image"], (bytes, bytearray))
-                      else torch.from_numpy(np.array(to_uint8(s["image"], size))) for s in flat]
+            # Device decoding: encoded JPEGs as they are; the images this worker decoded (its
+            # share, or another size or format) stacked in one block that each of their rows names.
+            mine = [i for i, s in enumerate(flat) if not isinstance(s["image"], (bytes, bytearray))]
+            block = torch.from_numpy(np.stack([to_uint8(flat[i]["image"], size) for i in mine])) if mine else None
+            where = {i: n for n, i in enumerate(mine)}
+            images = [DecodedRow(block, where[i]) if i in where else encoded_row(s) for i, s in enumerate(flat)]
         else:
             images = torch.from_numpy(np.stack([to_uint8(s["image"], size) for s in flat]))
         texts = self.tokenizer([s["caption"] for s in flat])

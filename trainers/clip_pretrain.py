@@ -55,6 +55,8 @@ class ClipTrainConfig(BaseTrainConfig):
     label_key: str | None = None           # labels from this .json key when samples have no .cls
     augment: str = "auto"                  # "auto": the rung's (rrc on GPU rungs); "none"; "rrc"
     image_decode: str = "auto"             # "auto": on the GPU (nvJPEG) when training on one; "loader"; "device"
+    worker_decode_share: float | None = None  # decoding on the device: the share the loader decodes all the same
+                                              # (None: image_feed.WORKER_DECODE_SHARE)
     cuda_graphs: str = "auto"              # "auto": wherever the compiled step can be graphed (engine.cuda_graphs_for)
 
     def __post_init__(self) -> None:
@@ -65,6 +67,8 @@ class ClipTrainConfig(BaseTrainConfig):
         if self.augment not in ("auto", *AUGMENTS):
             raise SpecError(f"augment: got {self.augment!r}; expected one of {['auto', *AUGMENTS]}")
         check_decode(self.image_decode)
+        if self.worker_decode_share is not None and not 0.0 <= self.worker_decode_share <= 1.0:
+            raise SpecError(f"worker_decode_share: got {self.worker_decode_share!r}; expected a share in [0, 1]")
         if self.cuda_graphs not in SWITCHES:
             raise SpecError(f"cuda_graphs: got {self.cuda_graphs!r}; allowed {', '.join(SWITCHES)}")
         if not self.train_shards:
@@ -97,12 +101,13 @@ class _Plan:
     augment: str        # resolved: "none" or "rrc"
     transfer_size: int  # side of the loader's uint8 images (trainers/clip_images.transfer_size)
     device_decode: bool  # JPEGs decoded on the training device (trainers/image_feed)
+    worker_share: float  # ... of which the loader workers decode this share all the same
 
 
 def _plan(cfg: ClipTrainConfig, world: int, use_gpu: bool) -> _Plan:
     from inheritlab.trainers.clip_images import transfer_size
     from inheritlab.trainers.clip_models import get_rung
-    from inheritlab.trainers.image_feed import resolve_decode
+    from inheritlab.trainers.image_feed import WORKER_DECODE_SHARE, resolve_decode
     from inheritlab.trainers.slots import data_slots, rank_slots
 
     rung = get_rung(cfg.rung)
@@ -115,7 +120,8 @@ def _plan(cfg: ClipTrainConfig, world: int, use_gpu: bool) -> _Plan:
                  lr=cfg.lr if cfg.lr is not None else rung.lr, warmup=min(warmup, max(0, total - 1)),
                  precision=cfg.precision_for(use_gpu), augment=rung.augment if cfg.augment == "auto" else cfg.augment,
                  transfer_size=transfer_size(cfg.train_shards, rung.image_size),
-                 device_decode=resolve_decode(cfg.image_decode, use_gpu=use_gpu))
+                 device_decode=resolve_decode(cfg.image_decode, use_gpu=use_gpu),
+                 worker_share=WORKER_DECODE_SHARE if cfg.worker_decode_share is None else cfg.worker_decode_share)
 
 
 def _build(cfg: ClipTrainConfig, plan: _Plan, world: int, use_gpu: bool) -> tuple["BuiltClip", Any]:
@@ -157,6 +163,7 @@ def _batches(cfg: ClipTrainConfig, plan: _Plan, built: "BuiltClip", *, rank: int
         slots=tuple(mine), num_slots=plan.slots, chunk=plan.global_batch // plan.slots,
         shuffle_buffer=cfg.shuffle_buffer, bad_sample_ceiling=slot_ceiling(cfg.bad_sample_ceiling), label_key=cfg.label_key,
         image_size=plan.rung.image_size, transfer_size=plan.transfer_size, device_decode=plan.device_decode,
+        worker_decode_share=plan.worker_share,
     )
     workers = min(cfg.loader_workers, len(mine))
     positions = positions_from_state(loader_state, mine, where=f"{cfg.cell_dir}/ckpt") if loader_state else None

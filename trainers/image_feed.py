@@ -8,6 +8,13 @@ of kB instead of the 196 kB decoded image — and the training process decodes t
 with nvJPEG (``torchvision.io.decode_jpeg`` on the device), one batch ahead, in a thread of its
 own and on a side stream, while the current step runs (:class:`DeviceFeed`).
 
+A share of the deferrable images may still be decoded in the loader workers
+(:data:`WORKER_DECODE_SHARE`, chosen by position, :func:`worker_decodes`); a part's
+worker-decoded images cross to the training process as one shared-memory block
+(:class:`DecodedRow`), not one tensor per image. On an H200 this did not pay at any share: the
+device's decode of a batch did not shorten with fewer images (see :data:`WORKER_DECODE_SHARE`),
+so the default ships every deferrable image encoded.
+
 Only images the device can decode exactly as the loader would are shipped encoded: baseline RGB
 JPEGs, complete, at exactly the loader's transfer size (so no resize or reduced decode applies).
 Anything else — PNGs, other sizes, greyscale, progressive scans — is decoded in the worker as
@@ -21,6 +28,7 @@ from __future__ import annotations
 import collections
 import functools
 import io
+import math
 import queue
 import threading
 import time
@@ -37,6 +45,12 @@ DECODES = ("auto", "loader", "device")
 # on an H200 it cut nvJPEG's batch of 512 from 24.3 to 20.8 ms alone, and from 43.1 to 40.0 ms
 # beside matmuls (benchmarks/results/device_decode_h200_20261203b.jsonl).
 PIN_ENCODED = True
+# With device decoding, the share of deferrable images the loader workers decode all the same
+# (ClipTrainConfig.worker_decode_share overrides it). On an H200 (ViT-B/32 at batch 512, 8
+# workers) shares 0, 0.25, 0.4 and 0.55 gave 5,095, 4,666, 4,341 and 4,232 samples/s: the
+# batch's device decode took 100, 107, 115 and 116 ms, so it is not bound by its image count
+# (benchmarks/results/clip_e2e_h200.md). A GPU without nvJPEG's hardware decoder may differ.
+WORKER_DECODE_SHARE = 0.0
 # DeviceFeed keeps the timings of this many latest batches.
 FEED_TIMINGS_KEPT = 4096
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
@@ -93,6 +107,39 @@ def resolve_decode(choice: str, *, use_gpu: bool) -> bool:
     return gpu_decodes if choice == "auto" else True
 
 
+def worker_decodes(position: int, share: float) -> bool:
+    """Whether the sample at ``position`` is decoded in the worker under a worker ``share``:
+    exactly ``share`` of every run of consecutive positions, evenly spread. Positions are the
+    data's (a sample's place in its epoch, counted across the data slots), not the process's, so
+    a resume makes the same choices."""
+    return math.floor((position + 1) * share) > math.floor(position * share)
+
+
+class DecodedRow:
+    """A worker-decoded image among a part's encoded rows: row ``index`` of ``block`` (``uint8
+    [n, L, L, 3]``), the part's worker-decoded images stacked. Every row of a part refers to the
+    same block object, so pickling the part sends the block once: one shared-memory segment per
+    part, where a tensor per image costs a segment and a file descriptor each (on a 2-core host a
+    part of 20 256-px images crossed in 19 ms as tensors, 5 ms as one block)."""
+
+    __slots__ = ("block", "index")
+
+    def __init__(self, block: torch.Tensor, index: int) -> None:
+        self.block = block
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return DecodedRow, (self.block, self.index)
+
+    def pin_memory(self) -> DecodedRow:
+        # The DataLoader pins every tensor it finds, row by row: it would copy the block once per
+        # row. decode_rows gathers the rows into pinned memory itself.
+        return self
+
+    def pixels(self) -> torch.Tensor:
+        return self.block[self.index]
+
+
 def encoded_row(sample: dict[str, Any]) -> tuple[str, str, bytes]:
     """How the loader ships a deferred image: (shard, member, JPEG bytes) — the names are for
     the error should the device fail to decode it."""
@@ -102,15 +149,16 @@ def encoded_row(sample: dict[str, Any]) -> tuple[str, str, bytes]:
 
 
 def decode_rows(rows: Sequence[Any], device: torch.device, *, pinned: bool = False) -> torch.Tensor:
-    """A batch's image rows — :func:`encoded_row` tuples or worker-decoded ``uint8 [L, L, 3]``
-    arrays — as ``uint8 [B, L, L, 3]`` on ``device`` (a channels-last view where every row was
+    """A batch's image rows — :func:`encoded_row` tuples, :class:`DecodedRow` or worker-decoded
+    ``uint8 [L, L, 3]`` arrays — as ``uint8 [B, L, L, 3]`` on ``device`` (a channels-last view where every row was
     encoded). An image that passed :func:`deferrable_jpeg` but does not decode is a
     :class:`ShardError` naming its shard and member: its place in the batch is fixed, so it
     cannot be skipped here as a worker skips a bad image.
 
     ``pinned`` (CUDA only) joins the batch's JPEG bytes in page-locked memory, once per batch:
     nvJPEG copies each image's bytes to the device itself, and from pageable memory every one
-    of those copies is staged and waited on (512 a batch at batch 512)."""
+    of those copies is staged and waited on (512 a batch at batch 512). Worker-decoded rows
+    are gathered in page-locked memory too, so their copy does not block the host."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     # The DataLoader's conversion turns tuples into lists and arrays into tensors on the way.
@@ -132,7 +180,15 @@ def decode_rows(rows: Sequence[Any], device: torch.device, *, pinned: bool = Fal
             images = [_decode_one(c, device, rows[i]) for c, i in zip(chunks, encoded)]
         parts.append(torch.stack(images).permute(0, 2, 3, 1))
     if decoded:
-        parts.append(torch.stack([torch.as_tensor(rows[i]) for i in decoded]).to(device, non_blocking=True))
+        pixels = [rows[i].pixels() if isinstance(rows[i], DecodedRow) else torch.as_tensor(rows[i]) for i in decoded]
+        if pinned and device.type == "cuda":
+            # Gathered straight into page-locked memory, the copy to the device does not block the
+            # host; the caching host allocator keeps the block until the copy is done.
+            host = torch.stack(pixels, out=torch.empty((len(pixels), *pixels[0].shape), dtype=torch.uint8,
+                                                         pin_memory=True))
+        else:
+            host = torch.stack(pixels)
+        parts.append(host.to(device, non_blocking=True))
     if len(parts) == 1:
         return parts[0]
     out = torch.empty((len(rows), *parts[0].shape[1:]), dtype=torch.uint8, device=device)

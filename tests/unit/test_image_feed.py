@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from inheritlab.infra.errors import ShardError, SpecError
-from inheritlab.trainers.image_feed import DeviceFeed, decode_rows, deferrable_jpeg, resolve_decode
+from inheritlab.trainers.image_feed import (DecodedRow, DeviceFeed, decode_rows, deferrable_jpeg, resolve_decode,
+                                            worker_decodes)
 
 
 def _photo(side: int, seed: int = 0) -> np.ndarray:
@@ -61,6 +62,42 @@ def test_decoded_rows_are_the_loaders_pixels_in_batch_order() -> None:
         assert np.array_equal(out[i].numpy(), pil[i]), i
     only_encoded = decode_rows([row(0), row(2)], torch.device("cpu"))
     assert np.array_equal(only_encoded.numpy(), np.stack([pil[0], pil[2]]))
+
+
+def test_the_workers_share_is_exact_evenly_spread_and_fixed_by_position() -> None:
+    for share in (0.0, 0.25, 0.3, 0.5, 1.0):
+        chosen = [i for i in range(1000) if worker_decodes(i, share)]
+        assert len(chosen) == round(1000 * share), share
+        if 0 < share < 1:  # spread: no run of positions longer than 1/share without one
+            assert max(np.diff([-1, *chosen, 1000])) <= int(np.ceil(1 / share)), share
+    # A resume asks about the same positions and gets the same answers.
+    assert [worker_decodes(i, 0.3) for i in range(500, 520)] == [worker_decodes(i, 0.3) for i in range(500, 520)]
+
+
+class _Part(torch.utils.data.IterableDataset):
+    """One loader part as ClipBatchStream makes it under device decoding with a worker share."""
+
+    def __init__(self, encoded: list[bytes], pixels: list[np.ndarray]) -> None:
+        self.encoded, self.pixels = encoded, pixels
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        block = torch.from_numpy(np.stack(self.pixels))
+        yield {"images": [DecodedRow(block, i // 2) if i % 2 else ("s.tar", f"{i}.jpg", self.encoded[i])
+                          for i in range(len(self.encoded))]}
+
+
+def test_a_parts_worker_decoded_rows_cross_as_one_block_and_decode_in_order() -> None:
+    pixels = [_photo(32, seed=i) for i in range(6)]
+    encoded = [_jpeg(p) for p in pixels]
+    pil = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in encoded]
+    loader = torch.utils.data.DataLoader(_Part(encoded, pil[1::2]), batch_size=None, num_workers=1)
+    rows = next(iter(loader))["images"]
+    assert [type(r).__name__ for r in rows] == ["list", "DecodedRow"] * 3
+    # Pickled once for the part: one block (one shared-memory segment), not one per image.
+    assert rows[1].block is rows[3].block is rows[5].block and rows[1].block.shape == (3, 32, 32, 3)
+    out = decode_rows(rows, torch.device("cpu"))
+    assert np.array_equal(out.numpy(), np.stack(pil))
+    assert rows[1].pin_memory() is rows[1]  # the loader's pinning leaves the block to decode_rows
 
 
 def test_a_jpeg_that_passes_the_check_but_does_not_decode_is_named() -> None:
@@ -169,11 +206,15 @@ def test_a_cell_trains_identically_with_the_device_decoding(tmp_path: Path, monk
     world = write_image_world(ImageWorldConfig(seed=0, train_size=256, test_id_size=16, test_ood_size=16,
                                                samples_per_shard=64, image_format="jpeg"), tmp_path / "world")
     curves = {}
-    for decode in ("loader", "device"):
+    for decode, share in (("loader", None), ("device", 0.0), ("device", 0.25)):
         done = train_clip(ClipTrainConfig(
-            rung="clip-tiny", train_shards=tuple(world.splits["train"]), cell_dir=str(tmp_path / decode),
-            samples_seen=6 * 32, batch_size=32, log_every=1, loader_workers=1, image_decode=decode,
+            rung="clip-tiny", train_shards=tuple(world.splits["train"]), cell_dir=str(tmp_path / f"{decode}-{share}"),
+            samples_seen=6 * 32, batch_size=32, log_every=1, loader_workers=2, image_decode=decode,
+            worker_decode_share=share,
             corruptors=({"type": "label_noise", "level": 0.3, "mode": "symmetric"},), num_classes=10))
-        curves[decode] = [v for _, v in done.loss_curve]
-    assert len(curves["loader"]) == 6 and curves["device"] == curves["loader"]
-    assert shipped == [32] * 6  # every image travelled encoded, and only under "device"
+        curves[decode, share] = [v for _, v in done.loss_curve]
+    assert len(curves["loader", None]) == 6
+    assert curves["device", 0.0] == curves["loader", None] == curves["device", 0.25]
+    # Every image travelled encoded under "device", a quarter of them decoded in the workers under
+    # the share, and none under "loader".
+    assert shipped == [32] * 6 + [24] * 6
