@@ -100,6 +100,14 @@ def test_a_parts_worker_decoded_rows_cross_as_one_block_and_decode_in_order() ->
     assert rows[1].pin_memory() is rows[1]  # the loader's pinning leaves the block to decode_rows
 
 
+def test_a_worker_share_outside_zero_to_one_is_named() -> None:
+    from inheritlab.trainers.clip_pretrain import ClipTrainConfig
+
+    with pytest.raises(SpecError, match=r"worker_decode_share: got 1.5; expected a share in \[0, 1\]"):
+        ClipTrainConfig(rung="clip-tiny", train_shards=("a.tar",), cell_dir="c", samples_seen=64,
+                        worker_decode_share=1.5)
+
+
 def test_a_jpeg_that_passes_the_check_but_does_not_decode_is_named() -> None:
     good = _jpeg(_photo(32))
     # Scramble the entropy-coded data behind an intact header and end marker.
