@@ -121,13 +121,6 @@ class _StepWatch:
         return out
 
 
-def _worker_share(given: float | None) -> float:
-    """The share of images the loader workers decoded under device decoding: the one given, or the trainer's default."""
-    from inheritlab.trainers.image_feed import WORKER_DECODE_SHARE
-
-    return WORKER_DECODE_SHARE if given is None else given
-
-
 def _progress(cell: str) -> dict[str, object]:
     """The cell's ``progress.json``: ``first_step_after_s`` and the ``startup`` split by phase."""
     path = Path(cell) / "progress.json"
@@ -232,8 +225,7 @@ def main() -> None:
             "bf16_matmul_tflops_measured": rate / 1e12 if rate else None,
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             "compile": args.compile, "image_decode": args.image_decode, "cuda_graphs": args.cuda_graphs,
-            "worker_decode_share": _worker_share(args.worker_decode_share),
-            "step_mode": s.extra.get("step"),  # what ran: compiled, graphed, graphs Inductor skipped
+            "step_mode": s.extra.get("step"),  # what ran: compiled, graphed, graphs skipped, image decode
             # Launch to first step: this process's start to its first optimizer step, and when each
             # phase before it ended (the trainer's progress.json).
             "first_step_after_s": progress.get("first_step_after_s"), "startup": progress.get("startup"),

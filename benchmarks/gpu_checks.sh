@@ -35,8 +35,8 @@ log="$out/gpu_checks.log"
 # H200, hence the limit). E2E_RUNS lists the runs in order, each DECODE:LOADER_WORKERS:CUDA_GRAPHS
 # (image_decode, loader processes, cuda_graphs), with an optional fourth :SHARE (the share of images
 # the loader workers decode under device decoding; default the trainer's); the default is what a
-# cell gets on a 16-core one-GPU node (8 loader workers: flows.scheduler's rule) with each decoding. E2E_PROFILE=A:B writes a
-# torch.profiler table of steps A+1..B beside the results. The world has as many shards as the batch
+# cell gets on a 16-core one-GPU node (8 loader workers: flows.scheduler's rule) with each
+# decoding. E2E_PROFILE=A:B writes a torch.profiler table of steps A+1..B beside the results. The world has as many shards as the batch
 # has data slots (64 at 512) and more samples than the run trains on, as a real img2dataset world
 # does: with fewer shards every loader worker reads every shard at each epoch start
 # (trainers.slots.SharedEpochs), and a small world wraps its epoch inside the run.

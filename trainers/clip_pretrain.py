@@ -285,6 +285,7 @@ def train_clip(cfg: ClipTrainConfig) -> TrainSummary:
                                     f"checkpoint committed, a rerun resumes from it")
     # How the step ran, so a results row says it: a graph Inductor could not record runs without.
     how = {"compiled": compiled, "cuda_graphs": graphs, "graph_skips": graph_skips() - skips_before,
+           "device_decode": plan.device_decode, "worker_decode_share": plan.worker_share if plan.device_decode else None,
            "feed": feed.timings()}
     return _finish(cfg, plan, ckpt, built, step=step, trained=step - first_step, epoch=epoch, world=world,
                    losses=losses, clock=clock, resumed_from=first_step if resumed else None, checker=checker, how=how)

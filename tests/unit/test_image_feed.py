@@ -70,8 +70,25 @@ def test_the_workers_share_is_exact_evenly_spread_and_fixed_by_position() -> Non
         assert len(chosen) == round(1000 * share), share
         if 0 < share < 1:  # spread: no run of positions longer than 1/share without one
             assert max(np.diff([-1, *chosen, 1000])) <= int(np.ceil(1 / share)), share
-    # A resume asks about the same positions and gets the same answers.
-    assert [worker_decodes(i, 0.3) for i in range(500, 520)] == [worker_decodes(i, 0.3) for i in range(500, 520)]
+
+
+def test_a_resumed_stream_decodes_in_the_worker_what_the_uninterrupted_one_did(tmp_path: Path) -> None:
+    from inheritlab.corruptors.world import ImageWorldConfig, write_image_world
+    from inheritlab.trainers.clip_data import SlotPosition, StreamSpec, iter_epoch_samples
+
+    world = write_image_world(ImageWorldConfig(seed=0, train_size=64, test_id_size=8, test_ood_size=8,
+                                               samples_per_shard=32, image_format="jpeg"), tmp_path / "world")
+    spec = StreamSpec(shards=tuple(world.splits["train"]), corruptors=(), study_seed=0, seed=0, plan_dir=None,
+                      num_classes=10, class_names=(), slots=(1,), num_slots=4, chunk=2, image_size=32,
+                      device_decode=True, worker_decode_share=0.3)
+
+    def where(position: SlotPosition | None) -> list[tuple[str, bool]]:  # (key, decoded in the worker)
+        return [(s["__key__"], not isinstance(s["image"], bytes))
+                for s in iter_epoch_samples(spec, 1, 0, position=position)]
+
+    whole = where(None)
+    assert 0 < sum(w for _, w in whole) < len(whole)
+    assert where(SlotPosition(epoch=0, taken=5)) == whole[5:]
 
 
 class _Part(torch.utils.data.IterableDataset):
@@ -221,6 +238,9 @@ def test_a_cell_trains_identically_with_the_device_decoding(tmp_path: Path, monk
             worker_decode_share=share,
             corruptors=({"type": "label_noise", "level": 0.3, "mode": "symmetric"},), num_classes=10))
         curves[decode, share] = [v for _, v in done.loss_curve]
+        # The summary says where images were decoded, and the workers' share of it.
+        assert (done.extra["step"]["device_decode"], done.extra["step"]["worker_decode_share"]) == (
+            decode == "device", share if decode == "device" else None)
     assert len(curves["loader", None]) == 6
     assert curves["device", 0.0] == curves["loader", None] == curves["device", 0.25]
     # Every image travelled encoded under "device", a quarter of them decoded in the workers under
